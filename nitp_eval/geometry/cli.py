@@ -1,0 +1,8 @@
+"""nitp-eval geometry: placeholder until its issue lands."""
+
+from nitp_train.errors import UserError
+
+
+def command() -> None:
+    """Not implemented yet."""
+    raise UserError("nitp-eval geometry is not implemented yet")

@@ -1,0 +1,167 @@
+"""The run-directory contract (docs/run-directory.md), seen from the analysis side.
+
+Every nitp-eval command takes a path that is one of:
+  * a pair dir      runs/x/            (pair.json and/or arm dirs ntp/, nitp/, ...)
+  * an arm dir      runs/x/nitp/       (checkpoints/step-NNNNNN/)
+  * a checkpoint    runs/x/nitp/checkpoints/step-000200/
+  * any HF model dir (not from the trainer)
+and resolves it to `Target`s; results go to runs/x/eval/<what>/<arm>-step-NNNNNN.json.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from nitp_train.errors import UserError
+
+SCHEMA_VERSION = 1
+STEP_DIR = re.compile(r"^step-(\d+)$")
+ARM_ORDER = ("ntp", "nitp")  # arms listed first in tables; other arms (ablations) follow by name
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate: a checkpoint dir and, when it comes from a run, its place in it."""
+
+    checkpoint: Path
+    arm: str | None = None  # "ntp", "nitp", ... or None for a model from elsewhere
+    step: int | None = None
+    pair_dir: Path | None = None  # runs/x, where eval/ results go
+
+    @property
+    def label(self) -> str:
+        """File stem of this target's results: <arm>-step-NNNNNN, or the model dir's name."""
+        if self.arm is not None and self.step is not None:
+            return f"{self.arm}-step-{self.step:06d}"
+        return self.checkpoint.name or "model"
+
+    def results_path(self, what: str, out: Path | None = None) -> Path:
+        base = out if out is not None else (
+            self.pair_dir / "eval" / what if self.pair_dir is not None else Path("eval") / what
+        )
+        return Path(base) / f"{self.label}.json"
+
+
+def checkpoint_dirs(arm_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete checkpoint of an arm, by step."""
+    ckpts = Path(arm_dir) / "checkpoints"
+    found = []
+    if ckpts.is_dir():
+        for d in ckpts.iterdir():
+            m = STEP_DIR.match(d.name)
+            if m and (d / "config.json").exists():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def arm_dirs(pair_dir: Path) -> list[Path]:
+    """Arm dirs of a pair dir: ntp and nitp first, then any other arm (ablation) by name."""
+    arms = [d for d in Path(pair_dir).iterdir() if d.is_dir() and (d / "checkpoints").is_dir()]
+    return sorted(arms, key=lambda d: (ARM_ORDER.index(d.name) if d.name in ARM_ORDER else len(ARM_ORDER), d.name))
+
+
+def resolve_targets(path: str | Path, all_steps: bool = False) -> list[Target]:
+    """Checkpoints named by `path` (see module docstring): the latest per arm, or all with `all_steps`."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file or directory (give a run dir, an arm dir, a checkpoint dir or an HF model dir)")
+    m = STEP_DIR.match(p.name)
+    if m and p.parent.name == "checkpoints":
+        arm_dir = p.parent.parent
+        return [Target(p, arm_dir.name, int(m.group(1)), arm_dir.parent)]
+    if (p / "checkpoints").is_dir():
+        return _arm_targets(p, p.parent, all_steps)
+    arms = arm_dirs(p) if p.is_dir() else []
+    if arms:
+        return [t for a in arms for t in _arm_targets(a, p, all_steps)]
+    if (p / "config.json").exists():
+        return [Target(p)]
+    raise UserError(
+        f"{p}: not a run dir, arm dir, checkpoint or HF model dir (no checkpoints/ and no config.json found)"
+    )
+
+
+def _arm_targets(arm_dir: Path, pair_dir: Path, all_steps: bool) -> list[Target]:
+    found = checkpoint_dirs(arm_dir)
+    if not found:
+        raise UserError(f"{arm_dir}: no checkpoints yet (expected {arm_dir}/checkpoints/step-NNNNNN/config.json)")
+    chosen = found if all_steps else found[-1:]
+    return [Target(d, arm_dir.name, step, pair_dir) for step, d in chosen]
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the given distributions (plus torch, transformers and nitp)."""
+    out = {}
+    for name in ("nitp", "torch", "transformers", *names):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_hash() -> str | None:
+    """The nitp source tree's commit (with '-dirty' when it has uncommitted changes), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def results_header(kind: str, target: Target | None, settings: dict, libraries: tuple[str, ...] = ()) -> dict:
+    """The common head of every results file: schema, what was evaluated, exact settings, versions."""
+    return {
+        "schema": f"nitp.{kind}",
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(target.checkpoint) if target else None,
+        "arm": target.arm if target else None,
+        "step": target.step if target else None,
+        "settings": settings,
+        "versions": library_versions(*libraries),
+        "git": git_hash(),
+    }
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing results file unless asked to."""
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it or --out to write elsewhere")
+
+
+def write_json(path: Path, payload: dict, overwrite: bool = False) -> Path:
+    """Write results atomically (temp file + rename); never silently replaces an existing file."""
+    path = Path(path)
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
