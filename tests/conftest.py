@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# Nothing in the test suite may reach the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NITP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
