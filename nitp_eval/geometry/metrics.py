@@ -1,0 +1,270 @@
+"""Geometry metrics of hidden states: pure functions and streaming (constant-memory) estimators.
+
+Definitions (docs/geometry.md; docs/footguns.md shows how much the choices matter):
+
+* effective rank (Roy & Vetterli 2007): exp(H(p)), p = spectrum / sum(spectrum), H = Shannon entropy.
+  `erank_cov` uses the eigenvalues of the mean-centred covariance (the paper's Appendix D);
+  `erank_sv` the singular values of the centred matrix (= sqrt of those eigenvalues). Both are
+  capped by min(tokens, dim) (by min(tokens - 1, dim) once centred).
+* anisotropy: mean cosine similarity of randomly sampled pairs of tokens from *different*
+  sequences (the paper, seeded); `anisotropy_exact`: the exact mean over all pairs i != j,
+  (|sum_i u_i|^2 - n) / (n (n - 1)) with u_i = x_i / |x_i|.
+* linear CKA (Kornblith et al. 2019) between two layers, from centred (cross-)covariances:
+  |C_xy|_F^2 / (|C_xx|_F |C_yy|_F).
+
+Every statistic is accumulated in float64 from running sums, so memory is O(dim^2) whatever
+the token count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "effective_rank",
+    "linear_cka",
+    "sample_cross_pairs",
+    "CovarianceAccumulator",
+    "CrossMomentAccumulator",
+    "probe_metrics",
+]
+
+
+def _as_float64(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"expected a [tokens, dim] matrix, got shape {tuple(x.shape)}")
+    return x.detach().to(torch.float64)
+
+
+def effective_rank(spectrum) -> float:
+    """Roy & Vetterli effective rank: exp of the Shannon entropy of the spectrum normalised to sum 1.
+
+    Negative values (round-off of eigenvalues that are really 0) are clipped to 0; 0 log 0 = 0.
+    Returns nan for an all-zero spectrum (no variance: the rank is undefined).
+    """
+    s = np.clip(np.asarray(spectrum, dtype=np.float64).ravel(), 0.0, None)
+    total = s.sum()
+    if not total > 0:
+        return float("nan")
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def linear_cka(x, y) -> float:
+    """Linear CKA of two in-memory matrices [n, d1], [n, d2] (same tokens, rows paired), centred."""
+    x = _as_float64(x)
+    y = _as_float64(y)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    xy = (x.T @ y).pow(2).sum()
+    den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(xy / den) if den > 0 else float("nan")
+
+
+def sample_cross_pairs(groups, n_pairs: int, generator: torch.Generator | None = None):
+    """(i, j): `n_pairs` ordered pairs of row indices drawn uniformly from all pairs with groups[i] != groups[j].
+
+    `groups` [n] is the sequence id of each row. Exact sampling, no rejection loop: i is drawn
+    with weight (n - size of its group), then j uniformly from the rows outside i's group.
+    Returns two empty tensors when every row is in the same group (no cross pairs exist).
+    """
+    groups = torch.as_tensor(groups).cpu()
+    n = groups.numel()
+    order = torch.argsort(groups, stable=True)  # rows of one group become one contiguous block
+    g_sorted = groups[order]
+    _, sizes = torch.unique_consecutive(g_sorted, return_counts=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    size_of = torch.repeat_interleave(sizes, sizes)  # per sorted row: its group's size
+    start_of = torch.repeat_interleave(starts, sizes)
+    weights = (n - size_of).to(torch.float64)
+    if n_pairs <= 0 or not weights.sum() > 0:
+        empty = torch.empty(0, dtype=torch.long)
+        return empty, empty
+    i = torch.multinomial(weights, n_pairs, replacement=True, generator=generator)
+    r = (torch.rand(n_pairs, generator=generator, dtype=torch.float64) * (n - size_of[i])).long()
+    r = torch.minimum(r, n - size_of[i] - 1)  # guard the (measure-zero) rand() == 1 edge
+    j = torch.where(r < start_of[i], r, r + size_of[i])  # skip over i's own block
+    return order[i], order[j]
+
+
+class CovarianceAccumulator:
+    """Streaming per-layer statistics of token states x [n, dim]: everything the geometry metrics need.
+
+        acc = CovarianceAccumulator(d).update(batch1).update(batch2)
+        acc.erank_cov(), acc.erank_sv(), acc.anisotropy_exact(), acc.mean_norm()
+
+    `update(x, groups=None, pairs=None)` accumulates in float64: the count, the sum and X^T X
+    (shifted by the first batch's mean, for stability), the sum of unit vectors and of norms.
+    With `groups` (sequence id per row; a sequence must not be split across calls) it also
+    accumulates the exact mean cosine over pairs from different sequences; with `pairs` (i, j)
+    (from `sample_cross_pairs`) the sampled pair cosines of the paper.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def update(self, x, groups=None, pairs=None) -> "CovarianceAccumulator":
+        x = _as_float64(x)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"expected rows of dim {self.dim}, got {x.shape[1]}")
+        if not hasattr(self, "n_"):
+            self.n_ = 0
+            self.shift_ = x.mean(0) if len(x) else torch.zeros(self.dim, dtype=torch.float64, device=x.device)
+            self.sum_ = torch.zeros(self.dim, dtype=torch.float64, device=x.device)
+            self.gram_ = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
+            self.unit_sum_ = torch.zeros(self.dim, dtype=torch.float64, device=x.device)
+            self.norm_sum_ = 0.0
+            self.group_unit_sq_ = 0.0  # sum over sequences s of |sum_{i in s} u_i|^2
+            self.group_n_sq_ = 0  # sum over sequences of n_s^2
+            self.n_grouped_ = 0
+            self.pair_cos_sum_ = 0.0
+            self.n_pairs_ = 0
+        xs = x - self.shift_
+        self.n_ += len(x)
+        self.sum_ += xs.sum(0)
+        self.gram_ += xs.T @ xs
+        norms = x.norm(dim=1)
+        u = x / norms.clamp_min(1e-12).unsqueeze(1)  # a zero vector contributes a zero unit vector
+        self.unit_sum_ += u.sum(0)
+        self.norm_sum_ += float(norms.sum())
+        if groups is not None:
+            groups = torch.as_tensor(groups, device=x.device)
+            _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+            per_group = torch.zeros(len(counts), self.dim, dtype=torch.float64, device=x.device)
+            per_group.index_add_(0, inverse, u)
+            self.group_unit_sq_ += float(per_group.pow(2).sum())
+            self.group_n_sq_ += int(counts.pow(2).sum())
+            self.n_grouped_ += len(x)
+        if pairs is not None:
+            i, j = (torch.as_tensor(p, device=x.device) for p in pairs)
+            self.pair_cos_sum_ += float((u[i] * u[j]).sum())
+            self.n_pairs_ += len(i)
+        return self
+
+    # -- second moments
+
+    def mean(self) -> np.ndarray:
+        return (self.shift_ + self.sum_ / self.n_).cpu().numpy()
+
+    def covariance(self, center: bool = True) -> np.ndarray:
+        """Covariance with divisor n (the effective rank is scale-invariant); uncentred: X^T X / n."""
+        if not getattr(self, "n_", 0):
+            raise ValueError("no tokens accumulated yet; call update() with at least one row")
+        m = self.sum_ / self.n_
+        cov = self.gram_ / self.n_ - torch.outer(m, m)  # centred, from the shifted moments
+        if not center:
+            mu = self.shift_ + m
+            cov = cov + torch.outer(mu, mu)
+        return ((cov + cov.T) / 2).cpu().numpy()
+
+    def spectrum(self, kind: str = "cov", center: bool = True) -> np.ndarray:
+        """Eigenvalues of the covariance (`cov`) or singular values of the (centred) matrix (`sv`), descending."""
+        eig = np.clip(np.linalg.eigvalsh(self.covariance(center))[::-1], 0.0, None)
+        if kind == "cov":
+            return eig
+        if kind == "sv":
+            return np.sqrt(eig * self.n_)  # singular values of X (centred), not of X / sqrt(n): same erank
+        raise ValueError(f"kind={kind!r} is unknown; choose cov or sv")
+
+    def effective_rank(self, kind: str = "cov", center: bool = True) -> float:
+        return effective_rank(self.spectrum(kind, center))
+
+    def erank_cov(self) -> float:
+        """The paper's effective rank (Appendix D): eigenvalues of the mean-centred covariance."""
+        return self.effective_rank("cov", center=True)
+
+    def erank_sv(self) -> float:
+        """Effective rank over singular values of the centred matrix (sqrt of the eigenvalues above)."""
+        return self.effective_rank("sv", center=True)
+
+    # -- cosines and norms
+
+    def anisotropy_exact(self) -> float:
+        """Exact mean cosine over all pairs i != j: (|sum u_i|^2 - n) / (n (n - 1))."""
+        if self.n_ < 2:
+            return float("nan")
+        return float((self.unit_sum_.pow(2).sum() - self.n_) / (self.n_ * (self.n_ - 1)))
+
+    def anisotropy_cross_exact(self) -> float:
+        """Exact mean cosine over all pairs from different sequences (needs `groups` in every update)."""
+        if self.n_grouped_ != self.n_:
+            return float("nan")
+        n_cross = self.n_ ** 2 - self.group_n_sq_
+        if n_cross <= 0:
+            return float("nan")
+        return float((self.unit_sum_.pow(2).sum() - self.group_unit_sq_) / n_cross)
+
+    def anisotropy_sampled(self) -> float:
+        """Mean cosine of the sampled cross-sequence pairs passed as `pairs` (the paper's estimator)."""
+        return self.pair_cos_sum_ / self.n_pairs_ if self.n_pairs_ else float("nan")
+
+    def mean_norm(self) -> float:
+        return self.norm_sum_ / self.n_ if self.n_ else float("nan")
+
+
+class CrossMomentAccumulator:
+    """Streaming X^T Y (float64, shifted) of two layers' states over the same tokens, for linear CKA."""
+
+    def __init__(self, dim_x: int, dim_y: int):
+        self.dim_x = dim_x
+        self.dim_y = dim_y
+
+    def update(self, x, y) -> "CrossMomentAccumulator":
+        x, y = _as_float64(x), _as_float64(y)
+        if not hasattr(self, "n_"):
+            self.n_ = 0
+            self.shift_x_, self.shift_y_ = x.mean(0), y.mean(0)
+            self.sum_x_ = torch.zeros(self.dim_x, dtype=torch.float64, device=x.device)
+            self.sum_y_ = torch.zeros(self.dim_y, dtype=torch.float64, device=x.device)
+            self.cross_ = torch.zeros(self.dim_x, self.dim_y, dtype=torch.float64, device=x.device)
+        xs, ys = x - self.shift_x_, y - self.shift_y_
+        self.n_ += len(x)
+        self.sum_x_ += xs.sum(0)
+        self.sum_y_ += ys.sum(0)
+        self.cross_ += xs.T @ ys
+        return self
+
+    def cross_covariance(self) -> torch.Tensor:
+        return self.cross_ / self.n_ - torch.outer(self.sum_x_ / self.n_, self.sum_y_ / self.n_)
+
+    def cka(self, acc_x: CovarianceAccumulator, acc_y: CovarianceAccumulator) -> float:
+        """Linear CKA, with the per-layer covariances taken from the layers' own accumulators."""
+        cxy = self.cross_covariance()
+        den = np.linalg.norm(acc_x.covariance()) * np.linalg.norm(acc_y.covariance())
+        return float(cxy.pow(2).sum()) / den if den > 0 else float("nan")
+
+
+def probe_metrics(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  n_pairs: int = 4096, seed: int = 0) -> dict:
+    """In-training probe on one batch (paper Fig. 1): all valid tokens of hidden [B, T, d].
+
+    Returns floats `erank_cov` (centred covariance spectrum), `anisotropy` (mean cosine of
+    `n_pairs` seeded random pairs of valid tokens from different sequences; nan if the batch has
+    one sequence), plus `erank_sv`, `anisotropy_exact`, `mean_norm` and `tokens`.
+    """
+    with torch.no_grad():
+        b, t, d = hidden.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(b, t, dtype=torch.bool, device=hidden.device)
+        valid = attention_mask.bool()
+        x = hidden[valid]  # [n, d], row-major: grouped by sequence
+        groups = torch.arange(b, device=hidden.device).unsqueeze(1).expand(b, t)[valid]
+        gen = torch.Generator().manual_seed(seed)
+        pairs = sample_cross_pairs(groups.cpu(), n_pairs, gen)
+        acc = CovarianceAccumulator(d).update(x, pairs=pairs)
+        if acc.n_ == 0:
+            nan = float("nan")
+            return {"erank_cov": nan, "anisotropy": nan, "erank_sv": nan, "anisotropy_exact": nan,
+                    "mean_norm": nan, "tokens": 0}
+        return {
+            "erank_cov": acc.erank_cov(),
+            "anisotropy": acc.anisotropy_sampled(),
+            "erank_sv": acc.erank_sv(),
+            "anisotropy_exact": acc.anisotropy_exact(),
+            "mean_norm": acc.mean_norm(),
+            "tokens": int(acc.n_),
+        }
