@@ -59,6 +59,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective.projector={self.projector!r} is unknown; choose one of {', '.join(PROJECTORS)}")
         if not self.lam >= 0:  # also catches NaN
             raise ValueError(f"objective.lambda={self.lam} must be >= 0")
+        if isinstance(self.projector_mult, bool) or not isinstance(self.projector_mult, int) or self.projector_mult < 1:
+            raise ValueError(f"objective.projector_mult={self.projector_mult!r} must be an int >= 1 (SwiGLU width = mult * d)")
         if self.start_step < 0:
             raise ValueError(f"objective.start_step={self.start_step} must be >= 0")
         if isinstance(self.target_layer, bool) or not isinstance(self.target_layer, (int, float)):
@@ -256,4 +258,4 @@ class NITPObjective(nn.Module):
         config = ObjectiveConfig.from_dict(json.loads(meta["config"]))
         obj = cls(config, int(meta["hidden_size"]), int(meta["num_layers"]))
         obj.load_state_dict(load_file(str(path), device=map_location))
-        return obj
+        return obj.to(map_location)  # load_state_dict copies into the CPU-built module
