@@ -281,6 +281,19 @@ def test_paper_targets_are_explicit_ints():
         assert NITPObjective(ObjectiveConfig(target_layer=k), 8, layers).target_layer == k
 
 
+@pytest.mark.parametrize(
+    "preset, k, layers, lam",
+    [("moe-1.9b-a0.3b", 3, 16, 1.0), ("moe-3b-a0.5b", 4, 17, 1.0), ("moe-9b-a1b", 5, 24, 0.8), ("dense-0.5b", 5, 24, 1.0),
+     ("dense-2b", 6, 28, 1.0), ("dense-3b", 6, 28, 0.8), ("moe-45b-a5.5b", 5, 24, 0.6)],
+)
+def test_paper_presets_carry_table4_targets(preset, k, layers, lam):
+    from nitp_train.presets import get_preset
+
+    p = get_preset(preset)
+    assert p.num_layers == layers and p.nitp["target_layer"] == k and p.nitp["lambda"] == lam
+    assert type(p.nitp["target_layer"]) is int  # an index, not a fraction
+
+
 @pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.2, True, "4", None])
 def test_target_layer_bad_types(bad):
     with pytest.raises(ValueError, match="objective.target_layer"):
@@ -360,7 +373,8 @@ def test_non_cosine_losses_log_the_cosine():
     "field, value, key",
     [("loss", "l2", "objective.loss"), ("projector", "mlp", "objective.projector"), ("shift", "prev", "objective.shift"),
      ("name", "mtp", "objective.name"), ("lam", -0.1, "objective.lambda"), ("lam", float("nan"), "objective.lambda"),
-     ("start_step", -1, "objective.start_step")],
+     ("start_step", -1, "objective.start_step"), ("projector_mult", 0, "objective.projector_mult"),
+     ("projector_mult", 1.5, "objective.projector_mult")],
 )
 def test_config_validation(field, value, key):
     with pytest.raises(ValueError, match=key):
@@ -392,6 +406,10 @@ def test_save_load_round_trip(tmp_path, projector):
     assert back.config == cfg and back.hidden_size == 6 and back.num_layers == 17 and back.target_layer == 4
     a, b = obj.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(p.device.type == "cpu" for p in back.parameters())
+    h = torch.randn(1, 3, 6)
+    states = tuple(torch.randn(1, 3, 6) for _ in range(17)) + (h,)
+    assert torch.equal(obj(states).raw, back(states).raw)
 
     from safetensors import safe_open
 
