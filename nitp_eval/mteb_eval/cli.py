@@ -1,8 +1,79 @@
-"""nitp-eval mteb: placeholder until its issue lands."""
+"""nitp-eval mteb: frozen mean-pooled hidden states on the paper's 25 English MTEB tasks (docs/mteb.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
 
 from nitp_train.errors import UserError
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise UserError("nitp-eval mteb is not implemented yet")
+def command(
+    path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir or any HF model dir."),
+    tasks: str = typer.Option("paper", help="Suite name (paper = the 25 tasks of the paper's Table 6) "
+                                            "or comma-separated mteb task names."),
+    data_dir: Path = typer.Option(None, help="Offline: read task data only from <data-dir>/<Task>/[<subset>/]<split>.jsonl; "
+                                             "tasks without a local copy are reported missing. Default: the hub."),
+    layer: int = typer.Option(-1, help="hidden_states index to pool: -1 = last layer (the paper), 0 = embeddings."),
+    batch_size: int = typer.Option(32, help="Texts per forward pass."),
+    max_length: int = typer.Option(512, help="Truncate texts to this many tokens."),
+    padding_side: str = typer.Option("right", help="right | left (pooling and positions are correct under both)."),
+    limit: int = typer.Option(None, help="Evaluate at most this many rows per evaluation split (seeded subsample): "
+                                         "for quick checks only, scores are then NOT comparable to published ones."),
+    seed: int = typer.Option(0, help="Seed of the --limit subsample."),
+    all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    out: Path = typer.Option(None, help="Results dir (default: <run>/eval/mteb/, or ./eval/mteb/ for a bare model)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
+    dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 | float16."),
+) -> None:
+    """Evaluate checkpoints on MTEB: mean-pooled (valid tokens), L2-normalised hidden states, no fine-tuning."""
+    from nitp_eval.runs import check_writable, resolve_targets, results_header, write_json
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory; give the folder holding one sub-folder per task "
+                        "(e.g. ../shared/data/mteb)")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1 (or leave it out to evaluate whole splits)")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype}: unknown; choose float32, bfloat16 or float16")
+    from nitp_eval.mteb_eval.suite import resolve_suite
+
+    suite = resolve_suite(tasks)
+    targets = resolve_targets(path, all_steps)
+    for t in targets:  # fail before hours of work, not after
+        check_writable(t.results_path("mteb", out), overwrite)
+
+    from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
+    from nitp_eval.mteb_eval.run import evaluate_suite
+
+    settings = {"suite": tasks, "tasks": [t.name for t in suite], "data_dir": str(data_dir) if data_dir else None,
+                "pooling": "mean", "normalize": True, "layer": layer, "max_length": max_length,
+                "batch_size": batch_size, "padding_side": padding_side, "limit": limit, "seed": seed,
+                "dtype": dtype, "prompts": None}
+    for t in targets:
+        typer.echo(f"mteb: {t.checkpoint}")
+        encoder = MeanPoolEncoder.from_pretrained(t.checkpoint, device=device, dtype=dtype, layer=layer,
+                                                  max_length=max_length, batch_size=batch_size,
+                                                  padding_side=padding_side, name=f"nitp/{t.label}")
+        results = evaluate_suite(encoder, suite, data_dir=data_dir, limit=limit, seed=seed, batch_size=batch_size)
+        payload = {**results_header("mteb", t, settings, ("mteb",)), **results}
+        dest = write_json(t.results_path("mteb", out), payload, overwrite)
+        typer.echo(_summary(results) + f"\nwrote {dest}")
+
+
+def _summary(results: dict) -> str:
+    def pct(x):
+        return "  n/a" if x is None else f"{100 * x:5.2f}"
+
+    lines = [f"  {g:<15} {pct(v['mean'])}  ({v['n']} of {v['of']} tasks)" for g, v in results["groups"].items()]
+    o = results["overall"]
+    lines.append(f"  {'overall':<15} {pct(o['mean'])}  ({o['n']} of {o['of']} tasks)")
+    if results["missing"]:
+        lines.append(f"  missing ({len(results['missing'])}): {', '.join(results['missing'])}")
+    if any(r["limited"] for r in results["tasks"].values()):
+        lines.append("  --limit was set: subsampled scores, not comparable to published ones")
+    return "\n".join(lines)
