@@ -67,6 +67,75 @@ def flops(
         typer.echo(f"    {part:24} {v:.4g}")
 
 
+# ---------------------------------------------------------------------------- training
+
+_STEPS = typer.Option(None, help="Optimiser steps [default: the preset's].")
+_SAVE = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at the end) [default: the preset's].")
+_SEED = typer.Option(None, help="Seed of the backbone init and the data order [default: 1234].")
+_CONFIG = typer.Option(None, "--config", help="YAML file of config fields (see docs/training.md).")
+_SET = typer.Option(None, "--set", help="Any config field, repeatable: --set objective.lambda=0.8")
+_DATA = typer.Option(None, help="Text/jsonl/parquet files, glob, dir, or HF dataset id [default: built-in corpus].")
+_PRESET = typer.Option(None, help="Model preset (nitp-train presets) [default: tiny-dense].")
+
+
+def _config(preset, data, steps, save_every, seed, config, sets, **extra):
+    from nitp_train.config import load_config
+
+    top = {"model.preset": preset, "data.path": data, "steps": steps, "save_every": save_every, "seed": seed, **extra}
+    return load_config(config, sets, **top)
+
+
+@app.command()
+def run(
+    out: str = typer.Option(..., help="Arm dir to write, e.g. runs/x/nitp (the tokenised data goes to runs/x/data)."),
+    preset: str = _PRESET,
+    objective: str = typer.Option(None, help="ntp | nitp | cosine_reg [default: nitp]."),
+    data: str = _DATA,
+    steps: int = _STEPS,
+    save_every: int = _SAVE,
+    seed: int = _SEED,
+    config: str = _CONFIG,
+    set_: list[str] = _SET,
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(False, help="Delete an existing --out and start over."),
+) -> None:
+    """Train one arm (one process, or several under torchrun)."""
+    from nitp_train.train import train
+
+    cfg = _config(preset, data, steps, save_every, seed, config, set_, **{"objective.name": objective})
+    summary = train(cfg, out, resume=resume, overwrite=overwrite)
+    _print_summary(summary)
+
+
+@app.command()
+def pair(
+    out: str = typer.Option(None, help="Pair dir [default: runs/<preset>]."),
+    preset: str = _PRESET,
+    data: str = _DATA,
+    steps: int = _STEPS,
+    save_every: int = _SAVE,
+    seed: int = _SEED,
+    config: str = _CONFIG,
+    set_: list[str] = _SET,
+    resume: bool = typer.Option(False, help="Continue both arms from their last checkpoints."),
+    overwrite: bool = typer.Option(False, help="Delete an existing pair dir and start over."),
+) -> None:
+    """Train the NTP baseline and the NITP arm from identical weights on identical batches."""
+    from nitp_train.pair import train_pair
+
+    cfg = _config(preset, data, steps, save_every, seed, config, set_)
+    result = train_pair(cfg, out or f"runs/{cfg.model.preset}", resume=resume, overwrite=overwrite)
+    for summary in result["arms"].values():
+        _print_summary(summary)
+    typer.echo(f"paired: {result['paired']}")
+
+
+def _print_summary(summary: dict) -> None:
+    last = summary["last"]
+    parts = [f"{k}={last[k]:.4f}" for k in ("loss_ntp", "loss_nitp", "val_ce", "probe_erank") if k in last]
+    typer.echo(f"{summary['out']}: step {summary['step']}  " + "  ".join(parts))
+
+
 def _human(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 

@@ -1,0 +1,190 @@
+"""Training configuration: nested dataclasses, built in layers (preset < YAML file < --set key=value)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from nitp_train.errors import UserError
+from nitp_train.objective import ObjectiveConfig
+from nitp_train.presets import get_preset
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny-dense"
+    hf_overrides: dict = field(default_factory=dict)  # any transformers config field, e.g. num_hidden_layers
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # files / globs / dirs (.txt, .jsonl[.gz] "text", .parquet) or an HF dataset id; None = built-in corpus
+    validation: str | None = None  # held-out text (same forms); None = built-in validation split, or the tail of `path`
+    val_fraction: float = 0.01  # share of the token stream held out when `validation` is not given
+    tokenizer: str | None = None  # HF tokenizer dir or id, or train:VOCAB (byte-level BPE on the corpus); None = the preset's
+    text_field: str = "text"
+    cache_dir: str | None = None  # tokenised corpus; default <out>/../data, shared by the arms of a pair
+    max_docs: int | None = None  # read at most this many documents (quick experiments)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    warmup_steps: int = 30
+    decay_ratio: float = 0.2  # WSD: the last 20 % of steps decay
+    decay_type: str = "linear"  # linear | cosine | 1-sqrt (transformers.get_wsd_schedule)
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    global_batch: int = 16  # sequences per optimiser step, over all processes and accumulation
+    micro_batch: int = 8  # sequences per forward pass per process
+    seq_len: int = 256
+    seed: int = 1234
+    save_every: int = 250
+    log_every: int = 1
+    eval_every: int = 100  # validation CE; 0 = never
+    eval_batches: int = 4
+    probe_every: int = 50  # geometry probes on a fixed batch; 0 = never
+    probe_batch: int = 8
+    precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard; needs NCCL, i.e. GPUs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["objective"] = self.objective.to_dict()
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+    def validate(self) -> "TrainConfig":
+        for name in ("steps", "global_batch", "micro_batch", "seq_len"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"precision={self.precision!r} is unknown; choose auto, bf16 or fp32")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
+        if self.optim.decay_type not in ("linear", "cosine", "1-sqrt"):
+            raise UserError(f"optim.decay_type={self.optim.decay_type!r} is unknown; choose linear, cosine or 1-sqrt")
+        if not 0 <= self.optim.decay_ratio <= 1:
+            raise UserError(f"optim.decay_ratio={self.optim.decay_ratio} must lie in [0, 1]")
+        return self
+
+
+def _defaults_from_preset(preset_name: str) -> dict:
+    p = get_preset(preset_name)
+    d: dict = {"model": {"preset": preset_name}, "objective": {}, "optim": {}, "data": {}}
+    if "target_layer" in p.nitp:
+        d["objective"]["target_layer"] = p.nitp["target_layer"]
+    if "lambda" in p.nitp:
+        d["objective"]["lambda"] = p.nitp["lambda"]
+    for key in ("lr", "warmup_steps"):
+        if key in p.train:
+            d["optim"][key] = p.train[key]
+    for key in ("global_batch", "seq_len", "steps", "save_every", "eval_every", "probe_every"):
+        if key in p.train:
+            d[key] = p.train[key]
+    if p.tokenizer:
+        d["data"]["tokenizer"] = p.tokenizer
+    return d
+
+
+def parse_set(items: list[str]) -> dict:
+    """['objective.lambda=0.8', 'steps=10'] -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set objective.lambda=0.8")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "hf_overrides":
+            out[k] = merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _build(cls, d: dict, prefix: str = ""):
+    if cls is ObjectiveConfig:
+        try:
+            return ObjectiveConfig.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise UserError(str(e)) from e
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise UserError(f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; known under "
+                        f"{prefix or 'top level'}: {', '.join(known)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise UserError(f"{prefix}{name} is a section; set its fields, e.g. {prefix}{name}.<field>=...")
+            kwargs[name] = _build(type(default), value, prefix + name + ".")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{prefix}{name}={value!r} must be a number")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(config_file: str | Path | None = None, sets: list[str] | None = None, **top: object) -> TrainConfig:
+    """Resolve a TrainConfig: dataclass defaults < preset < YAML file < keyword options < --set."""
+    file_dict: dict = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise UserError(f"--config {path}: no such file")
+        file_dict = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(file_dict, dict):
+            raise UserError(f"--config {path}: expected a YAML mapping of config fields")
+    set_dict = parse_set(sets or [])
+    given = {k: v for k, v in top.items() if v is not None}
+    layered = merge(merge(file_dict, _nest(given)), set_dict)
+    preset = layered.get("model", {}).get("preset", ModelConfig.preset)
+    full = merge(_defaults_from_preset(preset), layered)
+    return _build(TrainConfig, full).validate()
+
+
+def _nest(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def dump_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,293 @@
+"""Data: read text, tokenise once into memory-mapped token files, serve seeded fixed-length windows.
+
+The tokenised corpus lives in <cache_dir>/<key>/ (train.bin, val.bin, meta.json, tokenizer/), keyed
+by the sources (with sizes and mtimes) and the tokenizer, so both arms of a pair and resumed runs
+read the same bytes. Documents are joined with the tokenizer's EOS token; windows are
+non-overlapping slices of `seq_len` tokens, ordered by a permutation drawn from the seed per epoch.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from nitp_train.config import DataConfig
+from nitp_train.errors import UserError
+
+CORPUS_DIR = Path(__file__).with_name("corpus")
+BUILTIN_TRAIN = CORPUS_DIR / "shakespeare-train.jsonl.gz"
+BUILTIN_VAL = CORPUS_DIR / "shakespeare-validation.jsonl.gz"
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".gz")
+EOS_FALLBACK = "<|endoftext|>"
+
+
+# ---------------------------------------------------------------------------- reading text
+
+
+def resolve_files(spec: str) -> list[Path] | None:
+    """Local files named by a path, glob or directory; None when `spec` is not local (an HF dataset id)."""
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+    elif Path(spec).is_dir():
+        files = sorted(p for p in Path(spec).rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+    elif Path(spec).exists():
+        files = [Path(spec)]
+    else:
+        return None
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise UserError(f"data {spec!r}: no .txt, .jsonl or .parquet files found there")
+    return files
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path, columns=[text_field])
+            yield from (t for t in table.column(text_field).to_pylist() if t)
+        elif name.endswith((".jsonl", ".json")):
+            with opener(path, "rt", encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if line.strip():
+                        record = json.loads(line)
+                        if text_field not in record:
+                            raise UserError(f"{path}:{i + 1}: no {text_field!r} field (set data.text_field)")
+                        if record[text_field]:
+                            yield record[text_field]
+        else:  # plain text: one document per file
+            with opener(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+            if text.strip():
+                yield text
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from e
+
+
+def read_documents(spec: str, text_field: str = "text", max_docs: int | None = None, split: str = "train") -> Iterator[str]:
+    """Documents from local files or, when `spec` is not a local path, an HF dataset id ("name" or "name:config")."""
+    files = resolve_files(spec)
+    if files is None:
+        docs = _hf_documents(spec, text_field, split)
+    else:
+        docs = (doc for f in files for doc in _read_file(f, text_field))
+    for i, doc in enumerate(docs):
+        if max_docs is not None and i >= max_docs:
+            break
+        yield doc
+
+
+def _hf_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # the hub is unreachable, the id is wrong, ...
+        raise UserError(f"data {spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {e})") from e
+    if text_field not in ds.column_names:
+        raise UserError(f"data {spec!r}: no {text_field!r} column (has {ds.column_names}); set data.text_field")
+    yield from (t for t in ds[text_field] if t)
+
+
+def _fingerprint(spec: str | None) -> list:
+    if spec is None:
+        return ["builtin"]
+    files = resolve_files(spec)
+    if files is None:
+        return [spec]
+    return [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in files]
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+
+def load_or_train_tokenizer(spec: str, texts, save_dir: Path):
+    """An HF tokenizer dir/id, or `train:VOCAB`: a byte-level BPE trained on `texts` with `tokenizers`."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if spec.startswith("train:"):
+        from tokenizers import ByteLevelBPETokenizer
+
+        try:
+            vocab = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise UserError(f"data.tokenizer={spec!r}: expected train:VOCAB_SIZE, e.g. train:8192") from None
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(texts(), vocab_size=vocab, min_frequency=2, special_tokens=[EOS_FALLBACK], show_progress=False)
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_FALLBACK, bos_token=EOS_FALLBACK,
+                                      unk_token=EOS_FALLBACK, pad_token=EOS_FALLBACK)
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(spec)
+        except Exception as e:
+            raise UserError(f"data.tokenizer={spec!r}: not a tokenizer dir or reachable HF id ({e.__class__.__name__})") from e
+        if tok.eos_token is None:
+            raise UserError(f"data.tokenizer={spec!r} has no EOS token; documents need a separator")
+    tok.model_max_length = int(1e9)  # we window the stream ourselves
+    tok.save_pretrained(save_dir)
+    return AutoTokenizer.from_pretrained(save_dir)
+
+
+# ---------------------------------------------------------------------------- token files
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray  # memory-mapped token ids
+    val: np.ndarray
+    tokenizer: object
+    meta: dict
+    dir: Path
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+
+def _tokenise_to(path: Path, docs, tokenizer, dtype) -> int:
+    eos = tokenizer.eos_token_id
+    n = 0
+    batch: list[str] = []
+    with open(path, "wb") as f:
+        def flush():
+            nonlocal n
+            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                arr = np.asarray(ids + [eos], dtype=dtype)
+                f.write(arr.tobytes())
+                n += len(arr)
+            batch.clear()
+
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) == 64:
+                flush()
+        if batch:
+            flush()
+    return n
+
+
+def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, barrier=lambda: None) -> TokenData:
+    """Tokenise once (on the main process) and memory-map; every other caller reuses the files."""
+    key_src = {"path": _fingerprint(cfg.path), "validation": _fingerprint(cfg.validation) if cfg.validation or cfg.path is None else None,
+               "val_fraction": cfg.val_fraction, "tokenizer": cfg.tokenizer, "text_field": cfg.text_field, "max_docs": cfg.max_docs}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / f"tokens-{key}"
+    if is_main and not (out / "meta.json").exists():
+        _build_token_dir(cfg, out, key_src)
+    barrier()
+    if not (out / "meta.json").exists():
+        raise UserError(f"{out}: tokenised data missing (was the main process interrupted?); rerun")
+    from transformers import AutoTokenizer
+
+    meta = json.loads((out / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(out / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(out / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else np.zeros(0, dtype)
+    return TokenData(train, val, AutoTokenizer.from_pretrained(out / "tokenizer"), meta, out)
+
+
+def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
+    from tqdm.auto import tqdm
+
+    train_spec = cfg.path or str(BUILTIN_TRAIN)
+    val_spec = cfg.validation or (str(BUILTIN_VAL) if cfg.path is None else None)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    def texts():
+        return read_documents(train_spec, cfg.text_field, cfg.max_docs)
+
+    tokenizer = load_or_train_tokenizer(cfg.tokenizer or "train:8192", texts, tmp / "tokenizer")
+    dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
+    docs = tqdm(texts(), desc="tokenising", unit="doc", leave=False)
+    n_train = _tokenise_to(tmp / "train.bin", docs, tokenizer, dtype)
+    if n_train == 0:
+        shutil.rmtree(tmp)
+        raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
+    if val_spec is not None:
+        n_val = _tokenise_to(tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype)
+    else:  # hold out the tail of the training stream
+        n_val = int(n_train * cfg.val_fraction)
+        all_tokens = np.fromfile(tmp / "train.bin", dtype=dtype)
+        all_tokens[n_train - n_val:].tofile(tmp / "val.bin")
+        all_tokens[: n_train - n_val].tofile(tmp / "train.bin")
+        n_train -= n_val
+    meta = {"train_tokens": n_train, "val_tokens": n_val, "dtype": np.dtype(dtype).name, "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id, "train": train_spec, "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
+            "sha256_train": _sha256(tmp / "train.bin"), "key": key_src}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- windows
+
+
+class WindowSampler:
+    """Which windows of the token stream form each (step, rank, micro-step) batch.
+
+    Stateless: sample i of the run is window perm_e[i mod W] with e = i // W and perm_e a
+    permutation drawn from (seed, e). The data position is the step, so resume needs nothing else.
+    A step's global batch is split into contiguous per-rank shares, then into micro-batches,
+    so the world size only changes who computes which sequences.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.seed = seed
+        self.num_windows = len(tokens) // seq_len
+        if self.num_windows < 1:
+            raise UserError(f"corpus has {len(tokens)} tokens, fewer than one window of seq_len={seq_len}; use more data or a shorter seq_len")
+        self._perm_epoch, self._perm = -1, None
+
+    def _window(self, i: int) -> int:
+        import torch
+
+        epoch = i // self.num_windows
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.num_windows, generator=g).numpy(), epoch
+        return int(self._perm[i % self.num_windows])
+
+    def sample_ids(self, step: int, global_batch: int) -> list[int]:
+        return [self._window(step * global_batch + j) for j in range(global_batch)]
+
+    def batch(self, window_ids: list[int]):
+        import torch
+
+        rows = [np.asarray(self.tokens[w * self.seq_len:(w + 1) * self.seq_len], dtype=np.int64) for w in window_ids]
+        return torch.from_numpy(np.stack(rows))
+
+
+def fixed_windows(tokens: np.ndarray, seq_len: int, n: int):
+    """The first n windows of a held-out stream (validation CE and geometry probes), as a tensor."""
+    import torch
+
+    n = min(n, len(tokens) // seq_len)
+    if n == 0:
+        return None
+    return torch.from_numpy(np.asarray(tokens[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
