@@ -1,8 +1,127 @@
-"""nitp-eval lm: placeholder until its issue lands."""
+"""nitp-eval lm: the paper's downstream benchmarks through lm-evaluation-harness (docs/lm-eval.md)."""
 
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+
+from nitp_eval.lm.taskdir import DATA_DIR_ENV
 from nitp_train.errors import UserError
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise UserError("nitp-eval lm is not implemented yet")
+def command(
+    paths: list[Path] = typer.Argument(None, show_default=False,
+                                       help="Run dir(s) (all arms), arm dir(s), checkpoint(s) or any HF causal-LM dir(s)."),
+    suite: str = typer.Option("paper", help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k."),
+    tasks: str = typer.Option(None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."),
+    data_dir: Path = typer.Option(None, envvar=DATA_DIR_ENV, show_envvar=True,
+                                  help="Offline: read every task from <DATA_DIR>/<task>/<split>.jsonl (datasets' own schema); nothing touches the hub."),
+    limit: float = typer.Option(None, help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs."),
+    num_fewshot: int = typer.Option(None, help="Few-shot count for all tasks (default: the suite's / task's own)."),
+    batch_size: str = typer.Option("8", help="Batch size, or auto / auto:N as in lm_eval."),
+    device: str = typer.Option(None, help="Torch device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option("float32", help="Weights dtype when loading the checkpoint (float32, bfloat16, float16)."),
+    gen_kwargs: str = typer.Option(None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."),
+    bootstrap_iters: int = typer.Option(100_000, help="lm-eval bootstrap iterations for stderr of non-mean metrics (0: none)."),
+    all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    export_tasks: Path = typer.Option(None, help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands."),
+) -> None:
+    """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records."""
+    from tqdm import tqdm
+
+    from nitp_eval.lm import evaluate as ev
+    from nitp_eval.lm.suite import known_task, suite_tasks
+    from nitp_eval.lm.taskdir import expand_tags, write_task_dir
+    from nitp_eval.runs import check_writable, resolve_targets, results_header, write_json
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory; give the dir holding <task>/<split>.jsonl (e.g. ../shared/data/lm)")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit {limit}: must be > 0 (a count, or a fraction below 1)")
+    limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
+    if tasks:
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        suite = None
+    else:
+        names = [t.name for t in suite_tasks(suite)]
+    names = expand_tags(names)
+    fewshot = {n: known_task(n).num_fewshot for n in names if known_task(n)}
+    primary = {n: known_task(n).primary for n in names if known_task(n)}
+    run_kw = dict(limit=limit, batch_size=batch_size, device=device, dtype=dtype, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs)
+
+    if export_tasks is not None:
+        _export(export_tasks, names, data_dir, fewshot, overwrite, paths, run_kw)
+        return
+    if not paths:
+        raise UserError("give a run dir, arm dir, checkpoint or HF model dir (or --export-tasks DIR)")
+    targets = [t for p in paths for t in resolve_targets(p, all_steps)]
+    for t in targets:  # fail before hours of evaluation, not after
+        check_writable(t.results_path("lm", out), overwrite)
+
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
+        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot)
+        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+        for target in tqdm(targets, desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2):
+            results = _run(target.checkpoint, manager, names, bootstrap_iters, run_kw, data_dir)
+            task_records, samples = ev.collect(results, names, primary)
+            settings = {
+                "suite": suite, "tasks": names, "suite_num_fewshot": fewshot, **run_kw,
+                "bootstrap_iters": bootstrap_iters, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                "max_length": results.get("max_length"),
+                "seeds": {k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
+                "lm_eval_command": ev.lm_eval_command(target.checkpoint, names, "TASK_DIR", **run_kw),
+                "task_dir_command": _export_command(names, data_dir, suite),
+            }
+            payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
+            path = write_json(target.results_path("lm", out), payload, overwrite)
+            summary = ", ".join(f"{n} {r['metrics'].get(r['primary'], float('nan')):.4f}" for n, r in task_records.items())
+            typer.echo(f"{path}: {summary}")
+
+
+def _run(checkpoint, manager, names, bootstrap_iters, run_kw, data_dir):
+    from datasets.exceptions import DatasetNotFoundError
+
+    from nitp_eval.lm.evaluate import run_harness
+
+    try:
+        return run_harness(checkpoint, manager, names, bootstrap_iters=bootstrap_iters, **run_kw)
+    except (DatasetNotFoundError, ConnectionError) as e:
+        if data_dir is not None:
+            raise
+        raise UserError(f"{','.join(names)}: a dataset could not be loaded from the Hugging Face hub ({e.__class__.__name__}); "
+                        f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies") from e
+
+
+def _export_command(names, data_dir, suite) -> str:
+    import shlex
+
+    args = ["nitp-eval", "lm", "--export-tasks", "TASK_DIR"]
+    args += ["--suite", suite] if suite else ["--tasks", ",".join(names)]
+    if data_dir:
+        args += ["--data-dir", str(Path(data_dir).resolve())]
+    return shlex.join(args)
+
+
+def _export(out_dir: Path, names, data_dir, fewshot, overwrite, paths, run_kw) -> None:
+    from nitp_eval.lm.evaluate import lm_eval_command
+    from nitp_eval.lm.taskdir import write_task_dir
+
+    out_dir = Path(out_dir)
+    old = sorted(out_dir.glob("*.yaml")) if out_dir.is_dir() else []
+    if old and not overwrite:
+        raise UserError(f"--export-tasks {out_dir}: already holds task configs; pass --overwrite to replace them or choose an empty dir")
+    for f in old:  # stale configs would be indexed by lm_eval too
+        f.unlink()
+    write_task_dir(out_dir, names, data_dir, fewshot)
+    ckpt = paths[0] if paths else "CKPT"
+    cmd = lm_eval_command(ckpt, names, out_dir.resolve(), **run_kw)
+    typer.echo(f"wrote {len(list(out_dir.glob('*.yaml')))} task configs to {out_dir}\n"
+               f"single process:   {cmd}\n"
+               f"data parallel:    accelerate launch -m {cmd}\n"
+               f"vLLM:             {cmd.replace('--model hf', '--model vllm', 1)}")

@@ -1,0 +1,146 @@
+"""Run lm-evaluation-harness on one checkpoint and turn its output into nitp's results records.
+
+The harness does all the work (`lm_eval.simple_evaluate` with an `HFLM` around the loaded HF
+model); this module only picks the numbers out:
+
+    tasks[name]   = {metrics, primary, version, n_samples, num_fewshot, ...}   per requested task/group
+    samples[name] = [{doc_id, <metric>: value, target, response, ...}, ...]    per evaluated doc
+
+Metric names are lm-eval's "metric,filter" keys with ",none" dropped ("acc", "exact_match,strict-match");
+the stderr of metric m is m + "_stderr".
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+RESPONSE_CHARS = 300  # generations are kept shortened in per-sample records (mmlu_pro CoT can be 2k tokens)
+
+
+def run_harness(checkpoint: Path, task_manager, names: list[str], *, limit=None, batch_size="8",
+                device: str | None = None, dtype: str = "float32", num_fewshot: int | None = None,
+                gen_kwargs: str | None = None, bootstrap_iters: int = 100_000) -> dict:
+    """lm-eval's results dict (with per-sample logs) for one HF checkpoint dir."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from nitp_eval.models import load_model
+
+    model, tokenizer = load_model(checkpoint, device=device, dtype=dtype)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(batch_size))
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=list(names), task_manager=task_manager, limit=limit, num_fewshot=num_fewshot,
+        gen_kwargs=gen_kwargs, log_samples=True, bootstrap_iters=bootstrap_iters,
+    )
+
+
+def _batch_size(b):
+    return int(b) if str(b).isdigit() else b  # "auto" / "auto:4" stay strings, as on lm-eval's command line
+
+
+def metric_name(key: str) -> str:
+    """lm-eval result key -> ours: 'acc,none' -> 'acc'; 'exact_match_stderr,strict-match' -> 'exact_match,strict-match_stderr'."""
+    metric, _, filt = key.partition(",")
+    stderr = metric.endswith("_stderr")
+    if stderr:
+        metric = metric[: -len("_stderr")]
+    name = metric if filt in ("", "none") else f"{metric},{filt}"
+    return name + ("_stderr" if stderr else "")
+
+
+def _metrics(result: dict) -> dict:
+    out = {}
+    for key, value in result.items():
+        if "," not in key:  # alias, name, sample_len
+            continue
+        out[metric_name(key)] = None if value == "N/A" else value
+    return out
+
+
+def _leaves(name: str, group_subtasks: dict) -> list[str]:
+    children = group_subtasks.get(name) or []
+    if not children:
+        return [name]
+    return [leaf for c in children for leaf in _leaves(c, group_subtasks)]
+
+
+def collect(results: dict, names: list[str], primary: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """(tasks, samples) records for the requested task/group names from lm-eval's results dict."""
+    primary = primary or {}
+    groups = results.get("group_subtasks", {})
+    tasks, samples = {}, {}
+    for name in names:
+        leaves = _leaves(name, groups)
+        metrics = _metrics(results["results"][name])
+        is_group = leaves != [name]
+        shots = {results["n-shot"].get(leaf) for leaf in leaves}
+        cfg = results["configs"][leaves[0]]
+        entry = {
+            "metrics": metrics,
+            "primary": primary.get(name) or next(k for k in metrics if not k.endswith("_stderr")),
+            "version": results["versions"].get(name),
+            "n_samples": sum(results["n-samples"][leaf]["effective"] for leaf in leaves),
+            "num_fewshot": shots.pop() if len(shots) == 1 else {leaf: results["n-shot"].get(leaf) for leaf in leaves},
+            "n_docs": sum(results["n-samples"][leaf]["original"] for leaf in leaves),
+            "output_type": cfg.get("output_type"),
+        }
+        if cfg.get("output_type") == "generate_until":
+            entry["generation_kwargs"] = cfg.get("generation_kwargs")
+        if is_group:
+            entry["subtasks"] = {
+                leaf: {"metrics": _metrics(results["results"][leaf]), "version": results["versions"].get(leaf),
+                       "n_samples": results["n-samples"][leaf]["effective"]}
+                for leaf in leaves
+            }
+        tasks[name] = entry
+        samples[name] = [
+            rec for leaf in leaves
+            for rec in sample_records(results["samples"].get(leaf, []), prefix=f"{leaf}:" if is_group else None)
+        ]
+    return tasks, samples
+
+
+def sample_records(logged: list[dict], prefix: str | None = None) -> list[dict]:
+    """One record per doc from lm-eval's log_samples entries (one entry per doc and filter).
+
+    Keys: doc_id ("<subtask>:<id>" inside a group), every metric value under our metric names,
+    target, and either the option log-likelihoods (multiple choice) or the shortened raw
+    response plus what each filter extracted from it (generation).
+    """
+    by_doc: dict = {}
+    for s in logged:
+        doc_id = f"{prefix}{s['doc_id']}" if prefix else s["doc_id"]
+        rec = by_doc.setdefault(doc_id, {"doc_id": doc_id})
+        if prefix:
+            rec["subtask"] = prefix[:-1]
+        for m in s["metrics"]:
+            rec[metric_name(f"{m},{s['filter']}")] = s[m]
+        rec["target"] = _short(s["target"])
+        resps = s["resps"]
+        if resps and isinstance(resps[0][0], str):  # generation
+            rec["response"] = _short(resps[0][0])
+            rec.setdefault("extracted", {})[s["filter"]] = _short(s["filtered_resps"][0])
+        elif resps and isinstance(resps[0][0], (list, tuple)):  # multiple choice: (loglikelihood, is_greedy) per option
+            rec["loglikelihoods"] = [float(r[0][0]) for r in resps]
+    return list(by_doc.values())
+
+
+def _short(x):
+    return x[:RESPONSE_CHARS] + "..." if isinstance(x, str) and len(x) > RESPONSE_CHARS else x
+
+
+def lm_eval_command(checkpoint, names, task_dir, *, limit=None, batch_size="8", dtype="float32", device=None,
+                    num_fewshot=None, gen_kwargs=None) -> str:
+    """The `lm_eval` command line that gives the same scores (task_dir from `nitp-eval lm --export-tasks`)."""
+    args = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype={dtype}",
+            "--tasks", ",".join(names), "--include_path", str(task_dir), "--batch_size", str(batch_size)]
+    if device:
+        args += ["--device", device]
+    if limit is not None:
+        args += ["--limit", str(limit)]
+    if num_fewshot is not None:
+        args += ["--num_fewshot", str(num_fewshot)]
+    if gen_kwargs:
+        args += ["--gen_kwargs", gen_kwargs]
+    return shlex.join(args + ["--log_samples", "--output_path", "lm_eval_out"])
