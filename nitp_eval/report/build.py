@@ -1,0 +1,167 @@
+"""Assembling a report dir: report.md, tables/<name>.{md,tex,csv}, figures/<name>.{png,pdf}.
+
+The dir is built beside its destination and moved into place at the end, so a failed build never
+leaves half a report, and an existing report is only replaced with overwrite=True.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from nitp_eval.report import figures as F
+from nitp_eval.report import tables as T
+from nitp_eval.report.load import Run, file_digest, load_run
+from nitp_eval.report.spec import Spec
+from nitp_eval.report.table import Table
+from nitp_train.errors import UserError
+
+REPORT_FILE = "report.md"
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-").lower() or "run"
+
+
+class _Writer:
+    """Collects the report's Markdown while writing each table and figure to its own files."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.md: list[str] = []
+        self.outputs: list[str] = []
+        (root / "tables").mkdir(parents=True)
+        (root / "figures").mkdir()
+
+    def text(self, s: str) -> None:
+        self.md.append(s.rstrip("\n") + "\n")
+
+    def table(self, t: Table | None) -> None:
+        if t is None:
+            return
+        for ext, body in (("md", t.markdown()), ("tex", t.latex()), ("csv", t.csv())):
+            (self.root / "tables" / f"{t.name}.{ext}").write_text(body)
+        self.outputs.append(f"tables/{t.name}.{{md,tex,csv}}")
+        self.text(f"**{t.title}** (`tables/{t.name}.csv`, `.tex`)\n\n{t.markdown()}")
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        if fig is None:
+            return
+        F.save(fig, self.root / "figures", name)
+        self.outputs.append(f"figures/{name}.{{png,pdf}}")
+        self.text(f"![{caption}](figures/{name}.png)\n\n*{caption}* (`figures/{name}.pdf`)\n")
+
+
+def build_report(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """Write the report that `spec` declares to `out`; returns the path of report.md."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or --out to write elsewhere")
+    if out.exists() and overwrite and any(out.iterdir()) and not (out / REPORT_FILE).exists():
+        raise UserError(f"{out} exists and is not a report dir (no {REPORT_FILE}); refusing to replace it; choose another --out")
+    runs = [load_run(r["path"], r["label"]) for r in spec.runs]
+    if len({r.label for r in runs}) < len(runs):
+        raise UserError("two runs share a label; give each a distinct `label:` in the spec")
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(spec, runs, _Writer(tmp), progress)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / REPORT_FILE
+
+
+def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
+    from tqdm import tqdm
+
+    notes: list[str] = []
+    w.text(f"# {spec.title}\n")
+    if spec.description:
+        w.text(spec.description.strip() + "\n")
+    w.text("Built by `nitp-eval report` from results files only (list at the end)"
+           + (f", spec `{spec.source}`" if spec.source else "") + ".\n\n"
+           + "\n".join(f"- **{r.label}**: `{r.path}` (arms: {', '.join(r.arms) or 'none'})" for r in runs) + "\n")
+    many = len(runs) > 1
+    for section in tqdm(spec.sections, desc="report", unit="section", disable=not progress):
+        _SECTIONS[section](spec, runs, w, notes, many)
+
+    w.text("## Missing inputs and caveats\n")
+    missing = [f"{r.label}: not found or unreadable: {m}" for r in runs for m in r.missing] + notes
+    w.text("\n".join(f"- {m}" for m in dict.fromkeys(missing)) if missing else "Nothing missing.")
+    w.text("\n## Sources\n\nFiles read (sha256 prefix):\n")
+    sources = [p for r in runs for p in r.sources] + ([spec.source] if spec.source else [])
+    w.text("\n".join(f"- `{p}` {file_digest(p)}" for p in sources) or "- none")
+    w.text("\nOutputs: " + ", ".join(f"`{o}`" for o in w.outputs) if w.outputs else "\nNo tables or figures could be built.")
+    (w.root / REPORT_FILE).write_text("\n".join(w.md))
+
+
+def _downstream(spec, runs, w, notes, many):
+    w.text("## Downstream benchmarks\n")
+    t = T.downstream_table(runs, spec, notes)
+    w.table(t) if t else w.text("No lm results found (run `nitp-eval lm <run dir>`).\n")
+
+
+def _mteb(spec, runs, w, notes, many):
+    w.text("## MTEB (frozen embeddings)\n")
+    found = False
+    for run in runs:
+        for t in T.mteb_tables(run, spec, notes, suffix=f"-{slug(run.label)}" if many else ""):
+            w.table(t)
+            found = True
+    if not found:
+        w.text("No mteb results found (run `nitp-eval mteb <run dir>`).\n")
+
+
+def _geometry(spec, runs, w, notes, many):
+    w.text("## Hidden-state geometry\n")
+    t = T.geometry_table(runs, spec, notes)
+    if t is None:
+        w.text("No geometry results found (run `nitp-eval geometry <run dir>`).\n")
+        return
+    w.table(t)
+    for run in runs:
+        arms = T.run_arms(run, spec, "geometry")
+        sfx = f"-{slug(run.label)}" if many else ""
+        w.figure(F.geometry_profiles(run, arms, spec.step), f"geometry_profiles{sfx}",
+                 f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer")
+        w.figure(F.cka_heatmaps(run, arms, spec.step), f"cka{sfx}", f"{run.label}: linear CKA between layers, per arm")
+
+
+def _dynamics(spec, runs, w, notes, many):
+    w.text("## Training dynamics\n")
+    for run in runs:
+        arms = T.run_arms(run, spec)
+        sfx = f"-{slug(run.label)}" if many else ""
+        fig = F.dynamics(run, arms)
+        if fig is None:
+            notes.append(f"{run.label}: no geometry probes in metrics.jsonl (probe_erank, probe_cosine) and no geometry "
+                         "checkpoint series: no dynamics figure (paper Fig. 1)")
+        w.figure(fig, f"dynamics{sfx}", f"{run.label}: last-layer effective rank and cosine similarity vs step (paper Fig. 1)")
+        fig = F.aux_loss(run, arms)
+        if fig is None:
+            notes.append(f"{run.label}: no loss_nitp in any metrics.jsonl: no auxiliary-loss figure (paper Fig. 5)")
+        w.figure(fig, f"aux_loss{sfx}", f"{run.label}: auxiliary (NITP) loss vs step (paper Fig. 5)")
+        w.figure(F.cross_entropy(run, arms), f"cross_entropy{sfx}", f"{run.label}: train NTP loss and validation CE vs step")
+    w.table(T.ce_table(runs, spec, notes))
+
+
+def _cost(spec, runs, w, notes, many):
+    w.text("## Cost\n")
+    t = T.cost_table(runs, spec, notes)
+    w.table(t) if t else w.text("No metrics.jsonl found: no throughput to report.\n")
+
+
+def _ablation(spec, runs, w, notes, many):
+    w.text("## Ablations\n")
+    t = T.ablation_table(runs, spec, notes)
+    w.table(t) if t else w.text("No lm results for the ablation variants.\n")
+
+
+_SECTIONS = {"downstream": _downstream, "mteb": _mteb, "geometry": _geometry, "dynamics": _dynamics,
+             "cost": _cost, "ablation": _ablation}

@@ -1,0 +1,158 @@
+"""Collecting everything a report reads from one pair dir: results files, metrics.jsonl, configs.
+
+Nothing here loads a model. Every file read is recorded in `Run.sources` (the report lists them)
+and everything expected but absent or unreadable in `Run.missing` (the report lists that too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nitp_eval.runs import ARM_ORDER, SCHEMA_VERSION
+from nitp_train.errors import UserError
+
+KINDS = ("geometry", "lm", "mteb")
+RESULT_FILE = re.compile(r"^(?P<arm>.+)-step-(?P<step>\d+)$")
+
+
+def arm_sort_key(arm: str) -> tuple:
+    """ntp and nitp first (baseline first), then other arms (ablations) by name."""
+    return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm)
+
+
+@dataclass
+class Result:
+    """One results file (geometry, lm or mteb) of one arm at one step."""
+
+    path: Path
+    data: dict
+    arm: str
+    step: int | None
+
+
+@dataclass
+class Run:
+    """What a pair dir holds, as far as a report is concerned."""
+
+    path: Path
+    label: str
+    pair: dict | None = None
+    configs: dict[str, dict] = field(default_factory=dict)  # arm -> resolved config.yaml
+    metrics: dict[str, list[dict]] = field(default_factory=dict)  # arm -> metrics.jsonl records
+    results: dict[str, dict[str, dict]] = field(default_factory=dict)  # kind -> arm -> {step: Result}
+    sources: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def arms(self) -> list[str]:
+        names = set(self.configs) | set(self.metrics) | set((self.pair or {}).get("arms") or {})
+        for by_arm in self.results.values():
+            names |= set(by_arm)
+        return sorted(names, key=arm_sort_key)
+
+    def series(self, kind: str, arm: str) -> list[Result]:
+        """All results of one kind for one arm, by step (a checkpoint series)."""
+        by_step = self.results.get(kind, {}).get(arm, {})
+        return [by_step[s] for s in sorted(by_step, key=lambda s: (s is None, s or 0))]
+
+    def latest(self, kind: str, arm: str) -> Result | None:
+        """The results of the arm's last evaluated checkpoint, or None."""
+        series = self.series(kind, arm)
+        return series[-1] if series else None
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    """Read a pair dir (runs/x/). Raises UserError when `path` is not one."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"{p}: no such run dir; give a pair dir such as runs/x (with pair.json, <arm>/metrics.jsonl or eval/)")
+    arm_dirs = [d for d in p.iterdir() if d.is_dir() and any((d / f).exists() for f in ("metrics.jsonl", "config.yaml", "checkpoints"))]
+    if not ((p / "pair.json").exists() or (p / "eval").is_dir() or arm_dirs):
+        hint = " (that looks like an arm dir: give its parent)" if (p / "checkpoints").is_dir() or (p / "metrics.jsonl").exists() else ""
+        raise UserError(f"{p}: not a pair dir: no pair.json, no eval/ and no arm dirs{hint}; give a dir such as runs/x")
+    run = Run(path=p, label=label or p.resolve().name)
+
+    if (p / "pair.json").exists():
+        run.pair = _read_json(p / "pair.json", run)
+    else:
+        run.missing.append(f"{p}/pair.json")
+    for d in sorted(arm_dirs, key=lambda d: arm_sort_key(d.name)):
+        _read_arm(d, run)
+    for kind in KINDS:
+        _read_results(p / "eval" / kind, kind, run)
+    return run
+
+
+def _read_json(path: Path, run: Run) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        run.missing.append(f"{path}: unreadable ({e.__class__.__name__}: {e})")
+        return None
+    run.sources.append(path)
+    return data
+
+
+def _read_arm(arm_dir: Path, run: Run) -> None:
+    import yaml
+
+    arm = arm_dir.name
+    cfg = arm_dir / "config.yaml"
+    if cfg.exists():
+        try:
+            run.configs[arm] = yaml.safe_load(cfg.read_text()) or {}
+            run.sources.append(cfg)
+        except yaml.YAMLError as e:
+            run.missing.append(f"{cfg}: unreadable ({e.__class__.__name__})")
+    else:
+        run.missing.append(str(cfg))
+    metrics = arm_dir / "metrics.jsonl"
+    if not metrics.exists():
+        run.missing.append(str(metrics))
+        return
+    records, bad = [], 0
+    for line in metrics.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # e.g. a line being written while the trainer runs
+            bad += 1
+    if bad:
+        run.missing.append(f"{metrics}: {bad} unparseable line(s) skipped")
+    run.metrics[arm] = sorted((r for r in records if "step" in r), key=lambda r: r["step"])
+    run.sources.append(metrics)
+
+
+def _read_results(eval_dir: Path, kind: str, run: Run) -> None:
+    found = run.results.setdefault(kind, {})
+    if not eval_dir.is_dir():
+        run.missing.append(f"{eval_dir}/ (no {kind} results; run `nitp-eval {kind} {run.path}`)")
+        return
+    for f in sorted(eval_dir.glob("*.json")):
+        data = _read_json(f, run)
+        if data is None:
+            continue
+        if data.get("schema") != f"nitp.{kind}":
+            run.sources.remove(f)
+            run.missing.append(f"{f}: schema {data.get('schema')!r} is not nitp.{kind}; skipped")
+            continue
+        if (data.get("schema_version") or 0) > SCHEMA_VERSION:
+            raise UserError(f"{f}: schema_version {data['schema_version']} is newer than this nitp reads ({SCHEMA_VERSION}); upgrade nitp")
+        m = RESULT_FILE.match(f.stem)
+        arm = data.get("arm") or (m.group("arm") if m else f.stem)
+        step = data.get("step") if data.get("step") is not None else (int(m.group("step")) if m else None)
+        if step in found.setdefault(arm, {}):
+            run.missing.append(f"{f}: a second {kind} result for {arm} step {step}; kept {found[arm][step].path.name}")
+            continue
+        found[arm][step] = Result(f, data, arm, step)
+    if not any(found.values()):
+        run.missing.append(f"{eval_dir}/*.json (no {kind} results files)")

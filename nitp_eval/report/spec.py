@@ -1,0 +1,113 @@
+"""Analysis specs: which runs, which sections, which settings (analyses/*.yaml; docs/report.md).
+
+A spec is data. Everything it can say:
+
+    title: Table 1 (MoE): downstream benchmarks, NTP vs NITP
+    runs:                                  # pair dirs, relative to the working directory
+      - {path: runs/moe-3b-a0.5b, label: MoE 3B-A0.5B}
+    sections: [downstream]                 # any of SECTIONS, in the order wanted
+    arms: [ntp, nitp]                      # which arms, baseline first (default: all found)
+    tasks: [mmlu_pro, c3, commonsense_qa, arc_challenge, gsm8k]   # lm tasks and their order
+    step: null                             # which checkpoint step tables use (default: the latest)
+    bootstrap: {n: 10000, seed: 0, ci: 0.95}
+    variants:                              # the ablation section's rows; the first is the baseline
+      - {run: MoE 3B-A0.5B, arm: ntp, label: NTP}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from nitp_train.errors import UserError
+
+SECTIONS = ("downstream", "mteb", "geometry", "dynamics", "cost", "ablation")
+DEFAULT_SECTIONS = ("downstream", "mteb", "geometry", "dynamics", "cost")
+
+
+@dataclass
+class Variant:
+    run: str  # a run's label (or path) in `runs`
+    arm: str
+    label: str
+
+
+@dataclass
+class Spec:
+    runs: list[dict]  # [{path, label}]
+    title: str = "NTP vs NITP"
+    description: str = ""
+    sections: list[str] = field(default_factory=lambda: list(DEFAULT_SECTIONS))
+    arms: list[str] | None = None  # None: every arm found, ntp and nitp first
+    baseline: str = "ntp"  # deltas are <arm> - baseline
+    tasks: list[str] | None = None  # None: every lm task found, the paper's order first
+    step: int | None = None  # None: each arm's latest evaluated checkpoint
+    n_boot: int = 10_000
+    seed: int = 0
+    ci: float = 0.95
+    ce_window: int = 10  # train NTP loss is averaged over the last this many logged steps
+    variants: list[Variant] | None = None
+    source: Path | None = None  # the spec file, listed in the report
+
+
+def spec_from_paths(paths: list[str | Path]) -> Spec:
+    """The implicit spec of `nitp-eval report runs/x [runs/y ...]`: every default section."""
+    return Spec(runs=[{"path": str(p), "label": Path(p).resolve().name} for p in paths])
+
+
+def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -> Spec:
+    """Read a spec file; `override_runs` (the command's positional paths) replace its runs in order."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such spec file; see analyses/README.md for the specs that ship")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a spec is a YAML mapping (title, runs, sections, ...); see analyses/README.md")
+    known = {f.name for f in fields(Spec)} - {"n_boot", "seed", "ci", "source"} | {"bootstrap"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+
+    runs = [_run_entry(r, path) for r in raw.get("runs") or []]
+    if override_runs:
+        runs = [{"path": str(p), "label": runs[i]["label"] if i < len(runs) else Path(p).resolve().name}
+                for i, p in enumerate(override_runs)]
+    if not runs:
+        raise UserError(f"{path}: no runs; list pair dirs under `runs:` or give them on the command line")
+    sections = raw.get("sections") or list(DEFAULT_SECTIONS)
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        raise UserError(f"{path}: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+    boot = raw.get("bootstrap") or {}
+    if set(boot) - {"n", "seed", "ci"}:
+        raise UserError(f"{path}: bootstrap takes n, seed and ci, not {sorted(set(boot) - {'n', 'seed', 'ci'})}")
+    ci = float(boot.get("ci", 0.95))
+    if not 0 < ci < 1:
+        raise UserError(f"{path}: bootstrap.ci={ci} must lie in (0, 1), e.g. 0.95")
+    variants = None
+    if raw.get("variants") is not None:
+        try:
+            variants = [Variant(str(v["run"]), str(v["arm"]), str(v.get("label") or f"{v['run']} {v['arm']}"))
+                        for v in raw["variants"]]
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: each variant needs `run` (a run label) and `arm`, optionally `label`") from e
+    return Spec(
+        runs=runs, title=str(raw.get("title") or path.stem), description=str(raw.get("description") or ""),
+        sections=list(sections), arms=raw.get("arms"), baseline=str(raw.get("baseline", "ntp")),
+        tasks=raw.get("tasks"), step=raw.get("step"), n_boot=int(boot.get("n", 10_000)),
+        seed=int(boot.get("seed", 0)), ci=ci, ce_window=int(raw.get("ce_window", 10)),
+        variants=variants, source=path,
+    )
+
+
+def _run_entry(r, path: Path) -> dict:
+    if isinstance(r, str):
+        return {"path": r, "label": Path(r).name}
+    if isinstance(r, dict) and "path" in r:
+        return {"path": str(r["path"]), "label": str(r.get("label") or Path(r["path"]).name)}
+    raise UserError(f"{path}: each entry of runs is a path or {{path: ..., label: ...}}, not {r!r}")

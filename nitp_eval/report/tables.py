@@ -1,0 +1,405 @@
+"""The report's tables, built from loaded runs (load.py) alone.
+
+Scores from lm/mteb results (fractions 0-1) are shown as percentages with two decimals, like the
+paper. Each builder appends what it could not find or had to work around to `notes`; the report
+prints those in its "Missing inputs and caveats" section.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from nitp_eval.report.load import Result, Run
+from nitp_eval.report.spec import Spec, Variant
+from nitp_eval.report.stats import Delta, mean_delta, paired_samples
+from nitp_eval.report.table import Cell, Table
+
+# The paper's benchmark order and short names (Table 1); other tasks follow by name.
+TASK_NAMES = {"mmlu": "MMLU", "mmlu_pro": "MMLU-Pro", "c3": "C3", "commonsense_qa": "CSQA", "arc_challenge": "ARC-C",
+              "gsm8k": "GSM8k", "bbh": "BBH", "lcbench": "LCBench"}
+ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
+MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
+NA = "n/a"
+
+
+def arm_name(arm: str) -> str:
+    return ARM_NAMES.get(arm, arm)
+
+
+def task_name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def pct(x: float | None, sign: bool = False) -> str:
+    if x is None:
+        return NA
+    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def delta_text(value: float, d: Delta | None) -> str:
+    """`+5.71* [+4.10, +7.30]`: the difference, `*` when the CI excludes zero, then the CI."""
+    if d is None:
+        return pct(value, sign=True)
+    return f"{pct(value, sign=True)}{'*' if d.significant else ''} [{pct(d.lo, True)}, {pct(d.hi, True)}]"
+
+
+def pick(run: Run, kind: str, arm: str, step: int | None) -> Result | None:
+    """The arm's result at `step`, or its latest when step is None."""
+    if step is None:
+        return run.latest(kind, arm)
+    return run.results.get(kind, {}).get(arm, {}).get(step)
+
+
+def run_arms(run: Run, spec: Spec, kind: str | None = None) -> list[str]:
+    """The arms to show, baseline first: the spec's list, or every arm found (with `kind` results)."""
+    arms = spec.arms or [a for a in run.arms if kind is None or run.results.get(kind, {}).get(a)]
+    if spec.baseline in arms:
+        arms = [spec.baseline] + [a for a in arms if a != spec.baseline]
+    return arms
+
+
+def ordered_tasks(names) -> list[str]:
+    paper = list(TASK_NAMES)
+    return sorted(set(names), key=lambda t: (paper.index(t) if t in paper else len(paper), t))
+
+
+def _row_label(run: Run, arm: str, many_runs: bool) -> str:
+    return f"{run.label} {arm_name(arm)}" if many_runs else arm_name(arm)
+
+
+def _bold_best(values: list[float | None]) -> list[bool]:
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return [False] * len(values)
+    best = max(round(v, 6) for v in known)
+    return [v is not None and round(v, 6) == best for v in values]
+
+
+def _check_steps(run: Run, kind: str, picked: dict[str, Result | None], notes: list[str]) -> None:
+    steps = {a: r.step for a, r in picked.items() if r is not None}
+    if len(set(steps.values())) > 1:
+        notes.append(f"{run.label}: {kind} results compare different steps: "
+                     + ", ".join(f"{arm_name(a)} step {s}" for a, s in steps.items()))
+
+
+# --- downstream (paper Table 1) -------------------------------------------------------------------
+
+def lm_score(res: Result, task: str) -> float | None:
+    t = res.data.get("tasks", {}).get(task)
+    if not t:
+        return None
+    return t["metrics"].get(t["primary"])
+
+
+def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: list[str]) -> dict:
+    """Per-task paired per-document values of the primary metric, for the tasks that have samples."""
+    pairs = {}
+    for task in tasks:
+        if lm_score(base, task) is None or lm_score(other, task) is None:
+            continue
+        metric = base.data["tasks"][task]["primary"]
+        sa, sb = base.data.get("samples", {}).get(task), other.data.get("samples", {}).get(task)
+        if not sa or not sb:
+            notes.append(f"{run.label}: no per-sample records for {task} in "
+                         f"{', '.join(r.path.name for r, s in ((base, sa), (other, sb)) if not s)}; its delta has no CI")
+            continue
+        a, b = paired_samples(sa, sb, metric)
+        if len(a) == 0:
+            notes.append(f"{run.label}: {task}: the two arms share no doc_id; no CI")
+            continue
+        if len(a) < max(len(sa), len(sb)):
+            notes.append(f"{run.label}: {task}: {len(a)} documents scored by both arms "
+                         f"({len(sa)} vs {len(sb)} records); the CI uses the common ones")
+        for res, s in ((base, sa), (other, sb)):
+            m = float(np.mean([float(r[metric]) for r in s if metric in r]))
+            if abs(m - lm_score(res, task)) > 1e-6:
+                notes.append(f"{run.label}: {task}: mean of per-sample {metric} in {res.path.name} is "
+                             f"{100 * m:.2f}, the reported score {pct(lm_score(res, task))}; the CI is from the samples")
+        pairs[task] = (a, b)
+    return pairs
+
+
+def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
+    picked_all = {run.label: {a: pick(run, "lm", a, spec.step) for a in run_arms(run, spec, "lm")} for run in runs}
+    tasks = spec.tasks or ordered_tasks(t for p in picked_all.values() for r in p.values() if r
+                                        for t in r.data.get("tasks", {}))
+    if not tasks:
+        return None
+    ci = f"{round(100 * spec.ci)}%"
+    table = Table("downstream", "Downstream benchmarks (%); Δ = arm − baseline with paired bootstrap "
+                  f"{ci} CI", ["Model", *[task_name(t) for t in tasks], "Avg."])
+    table.notes.append(f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
+                       f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Avg. = unweighted "
+                       f"mean over the tasks both arms have (k/n when fewer than all {len(tasks)}).")
+    for run in runs:
+        picked = picked_all[run.label]
+        arms = [a for a, r in picked.items() if r is not None]
+        for a, r in picked.items():
+            if r is None:
+                notes.append(f"{run.label}: no lm results for arm {a}" + (f" at step {spec.step}" if spec.step is not None else ""))
+        if not arms:
+            continue
+        _check_steps(run, "lm", picked, notes)
+        scores = {a: [lm_score(picked[a], t) for t in tasks] for a in arms}
+        for a in arms:
+            for t, s in zip(tasks, scores[a]):
+                if s is None:
+                    notes.append(f"{run.label}: task {t} missing in {picked[a].path.name}")
+        common = [i for i in range(len(tasks)) if all(scores[a][i] is not None for a in arms)]
+        avg = {a: (float(np.mean([scores[a][i] for i in common])) if common else None) for a in arms}
+        cover = "" if len(common) == len(tasks) else f" ({len(common)}/{len(tasks)})"
+        columns = [[scores[a][i] for a in arms] for i in range(len(tasks))] + [[avg[a] for a in arms]]
+        bold = [_bold_best(col) for col in columns]
+        for j, a in enumerate(arms):
+            cells = [Cell(pct(col[j]) + (cover if i == len(tasks) and col[j] is not None else ""), bold[i][j])
+                     for i, col in enumerate(columns)]
+            table.add(_row_label(run, a, len(runs) > 1), *cells, rule=(j == 0))
+        base = arms[0]
+        for a in arms[1:]:
+            pairs = lm_pairs(run, picked[base], picked[a], [tasks[i] for i in common], notes)
+            per_task, avg_ci = mean_delta(pairs, spec.n_boot, spec.seed, spec.ci)
+            if len(pairs) < len(common):  # a task without samples: the average has no CI
+                avg_ci = None
+            cells = []
+            for i, t in enumerate(tasks):
+                if scores[a][i] is None or scores[base][i] is None:
+                    cells.append(Cell(NA))
+                else:
+                    cells.append(Cell(delta_text(scores[a][i] - scores[base][i], per_task.get(t))))
+            cells.append(Cell(delta_text(avg[a] - avg[base], avg_ci) if common else NA))
+            table.add(f"Δ {_row_label(run, a, len(runs) > 1)} − {arm_name(base)}", *cells)
+    return table if table.rows else None
+
+
+# --- MTEB (paper Table 6) ---------------------------------------------------------------------------
+
+def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> list[Table]:
+    picked = {a: pick(run, "mteb", a, spec.step) for a in run_arms(run, spec, "mteb")}
+    for a, r in picked.items():
+        if r is None:
+            notes.append(f"{run.label}: no mteb results for arm {a}")
+        elif r.data.get("missing"):
+            notes.append(f"{run.label}: {r.path.name} lists {len(r.data['missing'])} MTEB task(s) not evaluated: "
+                         + ", ".join(sorted(map(str, r.data["missing"]))))
+    arms = [a for a, r in picked.items() if r is not None]
+    if not arms:
+        return []
+    _check_steps(run, "mteb", picked, notes)
+    tasks = {a: picked[a].data.get("tasks", {}) for a in arms}
+    common = sorted(set.intersection(*(set(t) for t in tasks.values())),
+                    key=lambda t: (_group_index(tasks[arms[0]][t]["group"]), t))
+    base, others = arms[0], arms[1:]
+    heads = [arm_name(a) for a in arms] + [f"Δ {arm_name(a)}" for a in others]
+    title = f"{run.label}: MTEB (%), frozen mean-pooled last-layer states"
+
+    groups = Table("mteb_groups" + suffix, title + " by group", ["Group", *heads])
+    groups.notes.append("Means over the tasks that every arm has (n of the suite's tasks). Best in bold.")
+    first = picked[base].data
+    for g in [*MTEB_GROUPS, "Overall"]:
+        members = [t for t in common if g == "Overall" or tasks[base][t]["group"] == g]
+        of = (first.get("overall") if g == "Overall" else first.get("groups", {}).get(g, {})) or {}
+        if not members:
+            notes.append(f"{run.label}: MTEB group {g}: no task evaluated by every arm")
+            continue
+        means = [float(np.mean([tasks[a][t]["main_score"] for t in members])) for a in arms]
+        bold = _bold_best(means)
+        deltas = [Cell(pct(means[j] - means[0], sign=True)) for j in range(1, len(arms))]
+        groups.add(f"{g} ({len(members)} of {of.get('of', '?')})", *[Cell(pct(m), b) for m, b in zip(means, bold)],
+                   *deltas, rule=(g == "Overall"))
+
+    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Score", *heads])
+    for t in common:
+        vals = [tasks[a][t]["main_score"] for a in arms]
+        bold = _bold_best(vals)
+        per_task.add(t, tasks[base][t]["group"], tasks[base][t].get("main_score_name", ""),
+                     *[Cell(pct(v), b) for v, b in zip(vals, bold)],
+                     *[Cell(pct(v - vals[0], sign=True)) for v in vals[1:]])
+    for a in others:
+        diffs = {t: tasks[a][t]["main_score"] - tasks[base][t]["main_score"] for t in common}
+        up = sum(d > 0 for d in diffs.values())
+        drops = ", ".join(f"{t} {pct(d, True)}" for t, d in sorted(diffs.items()) if d <= 0)
+        line = f"{arm_name(a)} improves {up} of {len(common)} tasks over {arm_name(base)}" + (f" (not improved: {drops})" if drops else "")
+        groups.notes.append(line + ".")
+        per_task.notes.append(line + ".")
+    only = sorted(set.union(*(set(t) for t in tasks.values())) - set(common))
+    if only:
+        notes.append(f"{run.label}: MTEB task(s) left out because not every arm has them: {', '.join(only)}")
+    return [groups, per_task]
+
+
+def _group_index(group: str) -> int:
+    return MTEB_GROUPS.index(group) if group in MTEB_GROUPS else len(MTEB_GROUPS)
+
+
+# --- geometry -----------------------------------------------------------------------------------
+
+GEOMETRY_COLUMNS = (("erank_cov", "Eff. rank (cov)", "{:.2f}"), ("erank_sv", "Eff. rank (sv)", "{:.2f}"),
+                    ("anisotropy", "Anisotropy", "{:.4f}"), ("anisotropy_exact", "Anisotropy (exact)", "{:.4f}"))
+
+
+def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
+    table = Table("geometry", "Last-layer geometry", ["Model", "Step", "Tokens", *[c for _, c, _ in GEOMETRY_COLUMNS],
+                                                       "cos(h_t, z_t+1)", "Projector cos"])
+    table.notes.append("Last layer = the final hidden_states entry. Eff. rank: Roy & Vetterli entropy effective rank "
+                       "of the centred covariance spectrum (cov) or of the singular values (sv). Anisotropy: mean "
+                       "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
+                       "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms).")
+    for run in runs:
+        arms = run_arms(run, spec, "geometry")
+        picked = {a: pick(run, "geometry", a, spec.step) for a in arms}
+        _check_steps(run, "geometry", picked, notes)
+        for j, a in enumerate(arms):
+            r = picked[a]
+            if r is None:
+                notes.append(f"{run.label}: no geometry results for arm {a}")
+                continue
+            d = r.data
+            per_layer = d.get("per_layer", {})
+            cells = [f.format(per_layer[k][-1]) if per_layer.get(k) else NA for k, _, f in GEOMETRY_COLUMNS]
+            al = d.get("alignment") or {}
+            cos = f"{al['cos_next']:.4f} (k={al.get('target_layer')})" if al.get("cos_next") is not None else NA
+            proj = f"{al['projector_cos']:.4f}" if al.get("projector_cos") is not None else NA
+            table.add(_row_label(run, a, len(runs) > 1), str(r.step), f"{d.get('tokens', NA)}", *cells, cos, proj,
+                      rule=(j == 0))
+    return table if table.rows else None
+
+
+# --- training: CE preserved, cost ---------------------------------------------------------------
+
+def last_value(records: list[dict], key: str) -> tuple[int, float] | None:
+    vals = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return vals[-1] if vals else None
+
+
+def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
+    table = Table("cross_entropy", "Cross-entropy at the end of training (nats/token)",
+                  ["Model", "Last step", f"Train NTP loss (mean of last {spec.ce_window} logs)", "Val CE", "Δ val CE"])
+    for run in runs:
+        arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
+        base_val = None
+        for j, a in enumerate(arms):
+            recs = run.metrics[a]
+            ntp = [r["loss_ntp"] for r in recs if r.get("loss_ntp") is not None][-spec.ce_window:]
+            val = last_value(recs, "val_ce")
+            if val is None:
+                notes.append(f"{run.label}: {a}/metrics.jsonl has no val_ce records")
+            if j == 0:
+                base_val = val
+            dv = f"{val[1] - base_val[1]:+.4f}" if (j > 0 and val and base_val) else ""
+            table.add(_row_label(run, a, len(runs) > 1), str(recs[-1]["step"]),
+                      f"{np.mean(ntp):.4f}" if ntp else NA, f"{val[1]:.4f} (step {val[0]})" if val else NA, dv,
+                      rule=(j == 0))
+    return table if table.rows else None
+
+
+def analytic_flops_overhead(run: Run, arm: str) -> dict | None:
+    """Analytic training-FLOPs overhead of an NITP arm over NTP: {"paper": fraction, "exact": fraction}.
+
+    The one place the FLOPs model is called: pair.json's `flops_overhead` when recorded (a
+    fraction, or {arm: fraction}), else nitp_train.flops (Appendix G) on the arm's resolved config,
+    with the vocabulary size read from its latest checkpoint's config.json. None when unknown.
+    """
+    recorded = (run.pair or {}).get("flops_overhead")
+    if isinstance(recorded, dict):
+        recorded = recorded.get(arm)
+    if isinstance(recorded, (int, float)):
+        return {"paper": float(recorded), "exact": None}
+    cfg = run.configs.get(arm) or {}
+    obj = cfg.get("objective") or {}
+    if obj.get("name") != "nitp" or not (cfg.get("model") or {}).get("preset"):
+        return None
+    import dataclasses
+
+    from nitp_eval.runs import checkpoint_dirs
+    from nitp_train.errors import UserError
+    from nitp_train.flops import flops_per_token
+    from nitp_train.presets import get_preset
+
+    ckpts = checkpoint_dirs(run.path / arm)
+    vocab = json.loads((ckpts[-1][1] / "config.json").read_text()).get("vocab_size") if ckpts else None
+    try:
+        preset = get_preset(cfg["model"]["preset"])
+        preset = dataclasses.replace(preset, hf={**preset.hf, **(cfg["model"].get("hf_overrides") or {})})
+        rep = flops_per_token(preset, seq_len=cfg.get("seq_len"), vocab_size=vocab,
+                              projector=obj.get("projector", "swiglu"), projector_mult=obj.get("projector_mult", 4))
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+    return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}
+
+
+def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
+    table = Table("cost", "Training throughput and overhead",
+                  ["Model", "Steps logged", "Tokens/s (median)", "Wall-clock (s)", "Measured overhead",
+                   "FLOPs overhead (paper approx.)", "FLOPs overhead (exact)"])
+    table.notes.append("Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
+                       "assumed). FLOPs: Appendix G (paper approx.: 6 × params per token, projector 72 d², cosine "
+                       "18 d; exact: the real config incl. attention scores), from nitp_train.flops.")
+    for run in runs:
+        arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
+        tps = {}
+        for j, a in enumerate(arms):
+            recs = run.metrics[a]
+            vals = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]
+            tps[a] = float(np.median(vals)) if vals else None
+            el = last_value(recs, "elapsed_s")
+            measured, paper, exact = "", "", ""
+            if j > 0:
+                b = arms[0]
+                measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
+                ov = analytic_flops_overhead(run, a) or {}
+                paper, exact = (pct(ov[k], sign=True) + "%" if ov.get(k) is not None else NA for k in ("paper", "exact"))
+                if not ov:
+                    notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a} (not an nitp objective, or its "
+                                 "config.yaml names no known preset, and pair.json has no flops_overhead)")
+            table.add(_row_label(run, a, len(runs) > 1), str(len(recs)),
+                      f"{tps[a]:.1f}" if tps[a] else NA, f"{el[1]:.1f}" if el else NA, measured, paper, exact,
+                      rule=(j == 0))
+    return table if table.rows else None
+
+
+# --- ablations (paper Tables 3, 7, 8) -------------------------------------------------------------
+
+def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
+    """One row per variant (run, arm); the first variant is the baseline of the Δ column."""
+    by_label = {r.label: r for r in runs} | {str(r.path): r for r in runs}
+    variants = spec.variants or [Variant(r.label, a, f"{r.label} {arm_name(a)}" if len(runs) > 1 else arm_name(a))
+                                 for r in runs for a in run_arms(r, spec, "lm")]
+    rows = []
+    for v in variants:
+        run = by_label.get(v.run)
+        if run is None:
+            notes.append(f"ablation: variant {v.label!r} names run {v.run!r}, not one of {sorted(r.label for r in runs)}")
+            continue
+        res = pick(run, "lm", v.arm, spec.step)
+        if res is None:
+            notes.append(f"ablation: no lm results for {v.run} arm {v.arm} (variant {v.label!r})")
+            continue
+        rows.append((v, run, res))
+    if not rows:
+        return None
+    tasks = spec.tasks or ordered_tasks(t for _, _, r in rows for t in r.data.get("tasks", {}))
+    scores = [[lm_score(r, t) for t in tasks] for _, _, r in rows]
+    common = [i for i in range(len(tasks)) if all(s[i] is not None for s in scores)]
+    ci = f"{round(100 * spec.ci)}%"
+    table = Table("ablation", f"Ablations (%): average over {len(common)} task(s); Δ vs {rows[0][0].label}",
+                  ["Variant", *[task_name(tasks[i]) for i in common], "Avg.", f"Δ Avg. [{ci} CI]"])
+    table.notes.append(f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
+                       f"seed {spec.seed}); * = the CI excludes 0. Best per column in bold.")
+    if len(common) < len(tasks):
+        notes.append(f"ablation: tasks left out because some variant lacks them: "
+                     f"{', '.join(tasks[i] for i in range(len(tasks)) if i not in common)}")
+    avgs = [float(np.mean([s[i] for i in common])) if common else None for s in scores]
+    cols = [[s[i] for s in scores] for i in common] + [avgs]
+    bold = [_bold_best(c) for c in cols]
+    base_v, base_run, base_res = rows[0]
+    for j, (v, run, res) in enumerate(rows):
+        delta = ""
+        if j > 0 and common:
+            pairs = lm_pairs(run, base_res, res, [tasks[i] for i in common], notes)
+            _, d = mean_delta(pairs, spec.n_boot, spec.seed, spec.ci) if len(pairs) == len(common) else (None, None)
+            delta = delta_text(avgs[j] - avgs[0], d)
+        table.add(v.label, *[Cell(pct(c[j]), bold[i][j]) for i, c in enumerate(cols)], delta)
+    return table
+

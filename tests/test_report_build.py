@@ -1,0 +1,292 @@
+"""nitp-eval report on small hand-made results files with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nitp_eval.report.build import build_report
+from nitp_eval.report.spec import load_spec, spec_from_paths
+from nitp_train.errors import UserError
+
+HEADER = {"schema_version": 1, "settings": {}, "versions": {}, "git": None}
+MTEB = {"STS12": "STS", "STSBenchmark": "STS", "Banking77Classification": "Classification",
+        "EmotionClassification": "Classification", "TwitterURLCorpus": "Retrieval/Dup"}
+OF = {"Classification": 10, "STS": 9, "Retrieval/Dup": 6}
+
+
+def _write(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+
+
+def _lm(arm: str, step: int, correct: dict[str, list[int]]) -> dict:
+    """lm results whose per-sample records are the given 0/1 vectors; scores are their means."""
+    tasks, samples = {}, {}
+    for task, v in correct.items():
+        metric = "exact_match" if task == "gsm8k" else "acc_norm"
+        m = float(np.mean(v))
+        tasks[task] = {"metrics": {metric: m, metric + "_stderr": float(np.std(v) / math.sqrt(len(v)))},
+                       "primary": metric, "version": "1.0", "n_samples": len(v), "num_fewshot": 0}
+        samples[task] = [{"doc_id": i, metric: x} for i, x in enumerate(v)]
+    return {"schema": "nitp.lm", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step,
+            "tasks": tasks, "samples": samples}
+
+
+def _mteb(arm: str, step: int, scores: dict[str, float], missing=()) -> dict:
+    tasks = {t: {"group": MTEB[t], "main_score_name": "accuracy", "main_score": s, "scores": {}, "version": "1"}
+             for t, s in scores.items()}
+    groups = {g: {"mean": float(np.mean([s for t, s in scores.items() if MTEB[t] == g])),
+                  "n": sum(MTEB[t] == g for t in scores), "of": of} for g, of in OF.items()}
+    return {"schema": "nitp.mteb", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step, "tasks": tasks,
+            "missing": list(missing), "groups": groups,
+            "overall": {"mean": float(np.mean(list(scores.values()))), "n": len(scores), "of": 25}}
+
+
+def _geometry(arm: str, step: int, scale: float) -> dict:
+    L = 4
+    return {"schema": "nitp.geometry", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step, "tokens": 4096,
+            "layers": list(range(L + 1)),
+            "per_layer": {"erank_cov": [scale * (10 + i) for i in range(L + 1)],
+                          "erank_sv": [scale * (12 + i) for i in range(L + 1)],
+                          "anisotropy": [0.1 + 0.05 * i / scale for i in range(L + 1)],
+                          "anisotropy_exact": [0.11 + 0.05 * i / scale for i in range(L + 1)],
+                          "cka_to_last": [0.2 + 0.2 * i for i in range(L + 1)],
+                          "mean_norm": [1.0 + i for i in range(L + 1)]},
+            "cka_matrix": [[1.0 - 0.15 * abs(i - j) * scale / 2 for j in range(L + 1)] for i in range(L + 1)],
+            "alignment": {"target_layer": 1, "cos_next": 0.3 * scale,
+                          "projector_cos": 0.9 if arm == "nitp" else None}}
+
+
+def make_run(root: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """A pair dir with both arms' metrics.jsonl, and lm, mteb and geometry results (2 checkpoints)."""
+    rng = np.random.default_rng(seed)
+    run = root / name
+    _write(run / "pair.json", {"name": name, "seed": seed, "arms": {"ntp": {}, "nitp": {}}})
+    for arm in ("ntp", "nitp"):
+        (run / arm).mkdir(parents=True)
+        (run / arm / "config.yaml").write_text(
+            f"model:\n  preset: tiny-dense\nobjective:\n  name: {arm}\n  lambda: {1.0 if arm == 'nitp' else 0.0}\n  target_layer: 1\n")
+        lines = []
+        for step in range(0, 201, 10):
+            r = {"step": step, "tokens": step * 512, "lr": 1e-3, "loss_ntp": 8 - step / 50 + (0.01 if arm == "nitp" else 0),
+                 "loss_total": 8.0, "grad_norm": 1.0, "tokens_per_s": 1000.0 if arm == "ntp" else 950.0,
+                 "elapsed_s": step * 0.5 * (1 if arm == "ntp" else 1.05)}
+            if arm == "nitp":
+                r["loss_nitp"] = 0.2 + 0.6 * math.exp(-step / 5) + 0.1 * math.exp(-((step - 60) / 30) ** 2)
+            if step % 50 == 0:
+                r["val_ce"] = 7.5 - step / 60 + (0.002 if arm == "nitp" else 0)
+                r["probe_erank"] = (30 if arm == "nitp" else 20) + 40 * math.exp(-step / 80)
+                r["probe_cosine"] = (0.3 if arm == "nitp" else 0.35) * (1 - math.exp(-step / 60))
+            lines.append(json.dumps(r))
+        (run / arm / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        for step, scale in ((100, 1.0), (200, 1.5 if arm == "nitp" else 0.8)):
+            _write(run / "eval" / "geometry" / f"{arm}-step-{step:06d}.json", _geometry(arm, step, scale))
+    p = {"arc_challenge": 0.30, "gsm8k": 0.05, "commonsense_qa": 0.25}
+    correct = {arm: {t: (rng.random(300 if t != "gsm8k" else 200) < p[t] + (0.08 if arm == "nitp" else 0)).astype(int).tolist()
+                     for t in p} for arm in ("ntp", "nitp")}
+    for arm in ("ntp", "nitp"):
+        _write(run / "eval" / "lm" / f"{arm}-step-000200.json", _lm(arm, 200, correct[arm]))
+        scores = {t: 0.3 + 0.01 * i + (0.02 if arm == "nitp" and t != "STS12" else 0) for i, t in enumerate(MTEB)}
+        _write(run / "eval" / "mteb" / f"{arm}-step-000200.json", _mteb(arm, 200, scores, missing=["STS13"]))
+    return run
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def num(cell: str) -> float:
+    return float(cell.split()[0].rstrip("*"))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    run = make_run(root)
+    spec = spec_from_paths([run])
+    spec.n_boot = 2000
+    md = build_report(spec, root / "out", progress=False)
+    return run, md.parent
+
+
+def test_downstream_numbers_equal_results_files(report):
+    run, out = report
+    rows = read_csv(out / "tables" / "downstream.csv")
+    assert rows[0] == ["Model", "CSQA", "ARC-C", "GSM8k", "Avg."]  # the paper's order, not the files'
+    tasks = ["commonsense_qa", "arc_challenge", "gsm8k"]
+    res = {a: json.loads((run / "eval" / "lm" / f"{a}-step-000200.json").read_text()) for a in ("ntp", "nitp")}
+    for row, arm in zip(rows[1:3], ("ntp", "nitp")):
+        assert row[0] == arm.upper()
+        vals = [res[arm]["tasks"][t]["metrics"][res[arm]["tasks"][t]["primary"]] for t in tasks]
+        assert [num(c) for c in row[1:4]] == [round(100 * v, 2) for v in vals]
+        assert num(row[4]) == round(100 * float(np.mean(vals)), 2)
+    delta = rows[3]
+    assert delta[0] == "Δ NITP − NTP"
+    for cell, t in zip(delta[1:4], tasks):
+        d = res["nitp"]["tasks"][t]["metrics"]["acc_norm" if t != "gsm8k" else "exact_match"] - \
+            res["ntp"]["tasks"][t]["metrics"]["acc_norm" if t != "gsm8k" else "exact_match"]
+        assert num(cell) == round(100 * d, 2)
+        lo, hi = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
+        assert lo < num(cell) < hi
+        assert cell.split()[0].endswith("*") == (lo > 0 or hi < 0)
+
+
+def test_bold_marks_the_better_arm(report):
+    _, out = report
+    md = (out / "tables" / "downstream.md").read_text().splitlines()
+    ntp, nitp = md[2].split("|")[2:-1], md[3].split("|")[2:-1]
+    for a, b in zip(ntp, nitp):
+        a, b = a.strip(), b.strip()
+        assert a.startswith("**") != b.startswith("**") or num(a.strip("*")) == num(b.strip("*"))
+        better = b if num(b.strip("*")) > num(a.strip("*")) else a
+        assert better.startswith("**")
+    tex = (out / "tables" / "downstream.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex and "$\\Delta$" in tex
+
+
+def test_mteb_tables(report):
+    run, out = report
+    groups = read_csv(out / "tables" / "mteb_groups.csv")
+    res = {a: json.loads((run / "eval" / "mteb" / f"{a}-step-000200.json").read_text()) for a in ("ntp", "nitp")}
+    by_name = {r[0].split(" (")[0]: r for r in groups[1:]}
+    for g in ("Classification", "STS", "Retrieval/Dup"):
+        n, of = res["ntp"]["groups"][g]["n"], res["ntp"]["groups"][g]["of"]
+        assert by_name[g][0] == f"{g} ({n} of {of})"
+        assert [num(c) for c in by_name[g][1:3]] == [round(100 * res[a]["groups"][g]["mean"], 2) for a in ("ntp", "nitp")]
+    assert by_name["Overall"][0] == "Overall (5 of 25)"
+    assert num(by_name["Overall"][2]) == round(100 * res["nitp"]["overall"]["mean"], 2)
+    tasks = read_csv(out / "tables" / "mteb_tasks.csv")
+    assert len(tasks) == 1 + 5
+    md = (out / "report.md").read_text()
+    assert "NITP improves 4 of 5 tasks over NTP (not improved: STS12 +0.00)" in md
+    assert "STS13" in md.split("## Missing inputs")[1]  # the results file's own `missing` list is reported
+
+
+def test_geometry_cost_ce_tables(report):
+    run, out = report
+    geo = read_csv(out / "tables" / "geometry.csv")
+    nitp = json.loads((run / "eval" / "geometry" / "nitp-step-000200.json").read_text())
+    row = geo[2]
+    assert row[0] == "NITP" and row[1] == "200"
+    assert float(row[3]) == round(nitp["per_layer"]["erank_cov"][-1], 2)
+    assert float(row[4]) == round(nitp["per_layer"]["erank_sv"][-1], 2)
+    assert float(row[5]) == round(nitp["per_layer"]["anisotropy"][-1], 4)
+    assert row[7] == f'{nitp["alignment"]["cos_next"]:.4f} (k=1)'
+    assert row[-1] == "0.9000" and geo[1][-1] == "n/a"
+    cost = read_csv(out / "tables" / "cost.csv")
+    assert cost[1][2] == "1000.0" and cost[2][2] == "950.0"
+    assert cost[2][4] == f"{100 * (1000 / 950 - 1):+.2f}%"
+    assert cost[2][5] == "n/a"  # no flops_overhead in pair.json
+    ce = read_csv(out / "tables" / "cross_entropy.csv")
+    assert ce[1][3].startswith(f"{7.5 - 200 / 60:.4f}") and ce[2][4] == "+0.0020"
+
+
+def test_figures_exist_and_are_images(report):
+    _, out = report
+    names = ["geometry_profiles", "cka", "dynamics", "aux_loss", "cross_entropy"]
+    for name in names:
+        png, pdf = out / "figures" / f"{name}.png", out / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+        assert f"figures/{name}.png" in (out / "report.md").read_text()
+
+
+def test_report_lists_sources_and_missing(tmp_path):
+    run = make_run(tmp_path)
+    (run / "eval" / "mteb" / "nitp-step-000200.json").unlink()
+    (run / "ntp" / "config.yaml").unlink()
+    spec = spec_from_paths([run])
+    spec.n_boot = 200
+    md = build_report(spec, tmp_path / "out", progress=False).read_text()
+    missing = md.split("## Missing inputs")[1].split("## Sources")[0]
+    assert "ntp/config.yaml" in missing
+    sources = md.split("## Sources")[1]
+    assert "eval/lm/nitp-step-000200.json" in sources and "nitp-step-000200.json" in sources
+    assert "mteb/nitp-step-000200.json" not in sources
+
+
+def test_tables_are_byte_deterministic(tmp_path):
+    run = make_run(tmp_path)
+    spec = spec_from_paths([run])
+    spec.n_boot = 500
+    a = build_report(spec, tmp_path / "a", progress=False).parent
+    b = build_report(spec, tmp_path / "b", progress=False).parent
+    files = sorted(p.relative_to(a) for p in (a / "tables").iterdir())
+    assert len(files) == 3 * 6
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert (a / "report.md").read_text() == (b / "report.md").read_text().replace(str(tmp_path / "b"), str(tmp_path / "a"))
+
+
+def test_refuses_to_overwrite(tmp_path):
+    run = make_run(tmp_path)
+    spec = spec_from_paths([run])
+    spec.n_boot = 200
+    spec.sections = ["cost"]
+    build_report(spec, tmp_path / "out", progress=False)
+    with pytest.raises(UserError, match="--overwrite"):
+        build_report(spec, tmp_path / "out", progress=False)
+    build_report(spec, tmp_path / "out", overwrite=True, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("x")
+    with pytest.raises(UserError, match="not a report dir"):
+        build_report(spec, tmp_path / "other", overwrite=True, progress=False)
+
+
+def test_spec_with_two_runs_and_ablation(tmp_path):
+    a, b = make_run(tmp_path, "a", seed=1), make_run(tmp_path, "b", seed=2)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"""
+title: Two sizes
+runs:
+  - {{path: {a}, label: Small}}
+  - {{path: {b}, label: Large}}
+sections: [downstream, ablation, geometry]
+tasks: [arc_challenge, commonsense_qa]
+bootstrap: {{n: 300, seed: 1}}
+variants:
+  - {{run: Small, arm: ntp, label: Baseline}}
+  - {{run: Small, arm: nitp, label: NITP small}}
+  - {{run: Large, arm: nitp, label: NITP large}}
+""")
+    spec = load_spec(spec_file)
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+    rows = read_csv(out / "tables" / "downstream.csv")
+    assert [r[0] for r in rows[1:]] == ["Small NTP", "Small NITP", "Δ Small NITP − NTP", "Large NTP", "Large NITP",
+                                        "Δ Large NITP − NTP"]
+    assert rows[0] == ["Model", "ARC-C", "CSQA", "Avg."]
+    abl = read_csv(out / "tables" / "ablation.csv")
+    assert [r[0] for r in abl[1:]] == ["Baseline", "NITP small", "NITP large"]
+    assert abl[1][-1] == "" and num(abl[2][-1]) == pytest.approx(num(abl[2][3]) - num(abl[1][3]), abs=0.011)
+    assert (out / "figures" / "geometry_profiles-small.png").exists() and (out / "figures" / "cka-large.png").exists()
+    # the same spec pointed at other run dirs: positional paths replace the spec's runs
+    assert load_spec(spec_file, [b]).runs == [{"path": str(b), "label": "Small"}]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("runs: [x]\nsections: [tables]\n", "unknown section"),
+    ("runs: [x]\ncolour: red\n", "unknown key"),
+    ("sections: [cost]\n", "no runs"),
+    ("runs: [x]\nbootstrap: {ci: 95}\n", "bootstrap.ci"),
+])
+def test_bad_specs_are_user_errors(tmp_path, text, match):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_spec(f)
+
+
+def test_not_a_run_dir(tmp_path):
+    spec = spec_from_paths([tmp_path / "nope"])
+    with pytest.raises(UserError, match="no such run dir"):
+        build_report(spec, tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a pair dir"):
+        build_report(spec_from_paths([tmp_path / "empty"]), tmp_path / "out", progress=False)
