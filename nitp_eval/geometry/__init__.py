@@ -1,13 +1,9 @@
-"""Hidden-state geometry: effective rank, anisotropy, CKA and shallow-to-deep alignment (docs/geometry.md)."""
+"""Hidden-state geometry: effective rank, anisotropy, CKA and shallow-to-deep alignment (docs/geometry.md).
 
-from nitp_eval.geometry.metrics import (
-    CovarianceAccumulator,
-    CrossMomentAccumulator,
-    effective_rank,
-    linear_cka,
-    probe_metrics,
-    sample_cross_pairs,
-)
+    from nitp_eval.geometry import CovarianceAccumulator, effective_rank, linear_cka, probe_metrics
+
+The names are imported lazily so that `nitp-eval --help` does not pay for importing torch.
+"""
 
 __all__ = [
     "CovarianceAccumulator",
@@ -17,3 +13,11 @@ __all__ = [
     "probe_metrics",
     "sample_cross_pairs",
 ]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from nitp_eval.geometry import metrics
+
+        return getattr(metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,259 @@
-"""nitp-eval geometry: placeholder until its issue lands."""
+"""nitp-eval geometry: effective rank, anisotropy, CKA and shallow-to-deep alignment per layer (docs/geometry.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
 
 from nitp_train.errors import UserError
 
+BUILTIN_TEXT = Path(__file__).resolve().parents[2] / "nitp_train" / "corpus" / "shakespeare-validation.jsonl.gz"
+DEFAULT_SEQ_LEN = 512
 
-def command() -> None:
-    """Not implemented yet."""
-    raise UserError("nitp-eval geometry is not implemented yet")
+
+def command(
+    path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir, any HF model dir, or a states file "
+                                          "(.npy/.pt/.safetensors, [tokens, dim] or [layers, tokens, dim])."),
+    text: str = typer.Option(None, help="Text to analyse: .txt, .jsonl[.gz] with a 'text' field, or an HF dataset id "
+                                        "('name' or 'name:config'). Default: the run's validation text "
+                                        "(config.yaml data.validation), else the built-in Shakespeare validation split."),
+    text_split: str = typer.Option("validation", help="Split to read when --text is an HF dataset id."),
+    tokens: int = typer.Option(100_000, help="Tokens to analyse (the first N of the packed text)."),
+    seq_len: int = typer.Option(None, help="Window length in tokens. Default: the run's seq_len, else 512 "
+                                           "(capped by the model's max_position_embeddings)."),
+    batch_size: int = typer.Option(8, help="Windows per forward pass; sampled anisotropy pairs come from different "
+                                           "windows of one batch, so at least 2."),
+    layers: str = typer.Option("all", help="hidden_states indices to report: all, last, or e.g. 0,4,-1 "
+                                           "(0 = embeddings, last = after the final norm)."),
+    n_pairs: int = typer.Option(10_000, help="Random token pairs (from different sequences) for the sampled anisotropy."),
+    seed: int = typer.Option(0, help="Seed of the batch order and of the anisotropy pairs."),
+    cka_matrix: bool = typer.Option(False, "--cka-matrix", help="Also the full layer x layer linear-CKA matrix "
+                                                                "(memory O(layers^2 dim^2))."),
+    target_layer: int = typer.Option(None, help="Layer k for cos(h_t, z_{t+1}). Default: the checkpoint's NITP projector, "
+                                                "else the run's objective.target_layer, else round(0.2 L) (at least 1)."),
+    bos: bool = typer.Option(False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted)."),
+    all_steps: bool = typer.Option(False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."),
+    out: Path = typer.Option(None, help="Results dir. Default: <run>/eval/geometry/ (./eval/geometry/ for a model from elsewhere)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    device: str = typer.Option(None, help="torch device. Default: cuda if available, else cpu."),
+    dtype: str = typer.Option("float32", help="Model weights dtype (statistics are always accumulated in float64)."),
+) -> None:
+    """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory."""
+    from nitp_eval.geometry import extract
+    from nitp_eval.runs import Target, resolve_targets
+
+    if tokens < 2:
+        raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
+    if batch_size < 1 or (batch_size < 2 and n_pairs > 0):
+        raise UserError(f"--batch-size {batch_size}: sampled anisotropy pairs come from different windows of one batch; use --batch-size 2 or more")
+    if n_pairs < 0:
+        raise UserError(f"--n-pairs {n_pairs}: must be >= 0")
+    if seq_len is not None and seq_len < 2:
+        raise UserError(f"--seq-len {seq_len}: must be at least 2 (cos_next pairs t with t+1)")
+    common = {"tokens_requested": tokens, "batch_size": batch_size, "layers_option": layers, "n_pairs": n_pairs,
+              "seed": seed, "cka_matrix": cka_matrix, "bos": bos, "dtype": dtype}
+
+    if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
+        target = Target(path)
+        dest = target.results_path("geometry", out)
+        _check_writable(dest, overwrite)
+        x = extract.load_states(path)
+        chosen = extract.parse_layers(layers, x.shape[0] - 1)
+        n = min(tokens, x.shape[1])
+        if n < 2:
+            raise UserError(f"{path}: holds {x.shape[1]} token states; the statistics need at least 2")
+        res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
+        settings = {**common, "text": None, "text_source": "states file", "layers": chosen,
+                    "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any two distinct tokens"}
+        _finish([(target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, overwrite))])
+        return
+
+    targets = resolve_targets(path, all_steps)
+    written = []
+    for target in targets:
+        dest = target.results_path("geometry", out)
+        _check_writable(dest, overwrite)
+        written.append((target, _analyse_checkpoint(target, dest, text=text, text_split=text_split, tokens=tokens,
+                                                    seq_len=seq_len, batch_size=batch_size, layers=layers,
+                                                    n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix,
+                                                    target_layer=target_layer, bos=bos, device=device,
+                                                    dtype=dtype, overwrite=overwrite, common=common)))
+    _finish(written)
+
+
+def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batch_size, layers, n_pairs, seed,
+                        cka_matrix, target_layer, bos, device, dtype, overwrite, common) -> dict:
+    from nitp_eval.geometry import extract
+    from nitp_eval.models import load_model
+    from nitp_train.data import read_documents
+
+    run_cfg = _run_config(target)
+    model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
+    last = extract.num_hidden_layers(model)
+    chosen = extract.parse_layers(layers, last)
+    k, k_source, projector = _target_layer(target, run_cfg, target_layer, last)
+
+    found = None if text else _run_validation_tokens(target, tokens)
+    if found is not None:  # the run's own tokenised validation split: same tokenizer and packing as training
+        ids, spec, source = found
+        split = None
+    else:
+        spec, source = _text_spec(text, run_cfg)
+        split = text_split if source == "--text" else "validation"
+        ids = extract.select_tokens(read_documents(spec, split=split), tok, tokens)
+    if len(ids) < 2:
+        raise UserError(f"{spec}: gives {len(ids)} tokens; the statistics need at least 2 (give more text with --text)")
+    if len(ids) < tokens:
+        typer.echo(f"note: {spec} holds only {len(ids)} tokens (asked for {tokens}); analysing all of them", err=True)
+
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if seq_len is None:
+        seq_len = int(run_cfg.get("seq_len") or DEFAULT_SEQ_LEN)
+        if max_pos:
+            seq_len = min(seq_len, int(max_pos) - int(bos))
+    elif max_pos and seq_len + int(bos) > max_pos:
+        raise UserError(f"--seq-len {seq_len}: longer than the model's max_position_embeddings={max_pos}; use --seq-len {max_pos - int(bos)} or less")
+    windows = extract.make_windows(ids, seq_len)
+    if n_pairs > 0 and len(windows) < 2:
+        raise UserError(f"{len(ids)} tokens make one window of --seq-len {seq_len}: the sampled anisotropy needs tokens from "
+                        f"2 different sequences; give more text, a smaller --seq-len or --n-pairs 0")
+    bos_id = None
+    if bos:
+        bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        if bos_id is None:
+            raise UserError(f"{target.checkpoint}: the tokenizer has no BOS (or CLS) token; drop --bos")
+
+    res = extract.analyse_model(model, windows, layers=chosen, batch_size=batch_size, n_pairs=n_pairs, seed=seed,
+                                pad_id=tok.pad_token_id, bos_id=bos_id, cka_matrix=cka_matrix,
+                                target_layer=k, projector=projector)
+    settings = {**common, "text": spec, "text_source": source, "text_split": split if source == "--text" else None,
+                "seq_len": seq_len, "layers": chosen, "target_layer": k, "target_layer_source": k_source,
+                "device": str(next(model.parameters()).device),
+                "token_selection": ("documents tokenised without special tokens, joined by EOS (the trainer's packing); "
+                                    f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
+                                    "padded (padding excluded); windows batched in a seeded random order"
+                                    + ("; BOS prepended to each window and excluded" if bos else "; no BOS"))}
+    return _write(target, dest, settings, res, extract.hidden_size(model), last, overwrite)
+
+
+def _write(target, dest, settings, res, dim, last, overwrite) -> dict:
+    from nitp_eval.geometry.extract import rank_cap
+    from nitp_eval.runs import results_header, write_json
+
+    payload = {**results_header("geometry", target, settings), **res, "dim": dim, "num_layers": last,
+               "rank_cap": rank_cap(res["tokens"], dim)}
+    write_json(dest, payload, overwrite)
+    payload["_path"] = str(dest)
+    return payload
+
+
+def _check_writable(dest, overwrite):
+    from nitp_eval.runs import check_writable
+
+    check_writable(dest, overwrite)
+
+
+def _run_config(target) -> dict:
+    """The arm's config.yaml when the target comes from a run, else {}."""
+    import yaml
+
+    if target.arm is None:
+        return {}
+    cfg_path = target.checkpoint.parent.parent / "config.yaml"
+    if not cfg_path.exists():
+        return {}
+    try:
+        return yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{cfg_path}: not valid YAML ({e.__class__.__name__}); fix or remove it") from e
+
+
+def _run_validation_tokens(target, tokens: int):
+    """(ids, spec, source) from the run's token cache (provenance.json data_dir/val.bin), or None."""
+    import json
+
+    import numpy as np
+
+    if target.arm is None:
+        return None
+    prov_path = target.checkpoint.parent.parent / "provenance.json"
+    try:
+        data_dir = Path(json.loads(prov_path.read_text())["data_dir"])
+        if not data_dir.is_absolute() and not data_dir.exists() and target.pair_dir is not None:
+            data_dir = target.pair_dir / "data" / data_dir.name
+        meta = json.loads((data_dir / "meta.json").read_text())
+    except (OSError, KeyError, ValueError):
+        return None
+    if not meta.get("val_tokens") or not (data_dir / "val.bin").exists():
+        return None
+    val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    ids = np.asarray(val[:tokens], dtype=np.int64).tolist()
+    return ids, str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
+
+
+def _text_spec(text, run_cfg) -> tuple[str, str]:
+    """(spec, where it came from): --text, the run's data.validation text, or the built-in validation split."""
+    if text:
+        return text, "--text"
+    data = run_cfg.get("data") or {}
+    val = data.get("validation")
+    if val:
+        from nitp_train.data import resolve_files
+
+        if resolve_files(val) is not None:  # local text that still exists; HF ids are not retried offline
+            return val, "run data.validation"
+    return str(BUILTIN_TEXT), "built-in validation corpus (run validation text not given or not found)"
+
+
+def _target_layer(target, run_cfg, option, last):
+    """(k, source, projector or None). An explicit --target-layer wins; then the projector, config, default."""
+    from nitp_train.objective import PROJECTOR_FILE, NITPObjective, resolve_target_layer
+
+    projector = None
+    if (target.checkpoint / PROJECTOR_FILE).exists():
+        projector = NITPObjective.load(target.checkpoint)
+        if projector.num_layers != last:
+            raise UserError(f"{target.checkpoint / PROJECTOR_FILE}: made for {projector.num_layers} layers, the model has {last}")
+    if option is not None:
+        if not 0 <= option <= last:
+            raise UserError(f"--target-layer {option}: out of range; this model has hidden_states 0..{last}")
+        return option, "--target-layer", projector
+    if projector is not None:
+        return projector.target_layer, "nitp_projector.safetensors", projector
+    tl = (run_cfg.get("objective") or {}).get("target_layer")
+    if tl is not None:
+        try:
+            return resolve_target_layer(tl, last), "run objective.target_layer", None
+        except ValueError:
+            pass
+    from nitp_eval.geometry.extract import default_target_layer
+
+    return default_target_layer(last), "default round(0.2 L)", None
+
+
+def _fmt(v, width=9, digits=3):
+    return f"{'-':>{width}}" if v is None or v != v else f"{v:>{width}.{digits}f}"
+
+
+def _finish(written) -> None:
+    """A per-layer table per result, then a side-by-side summary when there are several."""
+    for target, r in written:
+        pl = r["per_layer"]
+        typer.echo(f"\n{target.label}: {r['tokens']} tokens, dim {r['dim']}, rank cap {r['rank_cap']}  -> {r['_path']}")
+        typer.echo(f"{'layer':>5} {'erank_cov':>9} {'erank_sv':>9} {'aniso':>9} {'aniso_ex':>9} {'cka_last':>9} {'norm':>9}")
+        for i, layer in enumerate(r["layers"]):
+            typer.echo(f"{layer:>5} {_fmt(pl['erank_cov'][i], digits=1)} {_fmt(pl['erank_sv'][i], digits=1)} "
+                       f"{_fmt(pl['anisotropy'][i])} {_fmt(pl['anisotropy_exact'][i])} {_fmt(pl['cka_to_last'][i])} "
+                       f"{_fmt(pl['mean_norm'][i], digits=2)}")
+        a = r["alignment"]
+        if a.get("target_layer") is not None:
+            typer.echo(f"cos(h_t, layer {a['target_layer']} at t+1) = {_fmt(a['cos_next'], 0, 4)}"
+                       + (f"; through the NITP projector (1 - L_NITP) = {_fmt(a['projector_cos'], 0, 4)}"
+                          if a.get("projector_cos") is not None else ""))
+    if len(written) > 1:
+        typer.echo(f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (last layer)")
+        for target, r in written:
+            pl, a = r["per_layer"], r["alignment"]
+            typer.echo(f"{target.label:24} {r['tokens']:>8} {_fmt(pl['erank_cov'][-1], digits=1)} {_fmt(pl['anisotropy'][-1])} "
+                       f"{_fmt(a['cos_next'], digits=4)} {_fmt(a['projector_cos'], digits=4)}")

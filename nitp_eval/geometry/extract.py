@@ -1,0 +1,317 @@
+"""Stream hidden states of a model (or a saved states file) into the per-layer geometry statistics.
+
+Token selection (docs/geometry.md, "Which tokens"): the documents of the text are tokenised
+without special tokens and joined with the tokenizer's EOS token, exactly as the trainer packs
+its corpus; the stream is cut to the first `tokens` tokens and split into consecutive windows
+of `seq_len` (the last one may be shorter; it is padded and the padding is excluded). With
+`bos=True` a BOS token is prepended to every window and excluded from the statistics.
+Windows are batched in a seeded random order, so the sampled anisotropy pairs (drawn from
+different windows of one batch) come from across the text, like a training mini-batch.
+
+Nothing grows with the token count except the token ids: per layer a `CovarianceAccumulator`
+(O(d^2)), a `CrossMomentAccumulator` to the last layer (O(d^2)) and, on request, one per
+layer pair for the full CKA matrix (O(layers^2 d^2)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nitp_eval.geometry.metrics import CovarianceAccumulator, CrossMomentAccumulator, sample_cross_pairs
+from nitp_train.errors import UserError
+
+STATES_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+# ---------------------------------------------------------------------------- token selection
+
+
+def select_tokens(docs, tokenizer, tokens: int) -> list[int]:
+    """The first `tokens` ids of the packed stream doc_1 EOS doc_2 EOS ... (the trainer's packing)."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    ids: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        for doc_ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            ids.extend(doc_ids + ([sep] if sep is not None else []))
+        batch.clear()
+
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == 16:
+            flush()
+            if len(ids) >= tokens:
+                break
+    if batch:
+        flush()
+    return ids[:tokens]
+
+
+def make_windows(ids: list[int], seq_len: int) -> list[list[int]]:
+    """Consecutive windows of `seq_len` tokens; the last one keeps the remainder."""
+    return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
+
+
+def batches(windows: list[list[int]], batch_size: int, seed: int, pad_id: int, bos_id: int | None = None):
+    """(input_ids, attention_mask, valid) per batch; windows in a seeded random order.
+
+    `valid` marks the positions whose states are counted: real tokens, not padding, not BOS.
+    """
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
+    extra = 1 if bos_id is not None else 0
+    for s in range(0, len(order), batch_size):
+        rows = [windows[i] for i in order[s:s + batch_size]]
+        width = max(len(r) for r in rows) + extra
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            seq = ([bos_id] if extra else []) + r
+            input_ids[b, :len(seq)] = torch.tensor(seq)
+            attention[b, :len(seq)] = 1
+        valid = attention.bool().clone()
+        valid[:, :extra] = False
+        yield input_ids, attention, valid
+
+
+# ---------------------------------------------------------------------------- accumulation
+
+
+@dataclass
+class GeometryStats:
+    """All streaming statistics of one analysis: per layer, CKA, shallow-to-deep alignment."""
+
+    layers: list[int]  # hidden_states indices reported
+    last: int  # index of the last hidden state (L)
+    dim: int
+    cka_matrix: bool = False
+    target_layer: int | None = None  # k for cos_next
+    projector: object = None  # NITPObjective, for projector_cos
+    acc: dict = field(default_factory=dict)
+    to_last: dict = field(default_factory=dict)
+    pairwise: dict = field(default_factory=dict)
+    cos_next_sum: float = 0.0
+    cos_next_n: int = 0
+    proj_cos_sum: float = 0.0
+    proj_cos_n: int = 0
+
+    def __post_init__(self):
+        tracked = sorted(set(self.layers) | {self.last})
+        self.acc = {layer: CovarianceAccumulator(self.dim) for layer in tracked}
+        self.to_last = {layer: CrossMomentAccumulator(self.dim, self.dim) for layer in self.layers if layer != self.last}
+        if self.cka_matrix:
+            self.pairwise = {(a, b): CrossMomentAccumulator(self.dim, self.dim)
+                             for i, a in enumerate(self.layers) for b in self.layers[i + 1:]}
+
+    def update(self, states, groups: torch.Tensor, pairs) -> None:
+        """`states`: layer index -> [n, d] rows of the counted tokens, same rows for every layer."""
+        for layer, acc in self.acc.items():
+            acc.update(states[layer], groups=groups, pairs=pairs)
+        for layer, cross in self.to_last.items():
+            cross.update(states[layer], states[self.last])
+        for (a, b), cross in self.pairwise.items():
+            cross.update(states[a], states[b])
+
+    @torch.no_grad()
+    def update_alignment(self, hidden_states, valid: torch.Tensor) -> None:
+        """cos(h_t, z_{t+1}) with z from the target layer; and through the NITP projector when present."""
+        from nitp_train.objective import alignment_loss, shifted_pairs
+
+        h_last = hidden_states[self.last].float()
+        if self.target_layer is not None:
+            src, tgt, ok = shifted_pairs(h_last, hidden_states[self.target_layer].float(), valid, "next")
+            cos = 1 - alignment_loss(src[ok], tgt[ok], "cosine")
+            self.cos_next_sum += float(cos.double().sum())
+            self.cos_next_n += int(ok.sum())
+        if self.projector is not None:  # 1 - L_NITP exactly as trained: the projector's own layer and shift
+            obj = self.projector
+            z = hidden_states[obj.target_layer].float()
+            src, tgt, ok = shifted_pairs(h_last, z, valid, obj.config.shift)
+            cos = 1 - alignment_loss(obj.projector(src[ok]), tgt[ok], "cosine")
+            self.proj_cos_sum += float(cos.double().sum())
+            self.proj_cos_n += int(ok.sum())
+
+    def results(self) -> dict:
+        last = self.acc[self.last]
+
+        def cka(layer):
+            if layer == self.last:
+                return 1.0
+            return self.to_last[layer].cka(self.acc[layer], last)
+
+        per_layer = {
+            "erank_cov": [self.acc[i].erank_cov() for i in self.layers],
+            "erank_sv": [self.acc[i].erank_sv() for i in self.layers],
+            "anisotropy": [self.acc[i].anisotropy_sampled() for i in self.layers],
+            "anisotropy_exact": [self.acc[i].anisotropy_exact() for i in self.layers],
+            "anisotropy_cross_exact": [self.acc[i].anisotropy_cross_exact() for i in self.layers],
+            "cka_to_last": [cka(i) for i in self.layers],
+            "mean_norm": [self.acc[i].mean_norm() for i in self.layers],
+        }
+        matrix = None
+        if self.cka_matrix:
+            n = len(self.layers)
+            matrix = [[1.0] * n for _ in range(n)]
+            for (a, b), cross in self.pairwise.items():
+                i, j = self.layers.index(a), self.layers.index(b)
+                matrix[i][j] = matrix[j][i] = cross.cka(self.acc[a], self.acc[b])
+        projector_target = self.projector.target_layer if self.projector is not None else None
+        return {
+            "tokens": int(last.n_),
+            "pairs": int(last.n_pairs_),
+            "layers": list(self.layers),
+            "per_layer": per_layer,
+            "cka_matrix": matrix,
+            "alignment": {
+                "target_layer": self.target_layer,
+                "cos_next": self.cos_next_sum / self.cos_next_n if self.cos_next_n else None,
+                "projector_cos": self.proj_cos_sum / self.proj_cos_n if self.proj_cos_n else None,
+                "projector_target_layer": projector_target,
+                "positions": self.cos_next_n,
+            },
+        }
+
+
+def pair_quota(n_pairs: int, seen: int, batch_tokens: int, total: int) -> int:
+    """Pairs for one batch: `n_pairs` shared out in proportion to tokens, summing exactly to n_pairs."""
+    return n_pairs * (seen + batch_tokens) // total - n_pairs * seen // total
+
+
+def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs: int, seed: int,
+                  pad_id: int, bos_id: int | None = None, cka_matrix: bool = False,
+                  target_layer: int | None = None, projector=None, progress: bool = True) -> dict:
+    """Run `model` over `windows` (token id lists) and return the geometry results dict (see GeometryStats)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    total = sum(len(w) for w in windows)
+    last = num_hidden_layers(model)
+    stats = GeometryStats(layers, last, hidden_size(model), cka_matrix, target_layer, projector)
+    if projector is not None:
+        projector.to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    seen = 0
+    bar = tqdm(total=total, desc="geometry", unit="tok", disable=not progress, leave=False)
+    backbone = getattr(model, "base_model", model)  # no LM head: the logits would dwarf everything else
+    with torch.no_grad():
+        for input_ids, attention, valid in batches(windows, batch_size, seed, pad_id, bos_id):
+            out = backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
+            hs = out.hidden_states
+            if len(hs) != last + 1:
+                raise UserError(f"model returned {len(hs)} hidden states, expected {last + 1}; unsupported architecture")
+            valid_d = valid.to(device)
+            n = int(valid.sum())
+            groups = torch.arange(len(valid)).unsqueeze(1).expand_as(valid)[valid]
+            pairs = sample_cross_pairs(groups, pair_quota(n_pairs, seen, n, total), gen)
+            states = {layer: hs[layer][valid_d] for layer in stats.acc}
+            stats.update(states, groups.to(device), tuple(p.to(device) for p in pairs))
+            stats.update_alignment(hs, valid_d)
+            seen += n
+            bar.update(n)
+    bar.close()
+    return stats.results()
+
+
+# ---------------------------------------------------------------------------- states files
+
+
+def load_states(path: Path):
+    """A [tokens, dim] or [layers, tokens, dim] array; .npy is memory-mapped (streamed), others are loaded."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            x = np.load(path, mmap_mode="r")
+        elif suffix in (".pt", ".pth"):
+            x = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(x, dict):
+                x = _single_tensor(path, x)
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            x = _single_tensor(path, load_file(str(path)))
+        else:
+            raise UserError(f"{path}: unknown states format; give .npy, .pt or .safetensors")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: unreadable states file ({e.__class__.__name__}: {e})") from e
+    if x.ndim not in (2, 3):
+        raise UserError(f"{path}: states have shape {tuple(x.shape)}; expected [tokens, dim] or [layers, tokens, dim]")
+    return x if x.ndim == 3 else x[None]
+
+
+def _single_tensor(path, d: dict):
+    if "hidden_states" in d:
+        return d["hidden_states"]
+    if len(d) != 1:
+        raise UserError(f"{path}: holds {len(d)} tensors {sorted(d)[:5]}; save one tensor, or name it 'hidden_states'")
+    return next(iter(d.values()))
+
+
+def analyse_states(x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192,
+                   cka_matrix: bool = False, progress: bool = True) -> dict:
+    """Geometry of saved states x [layers, tokens, dim]. No sequence ids: pairs are any two distinct tokens."""
+    from tqdm.auto import tqdm
+
+    n_layers, n, d = x.shape
+    stats = GeometryStats(layers, n_layers - 1, d, cka_matrix)
+    gen = torch.Generator().manual_seed(seed)
+    # every row its own group: sampled pairs are uniform over distinct tokens of the chunk
+    for s in tqdm(range(0, n, chunk), desc="geometry", unit="chunk", disable=not progress, leave=False):
+        e = min(n, s + chunk)
+        states = {layer: torch.as_tensor(np.array(x[layer, s:e])) for layer in stats.acc}  # copy: memmaps are read-only
+        groups = torch.arange(s, e)
+        pairs = sample_cross_pairs(torch.arange(e - s), pair_quota(n_pairs, s, e - s, n), gen)
+        stats.update(states, groups, pairs)
+    return stats.results()
+
+
+# ---------------------------------------------------------------------------- model facts
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def num_hidden_layers(model) -> int:
+    return int(_text_config(model).num_hidden_layers)
+
+
+def hidden_size(model) -> int:
+    return int(_text_config(model).hidden_size)
+
+
+def parse_layers(spec: str, last: int) -> list[int]:
+    """`all`, `last`, or comma-separated hidden_states indices (negative counts from the end)."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return list(range(last + 1))
+    if spec == "last":
+        return [last]
+    out = []
+    for part in spec.split(","):
+        try:
+            i = int(part)
+        except ValueError:
+            raise UserError(f"--layers {spec!r}: not 'all', 'last' or comma-separated integers; e.g. --layers 0,4,8") from None
+        if not -(last + 1) <= i <= last:
+            raise UserError(f"--layers {i}: out of range; this model has hidden_states 0..{last} (0 = embeddings)")
+        out.append(i % (last + 1))
+    return sorted(set(out))
+
+
+def default_target_layer(last: int) -> int:
+    """The paper's default, 0.2 of the depth (at least 1)."""
+    return max(1, round(0.2 * last))
+
+
+def rank_cap(tokens: int, dim: int) -> int:
+    """The effective rank of centred data cannot exceed this."""
+    return max(0, min(tokens - 1, dim))
+
+
+__all__ = ["select_tokens", "make_windows", "batches", "GeometryStats", "analyse_model", "load_states",
+           "analyse_states", "parse_layers", "default_target_layer", "rank_cap"]
