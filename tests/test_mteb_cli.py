@@ -1,0 +1,85 @@
+"""nitp-eval mteb end to end: a run dir with two arms, real mteb, real local data, no network,
+nothing written outside the output dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Runs the CLI with every socket connection refused: any network access fails the command.
+RUNNER = """
+import socket, sys
+def _deny(*a, **k):
+    raise OSError("network access attempted during an offline test")
+socket.socket.connect = _deny
+socket.socket.connect_ex = _deny
+socket.create_connection = _deny
+from nitp_eval.cli import main
+sys.argv = ["nitp-eval", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The trainer's run-dir layout (runs/<pair>/<arm>/checkpoints/step-NNNNNN/); both arms hold the same model."""
+    pair = tmp_path_factory.mktemp("runs") / "tiny"
+    for arm in ("ntp", "nitp"):
+        ckpt = pair / arm / "checkpoints" / "step-000010"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.symlink_to(tiny_checkpoint, target_is_directory=True)
+    (pair / "pair.json").write_text("{}")
+    return pair
+
+
+def _cli(args, home: Path, cwd: Path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MTEB_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRANSFORMERS_CACHE")}
+    env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", RUNNER, "mteb", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=900)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_run_dir_offline(run_dir, shared_data, tmp_path):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    tasks = "STSBenchmark,AmazonCounterfactualClassification,TwitterURLCorpus,BIOSSES"
+    r = _cli([run_dir, "--tasks", tasks, "--data-dir", shared_data / "mteb", "--limit", 60], home, cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "BIOSSES: missing" in r.stderr + r.stdout  # on the console, not only in the file
+    assert _files(home) == [] and _files(cwd) == []  # no mteb cache, no results folder, no datasets cache
+    assert _files(run_dir / "eval") == ["mteb/nitp-step-000010.json", "mteb/ntp-step-000010.json"]
+
+    res = {arm: json.loads((run_dir / "eval" / "mteb" / f"{arm}-step-000010.json").read_text()) for arm in ("ntp", "nitp")}
+    ntp = res["ntp"]
+    assert ntp["schema"] == "nitp.mteb" and ntp["arm"] == "ntp" and ntp["step"] == 10
+    assert ntp["settings"]["limit"] == 60 and ntp["settings"]["layer"] == -1
+    assert "mteb" in ntp["versions"]
+    assert sorted(ntp["tasks"]) == ["AmazonCounterfactualClassification", "STSBenchmark", "TwitterURLCorpus"]
+    assert ntp["missing"] == ["BIOSSES"]
+    for name, t in ntp["tasks"].items():
+        assert set(t) >= {"group", "main_score_name", "main_score", "scores", "version"}
+        assert 0.0 <= t["main_score"] <= 1.0 or t["main_score_name"] == "cosine_spearman"
+    assert ntp["tasks"]["AmazonCounterfactualClassification"]["group"] == "Classification"
+    assert ntp["tasks"]["TwitterURLCorpus"]["group"] == "Retrieval/Dup"
+    assert ntp["groups"]["STS"]["n"] == 1 and ntp["groups"]["STS"]["of"] == 2
+    assert ntp["groups"]["STS"]["mean"] == pytest.approx(ntp["tasks"]["STSBenchmark"]["main_score"])
+    assert ntp["overall"]["n"] == 3 and ntp["overall"]["of"] == 4
+    # both arms are the same model here: evaluation is deterministic (classifier seeds, subsample)
+    assert {k: v["main_score"] for k, v in ntp["tasks"].items()} == \
+           {k: v["main_score"] for k, v in res["nitp"]["tasks"].items()}
+
+    # no silent overwrite; bad input is one line and exit code 2
+    r = _cli([run_dir, "--tasks", "STSBenchmark", "--data-dir", shared_data / "mteb"], home, cwd)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    r = _cli([run_dir, "--data-dir", tmp_path / "nowhere"], home, cwd)
+    assert r.returncode == 2 and r.stderr.startswith("error: --data-dir") and len(r.stderr.strip().splitlines()) == 1
