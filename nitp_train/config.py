@@ -149,12 +149,22 @@ def _build(cls, d: dict, prefix: str = ""):
             kwargs[name] = _build(type(default), value, prefix + name + ".")
         elif isinstance(default, tuple):
             kwargs[name] = tuple(value)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{prefix}{name}={value!r} must be a number")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            kwargs[name] = _number(value, type(default), prefix + name)
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _number(value, kind: type, name: str):
+    """YAML reads 1e12 as a string (1.0e12 as a float): accept both."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        return int(number) if kind is int and number == int(number) else number
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={value!r} must be a number") from None
 
 
 def load_config(config_file: str | Path | None = None, sets: list[str] | None = None, **top: object) -> TrainConfig:

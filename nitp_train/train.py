@@ -126,7 +126,10 @@ def build_model(cfg: TrainConfig, tokenizer):
     # the projector draws from its own RNG stream, leaving the global one untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 7919)
-        objective = NITPObjective(cfg.objective, hf_config.hidden_size, hf_config.num_hidden_layers)
+        try:
+            objective = NITPObjective(cfg.objective, hf_config.hidden_size, hf_config.num_hidden_layers)
+        except ValueError as e:
+            raise UserError(str(e)) from e
     return model, objective
 
 

@@ -40,3 +40,41 @@ def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# A CPU-second-sized model for trainer tests: tiny-dense shrunk through config overrides.
+TINY_SETS = [
+    "model.hf_overrides.hidden_size=64", "model.hf_overrides.num_hidden_layers=4",
+    "model.hf_overrides.num_attention_heads=2", "model.hf_overrides.num_key_value_heads=1",
+    "model.hf_overrides.intermediate_size=128", "objective.target_layer=1",
+    "seq_len=64", "global_batch=8", "micro_batch=4", "data.tokenizer=train:1024",
+    "optim.warmup_steps=2", "eval_every=3", "eval_batches=2", "probe_every=3", "probe_batch=4",
+    "precision=fp32",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(shared_data) -> Path:
+    """Real English text: the TinyStories validation file (0.8 MB)."""
+    return shared_data / "corpus" / "tinystories" / "validation.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_sets(tmp_path_factory) -> list[str]:
+    """TINY_SETS plus a session-wide token cache, so the corpus is tokenised once for all trainer tests."""
+    return TINY_SETS + [f"data.cache_dir={tmp_path_factory.mktemp('token-cache')}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_sets, tiny_corpus) -> Path:
+    """A real paired run from the trainer: <tmp>/runs/tiny/{pair.json, ntp/, nitp/, data/}.
+
+    6 steps, checkpoints at steps 3 and 6, metrics with validation CE and geometry probes.
+    """
+    from nitp_train.config import load_config
+    from nitp_train.pair import train_pair
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = load_config(sets=tiny_sets + [f"data.path={tiny_corpus}", "steps=6", "save_every=3"])
+    train_pair(cfg, out, progress=False)
+    return out

@@ -1,0 +1,169 @@
+"""The trainer: run-dir contract, pairing, lambda = 0, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nitp_train.config import load_config
+from nitp_train.errors import UserError
+from nitp_train.train import train
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _losses(arm: Path, key: str = "loss_ntp") -> list[float]:
+    return [json.loads(line)[key] for line in (arm / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pair_writes_the_run_directory_contract(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pair = json.loads((tiny_run / "pair.json").read_text())
+    assert set(pair["arms"]) == {"ntp", "nitp"}
+    assert all(pair["paired"].values())
+    names = {}
+    for arm in ("ntp", "nitp"):
+        ckpts = sorted((tiny_run / arm / "checkpoints").iterdir())
+        assert [c.name for c in ckpts] == ["step-000003", "step-000006"]
+        model = AutoModelForCausalLM.from_pretrained(ckpts[-1])
+        tok = AutoTokenizer.from_pretrained(ckpts[-1])
+        assert tok("Once upon a time")["input_ids"]
+        names[arm] = [n for n, _ in model.named_parameters()]
+        assert (ckpts[-1] / "nitp_projector.safetensors").exists() == (arm == "nitp")
+        records = [json.loads(line) for line in (tiny_run / arm / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+        for key in ("tokens", "lr", "loss_ntp", "loss_total", "grad_norm", "tokens_per_s"):
+            assert all(key in r for r in records)
+        assert "val_ce" in records[2] and "probe_erank" in records[2] and "probe_cosine" in records[2]
+        assert ("loss_nitp" in records[0]) == (arm == "nitp")
+    # the exported NITP model has exactly the NTP architecture and parameter names
+    assert names["ntp"] == names["nitp"]
+    a = json.loads((tiny_run / "ntp" / "checkpoints" / "step-000006" / "config.json").read_text())
+    b = json.loads((tiny_run / "nitp" / "checkpoints" / "step-000006" / "config.json").read_text())
+    assert a == b
+
+
+def test_arms_start_from_identical_weights_and_batches(tiny_run):
+    prov = {a: json.loads((tiny_run / a / "provenance.json").read_text()) for a in ("ntp", "nitp")}
+    for key in ("init_weights_sha256", "data_sha256", "order_sha256"):
+        assert prov["ntp"][key] == prov["nitp"][key]
+    # identical init and batches: the first step's NTP loss is bit-identical, later ones differ
+    ntp, nitp = _losses(tiny_run / "ntp"), _losses(tiny_run / "nitp")
+    assert ntp[0] == nitp[0]
+    assert ntp[-1] != nitp[-1]
+
+
+def test_lambda_zero_reproduces_ntp(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=4", "save_every=4"]
+    train(load_config(sets=sets + ["objective.name=ntp"]), tmp_path / "ntp", progress=False)
+    train(load_config(sets=sets + ["objective.name=nitp", "objective.lambda=0"]), tmp_path / "nitp0", progress=False)
+    assert _losses(tmp_path / "ntp") == pytest.approx(_losses(tmp_path / "nitp0"), abs=1e-6)
+    a = _weights(tmp_path / "ntp" / "checkpoints" / "step-000004")
+    b = _weights(tmp_path / "nitp0" / "checkpoints" / "step-000004")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    # and lambda > 0 does change the backbone (the test can fail)
+    train(load_config(sets=sets + ["objective.name=nitp", "objective.lambda=1"]), tmp_path / "nitp1", progress=False)
+    c = _weights(tmp_path / "nitp1" / "checkpoints" / "step-000004")
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=10", "save_every=2", "objective.name=nitp"]
+    ref = tmp_path / "ref"
+    train(load_config(sets=sets), ref, progress=False)
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "nitp_train", "run", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-000006").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "checkpoints" / "step-000010").exists()
+    subprocess.run(args + ["--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    a = _weights(ref / "checkpoints" / "step-000010")
+    b = _weights(out / "checkpoints" / "step-000010")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa = load_file(str(ref / "checkpoints" / "step-000010" / "nitp_projector.safetensors"))
+    pb = load_file(str(out / "checkpoints" / "step-000010" / "nitp_projector.safetensors"))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert _losses(ref, "loss_total") == _losses(out, "loss_total")  # metrics.jsonl has no duplicate steps
+
+
+def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=3", "micro_batch=2", "eval_every=0", "probe_every=0"]
+    flags = [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one" / "nitp", tmp_path / "two" / "nitp"
+    subprocess.run([sys.executable, "-m", "nitp_train", "run", "--out", str(one), *flags], check=True, env=env,
+                   capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "nitp_train", "run", "--out", str(two), *flags], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((two / "provenance.json").read_text())["world_size"] == 2
+    for key in ("loss_total", "loss_ntp", "loss_nitp"):
+        a, b = _losses(one, key), _losses(two, key)
+        assert b == pytest.approx(a, rel=1e-4)
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(tiny_run, tiny_sets, tiny_corpus):
+    cfg = load_config(sets=tiny_sets + [f"data.path={tiny_corpus}", "steps=6"])
+    before = sorted(p.name for p in (tiny_run / "nitp" / "checkpoints").iterdir())
+    with pytest.raises(UserError, match="--resume .* --overwrite"):
+        train(cfg, tiny_run / "nitp", progress=False)
+    assert sorted(p.name for p in (tiny_run / "nitp" / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["data.path={empty}"], "empty corpus"),
+    (["data.path={tmp}/missing.txt"], "not a local path"),
+    (["seq_len=100000"], "max_position_embeddings"),
+    (["model.preset=nope"], "unknown preset"),
+    (["objective.lambda=-1"], "lambda"),
+    (["objective.target_layer=99"], "target_layer"),
+    (["objective.loss=l3"], "objective.loss"),
+    (["global_batch=7"], "split evenly"),
+])
+def test_bad_input_raises_a_clear_error(tmp_path, tiny_sets, tiny_corpus, sets, needle):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    sets = [s.format(empty=empty, tmp=tmp_path) for s in sets]
+    with pytest.raises(UserError, match=needle):
+        train(load_config(sets=tiny_sets + [f"data.path={tiny_corpus}"] + sets), tmp_path / "run", progress=False)
+
+
+def test_cli_bad_input_is_one_line_on_stderr(tmp_path):
+    for args, needle in [(["run", "--out", str(tmp_path / "a"), "--preset", "nope"], "unknown preset"),
+                         (["flops", "--preset", "moe-9b-a1b", "--projector", "mlp"], "--projector")]:
+        res = subprocess.run([sys.executable, "-m", "nitp_train", *args], capture_output=True, text=True)
+        assert res.returncode == 2
+        assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:") and needle in res.stderr
+        assert not (tmp_path / "a").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=40", "save_every=1", "optim.lr=1e12", "optim.grad_clip=1e30",
+                        "optim.warmup_steps=0", "eval_every=0", "probe_every=0"]
+    with pytest.raises(UserError, match="non-finite loss .* last good checkpoint"):
+        train(load_config(sets=sets), tmp_path / "nan", progress=False)
+    kept = sorted((tmp_path / "nan" / "checkpoints").glob("step-*"))
+    assert kept, "no checkpoint before the loss blew up"
+    weights = _weights(kept[-1])
+    assert all(torch.isfinite(t).all() for t in weights.values())
