@@ -49,7 +49,11 @@ def command(
     else:
         names = [t.name for t in suite_tasks(suite)]
     names = expand_tags(names)
-    fewshot = {n: known_task(n).num_fewshot for n in names if known_task(n)}
+    # Few-shot counts go into the task configs: lm-eval ignores --num_fewshot for a config that says 0.
+    if num_fewshot is not None:
+        fewshot = dict.fromkeys(names, num_fewshot)
+    else:
+        fewshot = {n: known_task(n).num_fewshot for n in names if known_task(n)}
     primary = {n: known_task(n).primary for n in names if known_task(n)}
     run_kw = dict(limit=limit, batch_size=batch_size, device=device, dtype=dtype, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs)
 
@@ -71,7 +75,7 @@ def command(
             results = _run(target.checkpoint, manager, names, bootstrap_iters, run_kw, data_dir)
             task_records, samples = ev.collect(results, names, primary)
             settings = {
-                "suite": suite, "tasks": names, "suite_num_fewshot": fewshot, **run_kw,
+                "suite": suite, "tasks": names, "task_num_fewshot": fewshot, **run_kw,
                 "bootstrap_iters": bootstrap_iters, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                 "max_length": results.get("max_length"),
                 "seeds": {k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
