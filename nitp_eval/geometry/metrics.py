@@ -108,7 +108,9 @@ class CovarianceAccumulator:
         self.dim = dim
 
     def update(self, x, groups=None, pairs=None) -> "CovarianceAccumulator":
-        x = _as_float64(x)
+        x_in = torch.as_tensor(x)
+        x = _as_float64(x_in)
+        x_is_copy = x.data_ptr() != x_in.data_ptr()
         if x.shape[1] != self.dim:
             raise ValueError(f"expected rows of dim {self.dim}, got {x.shape[1]}")
         if not hasattr(self, "n_"):
@@ -126,9 +128,12 @@ class CovarianceAccumulator:
         xs = x - self.shift_
         self.n_ += len(x)
         self.sum_ += xs.sum(0)
-        self.gram_ += xs.T @ xs
+        self.gram_.addmm_(xs.T, xs)  # in place: no d x d temporary
+        del xs
         norms = x.norm(dim=1)
-        u = x / norms.clamp_min(1e-12).unsqueeze(1)  # a zero vector contributes a zero unit vector
+        # unit vectors in place when x is our own float64 copy (never overwrite the caller's tensor);
+        # a zero vector contributes a zero unit vector
+        u = x.div_(norms.clamp_min(1e-12).unsqueeze(1)) if x_is_copy else x / norms.clamp_min(1e-12).unsqueeze(1)
         self.unit_sum_ += u.sum(0)
         self.norm_sum_ += float(norms.sum())
         if groups is not None:
