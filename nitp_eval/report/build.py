@@ -130,7 +130,11 @@ def _geometry(spec, runs, w, notes, many):
         sfx = f"-{slug(run.label)}" if many else ""
         w.figure(F.geometry_profiles(run, arms, spec.step), f"geometry_profiles{sfx}",
                  f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer")
-        w.figure(F.cka_heatmaps(run, arms, spec.step), f"cka{sfx}", f"{run.label}: linear CKA between layers, per arm")
+        fig = F.cka_heatmaps(run, arms, spec.step)
+        if fig is None:
+            notes.append(f"{run.label}: geometry results have no cka_matrix: no CKA heat map "
+                         f"(run `nitp-eval geometry {run.path} --cka-matrix`)")
+        w.figure(fig, f"cka{sfx}", f"{run.label}: linear CKA between layers, per arm")
 
 
 def _dynamics(spec, runs, w, notes, many):
