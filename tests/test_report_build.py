@@ -204,25 +204,38 @@ def test_report_lists_sources_and_missing(tmp_path):
     (run / "ntp" / "config.yaml").unlink()
     spec = spec_from_paths([run])
     spec.n_boot = 200
+    spec.sections = ["mteb", "cost"]
     md = build_report(spec, tmp_path / "out", progress=False).read_text()
     missing = md.split("## Missing inputs")[1].split("## Sources")[0]
     assert "ntp/config.yaml" in missing
     sources = md.split("## Sources")[1]
-    assert "eval/lm/nitp-step-000200.json" in sources and "nitp-step-000200.json" in sources
+    assert "eval/lm/nitp-step-000200.json" in sources and "mteb/ntp-step-000200.json" in sources
     assert "mteb/nitp-step-000200.json" not in sources
+    assert "no mteb results for arm nitp" in missing
 
 
 def test_tables_are_byte_deterministic(tmp_path):
     run = make_run(tmp_path)
     spec = spec_from_paths([run])
     spec.n_boot = 500
+    spec.sections = ["downstream", "mteb", "cost", "ablation"]  # tables only: figures are not byte-compared
     a = build_report(spec, tmp_path / "a", progress=False).parent
     b = build_report(spec, tmp_path / "b", progress=False).parent
     files = sorted(p.relative_to(a) for p in (a / "tables").iterdir())
-    assert len(files) == 3 * 6
+    assert len(files) == 3 * 5
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "report.md").read_text() == (b / "report.md").read_text().replace(str(tmp_path / "b"), str(tmp_path / "a"))
+
+
+def test_flops_overhead_recorded_in_pair_json(tmp_path):
+    run = make_run(tmp_path)
+    pair = json.loads((run / "pair.json").read_text())
+    (run / "pair.json").write_text(json.dumps({**pair, "flops_overhead": {"nitp": 0.023}}))
+    spec = spec_from_paths([run])
+    spec.sections = ["cost"]
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+    assert read_csv(out / "tables" / "cost.csv")[2][5:] == ["+2.30%", "n/a"]
 
 
 def test_refuses_to_overwrite(tmp_path):

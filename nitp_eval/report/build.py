@@ -126,7 +126,7 @@ def _geometry(spec, runs, w, notes, many):
         return
     w.table(t)
     for run in runs:
-        arms = T.run_arms(run, spec, "geometry")
+        arms = T.run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
         w.figure(F.geometry_profiles(run, arms, spec.step), f"geometry_profiles{sfx}",
                  f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer")

@@ -52,9 +52,12 @@ def pick(run: Run, kind: str, arm: str, step: int | None) -> Result | None:
     return run.results.get(kind, {}).get(arm, {}).get(step)
 
 
-def run_arms(run: Run, spec: Spec, kind: str | None = None) -> list[str]:
-    """The arms to show, baseline first: the spec's list, or every arm found (with `kind` results)."""
-    arms = spec.arms or [a for a in run.arms if kind is None or run.results.get(kind, {}).get(a)]
+def run_arms(run: Run, spec: Spec) -> list[str]:
+    """The arms to show, baseline first: the spec's list, or every arm of the run.
+
+    Arms without results of some kind stay in the list, so the tables report them as missing.
+    """
+    arms = spec.arms or run.arms
     if spec.baseline in arms:
         arms = [spec.baseline] + [a for a in arms if a != spec.baseline]
     return arms
@@ -122,7 +125,7 @@ def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: lis
 
 
 def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
-    picked_all = {run.label: {a: pick(run, "lm", a, spec.step) for a in run_arms(run, spec, "lm")} for run in runs}
+    picked_all = {run.label: {a: pick(run, "lm", a, spec.step) for a in run_arms(run, spec)} for run in runs}
     tasks = spec.tasks or ordered_tasks(t for p in picked_all.values() for r in p.values() if r
                                         for t in r.data.get("tasks", {}))
     if not tasks:
@@ -176,7 +179,7 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
 # --- MTEB (paper Table 6) ---------------------------------------------------------------------------
 
 def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> list[Table]:
-    picked = {a: pick(run, "mteb", a, spec.step) for a in run_arms(run, spec, "mteb")}
+    picked = {a: pick(run, "mteb", a, spec.step) for a in run_arms(run, spec)}
     for a, r in picked.items():
         if r is None:
             notes.append(f"{run.label}: no mteb results for arm {a}")
@@ -247,7 +250,7 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
                        "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
                        "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms).")
     for run in runs:
-        arms = run_arms(run, spec, "geometry")
+        arms = run_arms(run, spec)
         picked = {a: pick(run, "geometry", a, spec.step) for a in arms}
         _check_steps(run, "geometry", picked, notes)
         for j, a in enumerate(arms):
@@ -365,7 +368,7 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
     """One row per variant (run, arm); the first variant is the baseline of the Δ column."""
     by_label = {r.label: r for r in runs} | {str(r.path): r for r in runs}
     variants = spec.variants or [Variant(r.label, a, f"{r.label} {arm_name(a)}" if len(runs) > 1 else arm_name(a))
-                                 for r in runs for a in run_arms(r, spec, "lm")]
+                                 for r in runs for a in run_arms(r, spec)]
     rows = []
     for v in variants:
         run = by_label.get(v.run)
