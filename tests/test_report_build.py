@@ -303,3 +303,26 @@ def test_not_a_run_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a pair dir"):
         build_report(spec_from_paths([tmp_path / "empty"]), tmp_path / "out", progress=False)
+
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "analyses").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_file", SPECS, ids=[p.stem for p in SPECS])
+def test_shipped_specs_load_and_point_at_any_run(spec_file, tmp_path):
+    spec = load_spec(spec_file)
+    assert spec.runs and spec.sections and spec.title
+    if spec.sections == ["downstream"] or spec.sections == ["ablation"]:  # the fast ones: build against a run
+        run = make_run(tmp_path)
+        spec = load_spec(spec_file, [run] * len(spec.runs) if spec.sections == ["downstream"] else [run])
+        spec.n_boot = 200
+        md = build_report(spec, tmp_path / "out", progress=False).read_text()
+        assert spec.title in md
+        if spec.variants:  # variants whose arms the run lacks are listed as missing
+            assert "no lm results for" in md.split("## Missing inputs")[1]
+            assert read_csv(tmp_path / "out" / "tables" / "ablation.csv")[1][0] == "NTP"
+
+
+def test_paper_specs_cover_the_paper():
+    stems = {p.stem for p in SPECS}
+    assert {"table1", "table2", "table6", "figure1", "figure5", "ablation-target-layer", "ablation-design"} <= stems
