@@ -76,7 +76,7 @@ def _tex(c: Cell) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$",
-        "−": "-", "±": r"$\pm$", "≥": r"$\geq$"}
+        "−": "-", "±": r"$\pm$", "≥": r"$\geq$", "²": r"$^2$", "×": r"$\times$", "÷": r"$\div$"}
 
 
 def latex_escape(s: str) -> str:
