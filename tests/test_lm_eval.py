@@ -114,6 +114,7 @@ def test_paper_suite_results_json(suite_results, lm_data, nitp_ckpt):
         assert len({rec["doc_id"] for rec in recs}) == len(recs)
         # the task score is the mean of the per-sample scores (what a paired bootstrap resamples)
         assert np.mean([rec[t["primary"]] for rec in recs]) == pytest.approx(value)
+    assert r["tasks"]["gsm8k"]["fewshot_split"] == "train" and r["tasks"]["mmlu_pro"]["fewshot_split"] == "validation"
     for name in ("gsm8k", "mmlu_pro"):
         assert r["tasks"][name]["generation_kwargs"]["max_gen_toks"] == 8
         assert all(isinstance(rec["response"], str) for rec in r["samples"][name])

@@ -40,6 +40,8 @@ def command(
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(f"--data-dir {data_dir}: no such directory; give the dir holding <task>/<split>.jsonl (e.g. ../shared/data/lm)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {dtype}: unknown; choose float32, bfloat16 or float16")
     if limit is not None and limit <= 0:
         raise UserError(f"--limit {limit}: must be > 0 (a count, or a fraction below 1)")
     limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit

@@ -84,6 +84,8 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
             "num_fewshot": shots.pop() if len(shots) == 1 else {leaf: results["n-shot"].get(leaf) for leaf in leaves},
             "n_docs": sum(results["n-samples"][leaf]["original"] for leaf in leaves),
             "output_type": cfg.get("output_type"),
+            # lm-eval draws shots from fewshot_split, else the training split, else validation
+            "fewshot_split": cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split"),
         }
         if cfg.get("output_type") == "generate_until":
             entry["generation_kwargs"] = cfg.get("generation_kwargs")
