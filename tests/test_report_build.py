@@ -175,10 +175,11 @@ def test_geometry_cost_ce_tables(report):
     nitp = json.loads((run / "eval" / "geometry" / "nitp-step-000200.json").read_text())
     row = geo[2]
     assert row[0] == "NITP" and row[1] == "200"
-    assert float(row[3]) == round(nitp["per_layer"]["erank_cov"][-1], 2)
-    assert float(row[4]) == round(nitp["per_layer"]["erank_sv"][-1], 2)
-    assert float(row[5]) == round(nitp["per_layer"]["anisotropy"][-1], 4)
-    assert row[7] == f'{nitp["alignment"]["cos_next"]:.4f} (k=1)'
+    assert row[3] == "4"  # the last layer of the results' `layers`
+    assert float(row[4]) == round(nitp["per_layer"]["erank_cov"][-1], 2)
+    assert float(row[5]) == round(nitp["per_layer"]["erank_sv"][-1], 2)
+    assert float(row[6]) == round(nitp["per_layer"]["anisotropy"][-1], 4)
+    assert row[8] == f'{nitp["alignment"]["cos_next"]:.4f} (k=1)'
     assert row[-1] == "0.9000" and geo[1][-1] == "n/a"
     cost = read_csv(out / "tables" / "cost.csv")
     assert cost[1][2] == "1000.0" and cost[2][2] == "950.0"
@@ -326,3 +327,14 @@ def test_shipped_specs_load_and_point_at_any_run(spec_file, tmp_path):
 def test_paper_specs_cover_the_paper():
     stems = {p.stem for p in SPECS}
     assert {"table1", "table2", "table6", "figure1", "figure5", "ablation-target-layer", "ablation-design"} <= stems
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "report", str(tmp_path / "nope")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no such run dir" in r.stderr
+    assert not (tmp_path / "reports").exists()

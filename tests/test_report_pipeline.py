@@ -65,10 +65,11 @@ def check_geometry(run: Path, out: Path, step: int) -> None:
         g = results(run, "geometry", arm, step)
         assert row[1] == str(step) and row[2] == str(g["tokens"])
         pl = g["per_layer"]
-        assert [float(x) for x in row[3:7]] == [round(pl["erank_cov"][-1], 2), round(pl["erank_sv"][-1], 2),
+        assert row[3] == str(g["layers"][-1])
+        assert [float(x) for x in row[4:8]] == [round(pl["erank_cov"][-1], 2), round(pl["erank_sv"][-1], 2),
                                                 round(pl["anisotropy"][-1], 4), round(pl["anisotropy_exact"][-1], 4)]
-        assert num(row[7]) == round(g["alignment"]["cos_next"], 4)
-    assert table[2][8] == f"{results(run, 'geometry', 'nitp', step)['alignment']['projector_cos']:.4f}"
+        assert num(row[8]) == round(g["alignment"]["cos_next"], 4)
+    assert table[2][9] == f"{results(run, 'geometry', 'nitp', step)['alignment']['projector_cos']:.4f}"
 
 
 def check_training(run: Path, out: Path) -> None:

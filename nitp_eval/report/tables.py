@@ -243,9 +243,9 @@ GEOMETRY_COLUMNS = (("erank_cov", "Eff. rank (cov)", "{:.2f}"), ("erank_sv", "Ef
 
 
 def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
-    table = Table("geometry", "Last-layer geometry", ["Model", "Step", "Tokens", *[c for _, c, _ in GEOMETRY_COLUMNS],
+    table = Table("geometry", "Last-layer geometry", ["Model", "Step", "Tokens", "Layer", *[c for _, c, _ in GEOMETRY_COLUMNS],
                                                        "cos(h_t, z_t+1)", "Projector cos"])
-    table.notes.append("Last layer = the final hidden_states entry. Eff. rank: Roy & Vetterli entropy effective rank "
+    table.notes.append("Layer = the last analysed hidden_states index (0 = embeddings). Eff. rank: Roy & Vetterli entropy effective rank "
                        "of the centred covariance spectrum (cov) or of the singular values (sv). Anisotropy: mean "
                        "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
                        "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms).")
@@ -264,7 +264,8 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
             al = d.get("alignment") or {}
             cos = f"{al['cos_next']:.4f} (k={al.get('target_layer')})" if al.get("cos_next") is not None else NA
             proj = f"{al['projector_cos']:.4f}" if al.get("projector_cos") is not None else NA
-            table.add(_row_label(run, a, len(runs) > 1), str(r.step), f"{d.get('tokens', NA)}", *cells, cos, proj,
+            layer = (d.get("layers") or [NA])[-1]
+            table.add(_row_label(run, a, len(runs) > 1), str(r.step), f"{d.get('tokens', NA)}", str(layer), *cells, cos, proj,
                       rule=(j == 0))
     return table if table.rows else None
 
