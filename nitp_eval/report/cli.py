@@ -15,8 +15,8 @@ def command(
     out: Path = typer.Option(None, "--out", help="Report dir to write. Default: reports/<run dir name>, or reports/<spec name>.", show_default=False),
     sections: str = typer.Option(None, "--sections", help="Comma-separated sections to build, overriding the spec: downstream,mteb,geometry,dynamics,cost,ablation.", show_default=False),
     step: int = typer.Option(None, "--step", help="Checkpoint step the tables compare. Default: each arm's latest evaluated step.", show_default=False),
-    n_boot: int = typer.Option(None, "--n-boot", help="Bootstrap resamples for the confidence intervals [default: 10000, or the spec's].", show_default=False),
-    seed: int = typer.Option(None, "--seed", help="Bootstrap seed [default: 0, or the spec's].", show_default=False),
+    n_boot: int = typer.Option(None, "--n-boot", help="Bootstrap resamples for the confidence intervals (default: 10000, or the spec's).", show_default=False),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0, or the spec's).", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir."),
 ) -> None:
     """Build report.md with tables (also LaTeX and CSV) and figures (PNG and PDF) for NTP vs NITP runs."""
