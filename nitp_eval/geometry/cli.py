@@ -14,10 +14,11 @@ DEFAULT_SEQ_LEN = 512
 
 def command(
     path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir, any HF model dir, or a states file "
-                                          "(.npy/.pt/.safetensors, [tokens, dim] or [layers, tokens, dim])."),
+                                          "(.npy/.pt/.safetensors holding tokens x dim or layers x tokens x dim)."),
     text: str = typer.Option(None, help="Text to analyse: .txt, .jsonl[.gz] with a 'text' field, or an HF dataset id "
-                                        "('name' or 'name:config'). Default: the run's validation text "
-                                        "(config.yaml data.validation), else the built-in Shakespeare validation split."),
+                                        "('name' or 'name:config'). Default for a run: its own tokenised validation split "
+                                        "(provenance.json data_dir/val.bin), else config.yaml data.validation; otherwise "
+                                        "the built-in Shakespeare validation split."),
     text_split: str = typer.Option("validation", help="Split to read when --text is an HF dataset id."),
     tokens: int = typer.Option(100_000, help="Tokens to analyse (the first N of the packed text)."),
     seq_len: int = typer.Option(None, help="Window length in tokens. Default: the run's seq_len, else 512 "

