@@ -17,21 +17,24 @@ def test_pairs_by_doc_id_not_by_position():
     assert a.tolist() == [0, 1, 1] and b.tolist() == [1, 0, 1]  # docs 0, 1, 2; 3 and 10 are unpaired
 
 
-def test_matches_exact_bootstrap_distribution():
+@pytest.mark.parametrize("max_distinct", [64, 0], ids=["value-counts", "index-resampling"])
+def test_matches_exact_bootstrap_distribution(max_distinct):
     # n = 4 documents: the 4^4 equally likely resamples give the exact bootstrap distribution
     a = np.array([0.0, 1.0, 0.0, 1.0])
     b = np.array([1.0, 1.0, 0.0, 0.0])
     diff = b - a
     exact = np.array([diff[list(idx)].mean() for idx in itertools.product(range(4), repeat=4)])
-    reps = bootstrap_replicates(a, b, n_boot=40_000, seed=3)
+    reps = bootstrap_replicates(a, b, n_boot=40_000, seed=3, max_distinct=max_distinct)
     for v in np.unique(exact):  # the replicate distribution has the exact probabilities
         assert np.mean(reps == v) == pytest.approx(np.mean(exact == v), abs=0.01)
 
 
-def test_bootstrap_spread_is_the_closed_form():
+@pytest.mark.parametrize("binary", [True, False], ids=["accuracy", "continuous"])
+def test_bootstrap_spread_is_the_closed_form(binary):
     rng = np.random.default_rng(1)
-    a = (rng.random(500) < 0.4).astype(float)
-    b = (rng.random(500) < 0.5).astype(float)
+    a, b = rng.random(500), rng.random(500) + 0.1
+    if binary:
+        a, b = (a < 0.4).astype(float), (b < 0.5).astype(float)
     reps = bootstrap_replicates(a, b, n_boot=20_000, seed=0)
     d = b - a
     assert reps.mean() == pytest.approx(d.mean(), abs=0.002)
