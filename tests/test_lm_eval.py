@@ -175,3 +175,25 @@ def test_scores_identical_to_lm_eval_command_line(nitp_ckpt, lm_data, tmp_path):
             rec["doc_id"]: (rec["acc"], rec["acc_norm"]) for rec in ours["samples"][task]}
         assert [float(s["filtered_resps"][0][0]) for s in sorted(logged, key=lambda s: s["doc_id"])] == [
             rec["loglikelihoods"][0] for rec in sorted(ours["samples"][task], key=lambda rec: rec["doc_id"])]
+
+
+def test_metric_names_and_record_merging_by_hand():
+    from nitp_eval.lm.evaluate import RESPONSE_CHARS, metric_name, sample_records
+
+    assert metric_name("acc,none") == "acc" and metric_name("acc_norm_stderr,none") == "acc_norm_stderr"
+    assert metric_name("exact_match_stderr,strict-match") == "exact_match,strict-match_stderr"
+    long = "x" * (RESPONSE_CHARS + 50)
+    logged = [  # lm-eval logs a generative doc once per filter
+        {"doc_id": 7, "filter": "strict-match", "metrics": ["exact_match"], "exact_match": 0.0, "target": "18",
+         "resps": [[long]], "filtered_resps": ["[invalid]"]},
+        {"doc_id": 7, "filter": "flexible-extract", "metrics": ["exact_match"], "exact_match": 1.0, "target": "18",
+         "resps": [[long]], "filtered_resps": ["18"]},
+    ]
+    (rec,) = sample_records(logged, prefix="gsm8k_sub:")
+    assert rec["doc_id"] == "gsm8k_sub:7" and rec["subtask"] == "gsm8k_sub"
+    assert rec["exact_match,strict-match"] == 0.0 and rec["exact_match,flexible-extract"] == 1.0
+    assert rec["extracted"] == {"strict-match": "[invalid]", "flexible-extract": "18"}
+    assert rec["response"] == "x" * RESPONSE_CHARS + "..."
+    (mc,) = sample_records([{"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1.0, "target": 1,
+                             "resps": [[(-3.0, False)], [(-1.5, True)]], "filtered_resps": [(-3.0, False), (-1.5, True)]}])
+    assert mc == {"doc_id": 0, "acc": 1.0, "target": 1, "loglikelihoods": [-3.0, -1.5]}

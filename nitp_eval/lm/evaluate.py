@@ -78,7 +78,7 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
         cfg = results["configs"][leaves[0]]
         entry = {
             "metrics": metrics,
-            "primary": primary.get(name) or next(k for k in metrics if not k.endswith("_stderr")),
+            "primary": primary.get(name) or next((k for k in metrics if not k.endswith("_stderr")), None),
             "version": results["versions"].get(name),
             "n_samples": sum(results["n-samples"][leaf]["effective"] for leaf in leaves),
             "num_fewshot": shots.pop() if len(shots) == 1 else {leaf: results["n-shot"].get(leaf) for leaf in leaves},
