@@ -338,3 +338,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such run dir" in r.stderr
     assert not (tmp_path / "reports").exists()
+
+
+def test_task_without_score_is_left_out_and_said(tmp_path):
+    run = make_run(tmp_path)
+    for arm in ("ntp", "nitp"):
+        f = run / "eval" / "lm" / f"{arm}-step-000200.json"
+        data = json.loads(f.read_text())
+        data["tasks"]["some_tag"] = {"metrics": {}, "primary": None, "version": None, "n_samples": 0, "num_fewshot": 0}
+        f.write_text(json.dumps(data))
+    spec = spec_from_paths([run])
+    spec.sections, spec.n_boot = ["downstream"], 200
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+    assert read_csv(out / "tables" / "downstream.csv")[0] == ["Model", "CSQA", "ARC-C", "GSM8k", "Avg."]
+    assert "task some_tag has no score (no primary metric); left out" in (out / "report.md").read_text()

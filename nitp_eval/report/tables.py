@@ -90,8 +90,9 @@ def _check_steps(run: Run, kind: str, picked: dict[str, Result | None], notes: l
 # --- downstream (paper Table 1) -------------------------------------------------------------------
 
 def lm_score(res: Result, task: str) -> float | None:
+    """The task's primary metric, or None (task absent, or a group lm-eval gives no aggregate score)."""
     t = res.data.get("tasks", {}).get(task)
-    if not t:
+    if not t or t.get("primary") is None:
         return None
     return t["metrics"].get(t["primary"])
 
@@ -126,8 +127,11 @@ def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: lis
 
 def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
     picked_all = {run.label: {a: pick(run, "lm", a, spec.step) for a in run_arms(run, spec)} for run in runs}
-    tasks = spec.tasks or ordered_tasks(t for p in picked_all.values() for r in p.values() if r
-                                        for t in r.data.get("tasks", {}))
+    found = [(r, t) for p in picked_all.values() for r in p.values() if r for t in r.data.get("tasks", {})]
+    tasks = spec.tasks or ordered_tasks(t for r, t in found if lm_score(r, t) is not None)
+    for r, t in found:
+        if lm_score(r, t) is None and t not in tasks:
+            notes.append(f"{r.path.name}: task {t} has no score (no primary metric); left out")
     if not tasks:
         return None
     ci = f"{round(100 * spec.ci)}%"
@@ -149,7 +153,8 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         for a in arms:
             for t, s in zip(tasks, scores[a]):
                 if s is None:
-                    notes.append(f"{run.label}: task {t} missing in {picked[a].path.name}")
+                    why = "has no score" if t in picked[a].data.get("tasks", {}) else "missing"
+                    notes.append(f"{run.label}: task {t} {why} in {picked[a].path.name}")
         common = [i for i in range(len(tasks)) if all(scores[a][i] is not None for a in arms)]
         avg = {a: (float(np.mean([scores[a][i] for i in common])) if common else None) for a in arms}
         cover = "" if len(common) == len(tasks) else f" ({len(common)}/{len(tasks)})"
@@ -383,7 +388,7 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
         rows.append((v, run, res))
     if not rows:
         return None
-    tasks = spec.tasks or ordered_tasks(t for _, _, r in rows for t in r.data.get("tasks", {}))
+    tasks = spec.tasks or ordered_tasks(t for _, _, r in rows for t in r.data.get("tasks", {}) if lm_score(r, t) is not None)
     scores = [[lm_score(r, t) for t in tasks] for _, _, r in rows]
     common = [i for i in range(len(tasks)) if all(s[i] is not None for s in scores)]
     ci = f"{round(100 * spec.ci)}%"
