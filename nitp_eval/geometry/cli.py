@@ -253,7 +253,7 @@ def _finish(written) -> None:
                        + (f"; through the NITP projector (1 - L_NITP) = {_fmt(a['projector_cos'], 0, 4)}"
                           if a.get("projector_cos") is not None else ""))
     if len(written) > 1:
-        typer.echo(f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (last layer)")
+        typer.echo(f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (erank, aniso: last reported layer)")
         for target, r in written:
             pl, a = r["per_layer"], r["alignment"]
             typer.echo(f"{target.label:24} {r['tokens']:>8} {_fmt(pl['erank_cov'][-1], digits=1)} {_fmt(pl['anisotropy'][-1])} "
