@@ -25,18 +25,6 @@ main()
 """
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
-    """The trainer's run-dir layout (runs/<pair>/<arm>/checkpoints/step-NNNNNN/); both arms hold the same model."""
-    pair = tmp_path_factory.mktemp("runs") / "tiny"
-    for arm in ("ntp", "nitp"):
-        ckpt = pair / arm / "checkpoints" / "step-000010"
-        ckpt.parent.mkdir(parents=True)
-        ckpt.symlink_to(tiny_checkpoint, target_is_directory=True)
-    (pair / "pair.json").write_text("{}")
-    return pair
-
-
 def _cli(args, home: Path, cwd: Path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("MTEB_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRANSFORMERS_CACHE")}
@@ -49,7 +37,9 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def test_run_dir_offline(run_dir, shared_data, tmp_path):
+def test_run_dir_offline(tiny_run, shared_data, tmp_path):
+    """The trainer's pair dir (runs/tiny/{ntp,nitp}/checkpoints/step-000006/): latest checkpoint of each arm."""
+    run_dir = tiny_run
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir(), cwd.mkdir()
     tasks = "STSBenchmark,AmazonCounterfactualClassification,TwitterURLCorpus,BIOSSES"
@@ -57,11 +47,12 @@ def test_run_dir_offline(run_dir, shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "BIOSSES: missing" in r.stderr + r.stdout  # on the console, not only in the file
     assert _files(home) == [] and _files(cwd) == []  # no mteb cache, no results folder, no datasets cache
-    assert _files(run_dir / "eval") == ["mteb/nitp-step-000010.json", "mteb/ntp-step-000010.json"]
+    written = sorted(str(p.relative_to(run_dir / "eval")) for p in (run_dir / "eval").rglob("mteb/*"))
+    assert written == ["mteb/nitp-step-000006.json", "mteb/ntp-step-000006.json"]
 
-    res = {arm: json.loads((run_dir / "eval" / "mteb" / f"{arm}-step-000010.json").read_text()) for arm in ("ntp", "nitp")}
+    res = {arm: json.loads((run_dir / "eval" / "mteb" / f"{arm}-step-000006.json").read_text()) for arm in ("ntp", "nitp")}
     ntp = res["ntp"]
-    assert ntp["schema"] == "nitp.mteb" and ntp["arm"] == "ntp" and ntp["step"] == 10
+    assert ntp["schema"] == "nitp.mteb" and ntp["arm"] == "ntp" and ntp["step"] == 6
     assert ntp["settings"]["limit"] == 60 and ntp["settings"]["layer"] == -1
     assert "mteb" in ntp["versions"]
     assert sorted(ntp["tasks"]) == ["AmazonCounterfactualClassification", "STSBenchmark", "TwitterURLCorpus"]
@@ -74,9 +65,17 @@ def test_run_dir_offline(run_dir, shared_data, tmp_path):
     assert ntp["groups"]["STS"]["n"] == 1 and ntp["groups"]["STS"]["of"] == 2
     assert ntp["groups"]["STS"]["mean"] == pytest.approx(ntp["tasks"]["STSBenchmark"]["main_score"])
     assert ntp["overall"]["n"] == 3 and ntp["overall"]["of"] == 4
-    # both arms are the same model here: evaluation is deterministic (classifier seeds, subsample)
-    assert {k: v["main_score"] for k, v in ntp["tasks"].items()} == \
-           {k: v["main_score"] for k, v in res["nitp"]["tasks"].items()}
+    assert res["nitp"]["arm"] == "nitp" and res["nitp"]["overall"]["n"] == 3
+
+    # a checkpoint dir as PATH, --out elsewhere; the same model and settings give the same scores
+    # (mteb seeds its classifiers and undersampling, --limit is seeded)
+    ckpt = run_dir / "nitp" / "checkpoints" / "step-000006"
+    r = _cli([ckpt, "--tasks", "AmazonCounterfactualClassification", "--data-dir", shared_data / "mteb",
+              "--limit", 60, "--out", tmp_path / "again"], home, cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "nitp-step-000006.json").read_text())
+    assert again["tasks"]["AmazonCounterfactualClassification"]["main_score"] == \
+        res["nitp"]["tasks"]["AmazonCounterfactualClassification"]["main_score"]
 
     # no silent overwrite; bad input is one line and exit code 2
     r = _cli([run_dir, "--tasks", "STSBenchmark", "--data-dir", shared_data / "mteb"], home, cwd)
