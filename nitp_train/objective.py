@@ -235,13 +235,14 @@ class NITPObjective(nn.Module):
 
     # -- saved beside each checkpoint, never part of the exported model
 
-    def save(self, checkpoint_dir: str | Path) -> Path:
+    def save(self, checkpoint_dir: str | Path, state_dict: dict | None = None) -> Path:
+        """Write nitp_projector.safetensors; `state_dict` overrides ours (e.g. gathered from FSDP shards)."""
         from safetensors.torch import save_file
 
         meta = {"config": json.dumps(self.config.to_dict()), "hidden_size": str(self.hidden_size),
                 "num_layers": str(self.num_layers), "target_layer": str(self.target_layer)}
         path = Path(checkpoint_dir) / PROJECTOR_FILE
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
         save_file(state, str(path), metadata=meta)
         return path
 

@@ -164,17 +164,31 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and (p / STATE_FILE).exists())
 
 
-def save_checkpoint(out: Path, step: int, model, objective, tokenizer, opt, sched, cfg: TrainConfig, dist: Dist) -> Path:
+def _full_state(module: "TrainModule", opt, fsdp: bool) -> tuple[dict, dict]:
+    """Unsharded model+objective weights and optimizer state (collective under FSDP: every rank calls)."""
+    if not fsdp:
+        return module.state_dict(), opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options), get_optimizer_state_dict(module, opt, options=options)
+
+
+def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt, sched, cfg: TrainConfig, dist: Dist) -> Path:
     """Atomic: everything goes to a temp dir that is renamed into place once complete."""
     final = out / "checkpoints" / f"step-{step:06d}"
+    weights, opt_state = _full_state(module, opt, fsdp=cfg.parallel == "fsdp" and dist.world > 1)
     if dist.is_main:
         tmp = final.with_name(f".tmp-{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        model_sd = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        if module.model.config.tie_word_embeddings:  # gathered copies are no longer tied: store the weight once
+            model_sd.pop("lm_head.weight", None)
+        module.model.save_pretrained(tmp, state_dict=model_sd)
         tokenizer.save_pretrained(tmp)
-        if objective.config.name == "nitp":
-            objective.save(tmp)
-        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        if module.objective.config.name == "nitp":
+            module.objective.save(tmp, {k[len("objective."):]: v for k, v in weights.items() if k.startswith("objective.")})
+        state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
                  "rng_cpu": torch.get_rng_state(), "config": cfg.to_dict(), "world_size": dist.world}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -186,7 +200,8 @@ def save_checkpoint(out: Path, step: int, model, objective, tokenizer, opt, sche
     return final
 
 
-def load_checkpoint(ckpt: Path, model, objective, opt, sched) -> int:
+def load_weights(ckpt: Path, model, objective) -> dict:
+    """Load model and projector weights into the unwrapped modules; returns the trainer state."""
     from safetensors.torch import load_file
 
     state_dict = {}
@@ -194,15 +209,23 @@ def load_checkpoint(ckpt: Path, model, objective, opt, sched) -> int:
         if f.name != "nitp_projector.safetensors":
             state_dict.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [m for m in missing if m not in getattr(model, "_tied_weights_keys", {}) and "lm_head" not in m]
+    missing = [m for m in missing if not (model.config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise UserError(f"{ckpt}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); same preset and overrides?")
     if model.config.tie_word_embeddings:
         model.tie_weights()
     if objective.config.name == "nitp":
         objective.load_state_dict(load_file(str(ckpt / "nitp_projector.safetensors")))
-    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    opt.load_state_dict(state["optimizer"])
+    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_optimizer(state: dict, module, opt, sched, fsdp: bool) -> int:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(module, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
@@ -276,39 +299,41 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     data = prepare_data(cfg.data, cache, is_main=dist.is_main, barrier=dist.barrier)
     model, objective = build_model(cfg, data.tokenizer)
     init_sha = weights_sha256(model)
+    resume_state = None
+    ckpts = checkpoint_dirs(out)
+    if resume and ckpts:
+        resume_state = load_weights(ckpts[-1], model, objective)
     model.to(dist.device).train()
     objective.to(dist.device).train()
     module = TrainModule(model, objective)
-    opt, sched = make_optimizer(cfg, module)
+    fsdp = cfg.parallel == "fsdp" and dist.world > 1
+    wrapped = module
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)  # its own group, so evaluation can call the backbone alone
+        wrapped = fully_shard(module)
+    elif dist.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(module)
+    opt, sched = make_optimizer(cfg, module)  # after sharding: FSDP2 swaps parameters for DTensors
+    start = load_optimizer(resume_state, module, opt, sched, fsdp) if resume_state else 0
+
     sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
     val_windows = fixed_windows(data.val, cfg.seq_len, cfg.eval_batches * micro)
     probe_windows = fixed_windows(data.val if len(data.val) >= cfg.seq_len else data.train, cfg.seq_len, cfg.probe_batch)
     amp = autocast_dtype(cfg.precision, dist.device)
-
-    start = 0
-    ckpts = checkpoint_dirs(out)
-    if resume and ckpts:
-        start = load_checkpoint(ckpts[-1], model, objective, opt, sched)
     if dist.is_main:
         dump_config(cfg, out / "config.yaml")
         order = hashlib.sha256(json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode())
         provenance = {"seed": cfg.seed, "init_weights_sha256": init_sha, "data_sha256": data.meta["sha256_train"],
                       "order_sha256": order.hexdigest(), "data_dir": str(data.dir), "world_size": dist.world,
+                      "parallel": cfg.parallel if dist.world > 1 else "none",
                       "precision": str(amp).replace("torch.", "") if amp else "fp32", "objective": cfg.objective.to_dict()}
         if start == 0:
             (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
         _truncate_metrics(out / "metrics.jsonl", start)
-
-    wrapped = module
-    if dist.world > 1:
-        if cfg.parallel == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in model.model.layers:
-                fully_shard(layer)
-            wrapped = fully_shard(module)
-        else:
-            wrapped = nn.parallel.DistributedDataParallel(module)
 
     params = [p for p in module.parameters() if p.requires_grad]
     bar = None
@@ -338,6 +363,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
             raise UserError(f"non-finite loss ({means['loss_total']}) at step {step + 1}: stopped before the update; "
                             f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
@@ -359,7 +386,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss_ntp']:.3f}", **({"nitp": f"{means['loss_nitp']:.3f}"} if "loss_nitp" in means else {}))
         if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(out, done, model, objective, data.tokenizer, opt, sched, cfg, dist)
+            save_checkpoint(out, done, module, data.tokenizer, opt, sched, cfg, dist)
     if bar is not None:
         bar.close()
     return {"out": str(out), "step": cfg.steps, "last": last, "init_weights_sha256": init_sha}

@@ -107,20 +107,24 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_sets, tiny_corpus)
     assert _losses(ref, "loss_total") == _losses(out, "loss_total")  # metrics.jsonl has no duplicate steps
 
 
-def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus):
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=3", "micro_batch=2", "eval_every=0", "probe_every=0"]
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=3", "micro_batch=2", "eval_every=0",
+                        "probe_every=0", f"parallel={parallel}"]
     flags = [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one" / "nitp", tmp_path / "two" / "nitp"
-    subprocess.run([sys.executable, "-m", "nitp_train", "run", "--out", str(one), *flags], check=True, env=env,
-                   capture_output=True)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                          "-m", "nitp_train", "run", "--out", str(two), *flags], env=env, capture_output=True, text=True)
+    train(load_config(sets=sets), one, progress=False)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(29533 + (parallel == "fsdp")), "-m", "nitp_train", "run", "--out", str(two), *flags],
+                         env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((two / "provenance.json").read_text())["world_size"] == 2
     for key in ("loss_total", "loss_ntp", "loss_nitp"):
         a, b = _losses(one, key), _losses(two, key)
         assert b == pytest.approx(a, rel=1e-4)
+    a, b = _weights(one / "checkpoints" / "step-000003"), _weights(two / "checkpoints" / "step-000003")
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(tiny_run, tiny_sets, tiny_corpus):
