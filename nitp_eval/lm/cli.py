@@ -82,7 +82,7 @@ def command(
                 "max_length": results.get("max_length"),
                 "seeds": {k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
                 "lm_eval_command": ev.lm_eval_command(target.checkpoint, names, "TASK_DIR", **run_kw),
-                "task_dir_command": _export_command(names, data_dir, suite),
+                "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
             }
             payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
             path = write_json(target.results_path("lm", out), payload, overwrite)
@@ -104,13 +104,15 @@ def _run(checkpoint, manager, names, bootstrap_iters, run_kw, data_dir):
                         f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies") from e
 
 
-def _export_command(names, data_dir, suite) -> str:
+def _export_command(names, data_dir, suite, num_fewshot) -> str:
     import shlex
 
     args = ["nitp-eval", "lm", "--export-tasks", "TASK_DIR"]
     args += ["--suite", suite] if suite else ["--tasks", ",".join(names)]
     if data_dir:
         args += ["--data-dir", str(Path(data_dir).resolve())]
+    if num_fewshot is not None:  # written into the task configs
+        args += ["--num-fewshot", str(num_fewshot)]
     return shlex.join(args)
 
 
