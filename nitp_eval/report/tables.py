@@ -217,7 +217,7 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
         groups.add(f"{g} ({len(members)} of {of.get('of', '?')})", *[Cell(pct(m), b) for m, b in zip(means, bold)],
                    *deltas, rule=(g == "Overall"))
 
-    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Score", *heads])
+    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads])
     for t in common:
         vals = [tasks[a][t]["main_score"] for a in arms]
         bold = _bold_best(vals)
@@ -226,8 +226,9 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
                      *[Cell(pct(v - vals[0], sign=True)) for v in vals[1:]])
     for a in others:
         diffs = {t: tasks[a][t]["main_score"] - tasks[base][t]["main_score"] for t in common}
-        up = sum(d > 0 for d in diffs.values())
-        drops = ", ".join(f"{t} {pct(d, True)}" for t, d in sorted(diffs.items()) if d <= 0)
+        # counted on the shown (rounded) differences, so the count agrees with the table
+        up = sum(round(100 * d, 2) > 0 for d in diffs.values())
+        drops = ", ".join(f"{t} {pct(d, True)}" for t, d in sorted(diffs.items()) if round(100 * d, 2) <= 0)
         line = f"{arm_name(a)} improves {up} of {len(common)} tasks over {arm_name(base)}" + (f" (not improved: {drops})" if drops else "")
         groups.notes.append(line + ".")
         per_task.notes.append(line + ".")
