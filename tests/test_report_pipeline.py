@@ -46,7 +46,9 @@ def results(run: Path, kind: str, arm: str, step: int) -> dict:
 def check_downstream(run: Path, out: Path, step: int) -> None:
     table = rows(out / "tables" / "downstream.csv")
     res = {a: results(run, "lm", a, step) for a in ARMS}
-    tasks = list(res["ntp"]["tasks"])
+    paper_order = ("mmlu_pro", "c3", "commonsense_qa", "arc_challenge", "gsm8k")  # Table 1's column order
+    tasks = [t for t in paper_order if t in res["ntp"]["tasks"]]
+    assert len(tasks) == len(res["ntp"]["tasks"])
     names = {"arc_challenge": "ARC-C", "commonsense_qa": "CSQA"}
     assert table[0] == ["Model", *[names[t] for t in tasks], "Avg."]
     for row, arm in zip(table[1:3], ARMS):
