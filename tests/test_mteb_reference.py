@@ -18,9 +18,11 @@ PUBLISHED = {
     "AmazonCounterfactualClassification": 0.6414925373134331,  # model card model-index (en), early mteb 1.x
     "TweetSentimentExtractionClassification": 0.554102999434069,  # mteb/results csv, early mteb 1.x
 }
-# Classification scores published by early mteb 1.x releases differ from current mteb's by up to
-# about half a point (the few-shot logistic-regression protocol was revised); the others agree closely.
-TOLERANCE = {"AmazonCounterfactualClassification": 0.0075, "TweetSentimentExtractionClassification": 0.0075}
+# Classification scores published by early mteb 1.x differ from current mteb's (the few-shot protocol
+# was revised: 0.3-2.4 points on Banking77/Emotion), and the local TweetSentimentExtraction train rows
+# are in another order than the hub's, which changes mteb's seeded undersampling: over 4 shuffles of
+# the train split the score spans 54.2-55.6 (docs/mteb.md). The other tasks agree to 1e-4.
+TOLERANCE = {"AmazonCounterfactualClassification": 0.0075, "TweetSentimentExtractionClassification": 0.02}
 
 
 @pytest.fixture(scope="module")
