@@ -7,7 +7,6 @@ tasks is the task mean), and always say how many tasks they cover (`n` of `of`).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -15,8 +14,6 @@ from tqdm.auto import tqdm
 from nitp_eval.mteb_eval import import_mteb
 from nitp_eval.mteb_eval.local import attach_local, limit_eval_splits
 from nitp_eval.mteb_eval.suite import GROUPS, SuiteTask, load_task
-
-log = logging.getLogger(__name__)
 
 
 def _mean(xs: list[float]) -> float | None:
