@@ -16,10 +16,17 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 
 setup: $(VENV)/.installed
 
-# Paired NTP/NITP run of tiny-dense on the built-in corpus, then geometry and a report.
+# Paired NTP/NITP run of tiny-dense on the built-in corpus (~1M tokens per arm), its geometry over
+# training, the lm-eval and MTEB suites offline on small limits when ../shared/data is present, and
+# a report in reports/quickstart/. Re-running replaces the previous quick-start (it is a demo).
+SHARED_DATA ?= ../shared/data
 quickstart: setup
 	$(VENV)/bin/nitp-train pair --out runs/quickstart --overwrite
 	$(VENV)/bin/nitp-eval geometry runs/quickstart --all-steps --overwrite
+	if [ -d $(SHARED_DATA)/lm ]; then $(VENV)/bin/nitp-eval lm runs/quickstart --data-dir $(SHARED_DATA)/lm \
+		--limit 20 --gen-kwargs max_gen_toks=32 --overwrite; fi
+	if [ -d $(SHARED_DATA)/mteb ]; then $(VENV)/bin/nitp-eval mteb runs/quickstart --data-dir $(SHARED_DATA)/mteb \
+		--limit 500 --overwrite; fi
 	$(VENV)/bin/nitp-eval report runs/quickstart --out reports/quickstart --overwrite
 
 test: setup

@@ -22,15 +22,18 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
     index L = last entry (after the final norm for Qwen2/Llama-style decoders).
     """
     import torch
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not an HF model dir (no config.json); give a checkpoint dir such as runs/x/nitp/checkpoints/step-000200")
     torch_dtype = getattr(torch, dtype)
+    archs = AutoConfig.from_pretrained(path).architectures or []
+    # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
+    causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except ValueError:  # not a causal LM architecture: an encoder
+        model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
+    except ValueError:  # no causal-LM class for this architecture: an encoder
         model = AutoModel.from_pretrained(path, dtype=torch_dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
