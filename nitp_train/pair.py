@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nitp_train.config import TrainConfig
 from nitp_train.errors import UserError
-from nitp_train.train import train
+from nitp_train.train import Dist, train
 
 
 def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -23,19 +23,24 @@ def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
 def train_pair(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     out = Path(out)
     arms = arm_configs(cfg)
+    dist = Dist(cfg.device)  # under torchrun every process runs this; the main one writes
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise UserError(f"{out} exists; pass --resume to continue it or --overwrite to start over (deletes it)")
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "objective"}
     record = {"name": out.name, "seed": cfg.seed, "shared": shared,
               "arms": {name: c.objective.to_dict() for name, c in arms.items()}}
-    (out / "pair.json").write_text(json.dumps(record, indent=2))
+    dist.barrier()  # every rank has checked before the main one writes
+    if dist.is_main:
+        if overwrite and not resume and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pair.json").write_text(json.dumps(record, indent=2))
+    dist.barrier()
 
     summaries = {name: train(c, out / name, resume=resume, cache_dir=out / "data", progress=progress) for name, c in arms.items()}
     record["paired"] = check_paired(out, list(arms))
-    (out / "pair.json").write_text(json.dumps(record, indent=2))
+    if dist.is_main:
+        (out / "pair.json").write_text(json.dumps(record, indent=2))
     return {"arms": summaries, "paired": record["paired"]}
 
 

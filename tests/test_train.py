@@ -171,3 +171,17 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_
     assert kept, "no checkpoint before the loss blew up"
     weights = _weights(kept[-1])
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):
+    """`torchrun ... -m nitp_train pair`: one process writes pair.json, both arms train on 2 processes."""
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "micro_batch=2", "eval_every=0", "probe_every=0"]
+    out = tmp_path / "pair"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                          "-m", "nitp_train", "pair", "--out", str(out), *[a for s in sets for a in ("--set", s)]],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert all(json.loads((out / "pair.json").read_text())["paired"].values())
+    for arm in ("ntp", "nitp"):
+        assert json.loads((out / arm / "provenance.json").read_text())["world_size"] == 2
+        assert (out / arm / "checkpoints" / "step-000002" / "model.safetensors").exists()
