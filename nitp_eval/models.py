@@ -7,12 +7,22 @@ from pathlib import Path
 from nitp_train.errors import UserError
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def pick_device(device: str | None = None) -> str:
+    """`device` if this machine has it (checked), else cuda when available, else cpu."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    return device
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "float32"):
@@ -27,19 +37,27 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not an HF model dir (no config.json); give a checkpoint dir such as runs/x/nitp/checkpoints/step-000200")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
+    device = pick_device(device)  # before loading: a bad device should not cost a model load
     torch_dtype = getattr(torch, dtype)
-    archs = AutoConfig.from_pretrained(path).architectures or []
-    # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
-    causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
     try:
-        model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
-    except ValueError:  # no causal-LM class for this architecture: an encoder
-        model = AutoModel.from_pretrained(path, dtype=torch_dtype)
+        archs = AutoConfig.from_pretrained(path).architectures or []
+        # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
+        causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        try:
+            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
+        except ValueError:  # no causal-LM class for this architecture: an encoder
+            model = AutoModel.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as e:  # no weights, unknown model_type, unreadable file
+        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: no tokenizer saved with the model ({e.__class__.__name__}); save one with tokenizer.save_pretrained") from e
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) <= 1:  # transformers may build an empty tokenizer from no files
+        raise UserError(f"{path}: no tokenizer saved with the model; save one there with tokenizer.save_pretrained")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(pick_device(device)).eval()
+    model.to(device).eval()
     return model, tokenizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import subprocess
@@ -72,6 +73,7 @@ def resolve_targets(path: str | Path, all_steps: bool = False) -> list[Target]:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory (give a run dir, an arm dir, a checkpoint dir or an HF model dir)")
+    p = p.resolve()  # results record where the model really is, whatever the working dir
     m = STEP_DIR.match(p.name)
     if m and p.parent.name == "checkpoints":
         arm_dir = p.parent.parent
@@ -97,9 +99,9 @@ def _arm_targets(arm_dir: Path, pair_dir: Path, all_steps: bool) -> list[Target]
 
 
 def library_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the given distributions (plus torch, transformers and nitp)."""
+    """Installed versions of the given distributions (plus nitp and the libraries every result depends on)."""
     out = {}
-    for name in ("nitp", "torch", "transformers", *names):
+    for name in ("nitp", "torch", "transformers", "tokenizers", "numpy", *names):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -142,15 +144,40 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise UserError(f"{path} exists; pass --overwrite to replace it or --out to write elsewhere")
 
 
+def check_destinations(targets: list[Target], what: str, out: Path | None, overwrite: bool) -> list[Path]:
+    """Results path of every target, checked before any work: none exists (unless `overwrite`), no two collide."""
+    paths: dict[Path, Target] = {}
+    for t in targets:
+        dest = t.results_path(what, out).resolve()
+        if dest in paths:
+            raise UserError(f"{paths[dest].checkpoint} and {t.checkpoint} would both write {dest}; "
+                            "evaluate them in separate calls or with different --out dirs")
+        check_writable(dest, overwrite)
+        paths[dest] = t
+    return list(paths)
+
+
 def write_json(path: Path, payload: dict, overwrite: bool = False) -> Path:
     """Write results atomically (temp file + rename); never silently replaces an existing file."""
     path = Path(path)
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    text = json.dumps(_finite_or_null(payload), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _finite_or_null(x):
+    """NaN and inf become null: bare NaN is not JSON, and strict parsers reject it."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_null(v) for v in x]
+    return x
 
 
 def _jsonable(x):
@@ -159,9 +186,9 @@ def _jsonable(x):
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (np.floating,)):
-        return float(x)
+        return _finite_or_null(float(x))
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return _finite_or_null(x.tolist())
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
