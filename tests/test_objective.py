@@ -268,15 +268,16 @@ def test_target_layer_ints():
             NITPObjective(ObjectiveConfig(target_layer=bad), 4, 6)
 
 
-@pytest.mark.parametrize("frac, layers, want", [(0.2, 24, 5), (0.2, 28, 6), (0.2, 16, 3), (0.2, 17, 3), (0.01, 12, 1), (0.99, 12, 12)])
+@pytest.mark.parametrize("frac, layers, want", [(0.2, 24, 5), (0.2, 28, 6), (0.2, 17, 4), (0.2, 16, 4), (0.2, 25, 5),
+                                                 (0.2, 10, 2), (0.01, 12, 1), (0.99, 12, 12)])
 def test_target_layer_fractions(frac, layers, want):
-    # 0.2 x 24 = 4.8 -> 5; x 28 = 5.6 -> 6; x 16 = 3.2 -> 3; x 17 = 3.4 -> 3 (the paper's 4/17 is given as an int);
-    # a fraction never gives the embeddings (index 0)
+    # ceil: 0.2 x 24 = 4.8 -> 5; x 28 = 5.6 -> 6; x 17 = 3.4 -> 4 (the paper's 4/17); x 16 = 3.2 -> 4 (the paper
+    # uses 3/16, given as an int); x 25 = 5.000000000000001 -> 5, not 6; never the embeddings (index 0)
     assert resolve_target_layer(frac, layers) == want
 
 
 def test_paper_targets_are_explicit_ints():
-    # Table 4: 3/16, 4/17, 5/24, 6/28. 4/17 is not round(0.2 x 17), so presets must carry ints.
+    # Table 4: 3/16, 4/17, 5/24, 6/28. 3/16 is not ceil(0.2 x 16), so presets must carry ints.
     for k, layers in [(3, 16), (4, 17), (5, 24), (6, 28)]:
         assert NITPObjective(ObjectiveConfig(target_layer=k), 8, layers).target_layer == k
 
@@ -374,7 +375,8 @@ def test_non_cosine_losses_log_the_cosine():
     [("loss", "l2", "objective.loss"), ("projector", "mlp", "objective.projector"), ("shift", "prev", "objective.shift"),
      ("name", "mtp", "objective.name"), ("lam", -0.1, "objective.lambda"), ("lam", float("nan"), "objective.lambda"),
      ("start_step", -1, "objective.start_step"), ("projector_mult", 0, "objective.projector_mult"),
-     ("projector_mult", 1.5, "objective.projector_mult")],
+     ("projector_mult", 1.5, "objective.projector_mult"), ("stop_grad", "maybe", "objective.stop_grad"),
+     ("lam", "0.5", "objective.lambda"), ("start_step", 1.5, "objective.start_step")],
 )
 def test_config_validation(field, value, key):
     with pytest.raises(ValueError, match=key):
@@ -390,6 +392,11 @@ def test_config_from_dict():
         ObjectiveConfig.from_dict({"stopgrad": False})
     with pytest.raises(ValueError, match="objective.lambda"):
         ObjectiveConfig.from_dict({"lambda": -1})
+    # YAML (and so --set) reads 1e-3 as a string: numbers given as text are parsed
+    cfg = ObjectiveConfig.from_dict({"lambda": "1e-3", "target_layer": "0.25", "start_step": "100"})
+    assert (cfg.lam, cfg.target_layer, cfg.start_step) == (1e-3, 0.25, 100)
+    with pytest.raises(ValueError, match="objective.lambda='much' must be a number"):
+        ObjectiveConfig.from_dict({"lambda": "much"})
 
 
 # ---------------------------------------------------------------------------- save / load
