@@ -239,19 +239,65 @@ def test_flops_overhead_recorded_in_pair_json(tmp_path):
     assert read_csv(out / "tables" / "cost.csv")[2][5:] == ["+2.30%", "n/a"]
 
 
+def _cost_spec(run: Path):
+    spec = spec_from_paths([run])
+    spec.n_boot, spec.sections = 200, ["cost"]
+    return spec
+
+
 def test_refuses_to_overwrite(tmp_path):
     run = make_run(tmp_path)
-    spec = spec_from_paths([run])
-    spec.n_boot = 200
-    spec.sections = ["cost"]
+    spec = _cost_spec(run)
     build_report(spec, tmp_path / "out", progress=False)
     with pytest.raises(UserError, match="--overwrite"):
         build_report(spec, tmp_path / "out", progress=False)
+    (tmp_path / "beside.txt").write_text("x")
     build_report(spec, tmp_path / "out", overwrite=True, progress=False)
+    assert (tmp_path / "beside.txt").read_text() == "x"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figures", "report.md", "tables"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("x")
-    with pytest.raises(UserError, match="not a report dir"):
+    with pytest.raises(UserError, match="not a report dir: it holds precious.txt"):
         build_report(spec, tmp_path / "other", overwrite=True, progress=False)
+    # a report dir someone added a file to is not replaced either, even with report.md present
+    (tmp_path / "out" / "tables" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="tables/notes.txt"):
+        build_report(spec, tmp_path / "out", overwrite=True, progress=False)
+    assert (tmp_path / "out" / "tables" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "other" / "precious.txt").exists()
+
+
+def test_out_never_the_working_dir_a_parent_or_a_run_dir(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "runs")
+    spec = _cost_spec(run)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "report.md").write_text("an old report")
+    (work / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(work)
+    for out, match in ((".", "working directory"), ("..", "working directory"), (run, "run dir"),
+                       (tmp_path / "runs", "run dir")):
+        with pytest.raises(UserError, match=match):
+            build_report(spec, out, overwrite=True, progress=False)
+    assert (work / "thesis.tex").read_text() == "years of work" and (work / "report.md").exists()
+    assert (run / "pair.json").exists() and (run / "ntp" / "metrics.jsonl").exists()
+    (work / "a-file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        build_report(spec, work / "a-file", overwrite=True, progress=False)
+    assert (work / "a-file").read_text() == "x"
+
+
+def test_cli_out_dot_with_overwrite_is_refused_and_deletes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path / "runs")
+    (tmp_path / "report.md").write_text("old")
+    (tmp_path / "data.csv").write_text("1,2")
+    r = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "report", str(run), "--out", ".", "--overwrite",
+                        "--sections", "cost"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "working directory" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "report.md", "runs"]
 
 
 def test_spec_with_two_runs_and_ablation(tmp_path):
@@ -280,8 +326,21 @@ variants:
     assert [r[0] for r in abl[1:]] == ["Baseline", "NITP small", "NITP large"]
     assert abl[1][-1] == "" and num(abl[2][-1]) == pytest.approx(num(abl[2][3]) - num(abl[1][3]), abs=0.011)
     assert (out / "figures" / "geometry_profiles-small.png").exists() and (out / "figures" / "cka-large.png").exists()
-    # the same spec pointed at other run dirs: positional paths replace the spec's runs
-    assert load_spec(spec_file, [b]).runs == [{"path": str(b), "label": "Small"}]
+    # the same spec pointed at other run dirs: positional paths replace the spec's runs, labels kept
+    assert load_spec(spec_file, [b, a]).runs == [{"path": str(b), "label": "Small"}, {"path": str(a), "label": "Large"}]
+
+
+def test_spec_given_fewer_runs_labels_by_dir_and_says_what_was_dropped(tmp_path):
+    a = make_run(tmp_path, "my-run", seed=1)
+    spec = load_spec(Path(__file__).resolve().parent.parent / "analyses" / "table1.yaml", [a])
+    assert spec.runs == [{"path": str(a), "label": "my-run"}]  # not "MoE 1.9B-A0.3B"
+    spec.n_boot = 200
+    md = build_report(spec, tmp_path / "out", progress=False).read_text()
+    missing = md.split("## Missing inputs")[1]
+    assert "spec run 'MoE 1.9B-A0.3B' (runs/moe-1.9b-a0.3b) replaced by" in missing
+    assert "spec run 'MoE 3B-A0.5B' (runs/moe-3b-a0.5b) dropped" in missing
+    assert "spec run 'MoE 9B-A1B' (runs/moe-9b-a1b) dropped" in missing
+    assert "- **my-run**: " in md and "**MoE 1.9B-A0.3B**" not in md
 
 
 @pytest.mark.parametrize("text,match", [
@@ -289,12 +348,25 @@ variants:
     ("runs: [x]\ncolour: red\n", "unknown key"),
     ("sections: [cost]\n", "no runs"),
     ("runs: [x]\nbootstrap: {ci: 95}\n", "bootstrap.ci"),
+    ("runs: [x]\nstep: latest\n", "step: 'latest' is not a checkpoint step"),
+    ("runs: [x]\nstep: 1.5\n", "not a checkpoint step"),
+    ("runs: [x]\nstep: true\n", "not a checkpoint step"),
+    ("runs: [x]\nbootstrap: {n: 10}\n", "at least 100"),
+    ("runs: [x]\narms: ntp\n", "arms: give a non-empty list"),
 ])
 def test_bad_specs_are_user_errors(tmp_path, text, match):
     f = tmp_path / "s.yaml"
     f.write_text(text)
     with pytest.raises(UserError, match=match):
         load_spec(f)
+
+
+def test_spec_step_null_or_int(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("runs: [x]\nstep: null\n")
+    assert load_spec(f).step is None
+    f.write_text("runs: [x]\nstep: 5000\n")
+    assert load_spec(f).step == 5000
 
 
 def test_not_a_run_dir(tmp_path):

@@ -1,7 +1,8 @@
 """Assembling a report dir: report.md, tables/<name>.{md,tex,csv}, figures/<name>.{png,pdf}.
 
 The dir is built beside its destination and moved into place at the end, so a failed build never
-leaves half a report, and an existing report is only replaced with overwrite=True.
+leaves half a report. An existing report is only replaced with overwrite=True, and only when it holds
+nothing but what a report writes; the working directory, its parents and run dirs are never targets.
 """
 
 from __future__ import annotations
@@ -56,11 +57,7 @@ class _Writer:
 
 def build_report(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Write the report that `spec` declares to `out`; returns the path of report.md."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it or --out to write elsewhere")
-    if out.exists() and overwrite and any(out.iterdir()) and not (out / REPORT_FILE).exists():
-        raise UserError(f"{out} exists and is not a report dir (no {REPORT_FILE}); refusing to replace it; choose another --out")
+    out = check_out(Path(out), [Path(r["path"]) for r in spec.runs], overwrite)
     runs = [load_run(r["path"], r["label"]) for r in spec.runs]
     if len({r.label for r in runs}) < len(runs):
         raise UserError("two runs share a label; give each a distinct `label:` in the spec")
@@ -70,17 +67,70 @@ def build_report(spec: Spec, out: str | Path, overwrite: bool = False, progress:
     try:
         _write(spec, runs, _Writer(tmp), progress)
         if out.exists():
-            shutil.rmtree(out)
+            _remove_report(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / REPORT_FILE
 
 
+# What a report dir may hold: the files a report writes, nothing else (checked before replacing one).
+REPORT_CONTENT = {"tables": (".md", ".tex", ".csv"), "figures": (".png", ".pdf")}
+
+
+def check_out(out: Path, run_paths: list[Path], overwrite: bool) -> Path:
+    """The resolved report dir, after refusing every destination whose replacement could lose data."""
+    out = out.resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise UserError(f"--out {out} is the working directory or one of its parents; give a dir of its own, e.g. reports/x")
+    for run in run_paths:
+        run = run.resolve()
+        if out == run or out in run.parents:
+            raise UserError(f"--out {out} is or contains the run dir {run}; write the report elsewhere, e.g. reports/x")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a dir for the report")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it or --out to write elsewhere")
+        foreign = foreign_files(out)
+        if foreign:
+            raise UserError(f"{out} is not a report dir: it holds {', '.join(foreign[:3])}"
+                            f"{' ...' if len(foreign) > 3 else ''}, which a report does not write; "
+                            "refusing to replace it; choose another --out")
+    return out
+
+
+def foreign_files(out: Path) -> list[str]:
+    """Entries of `out` that a report does not write (sorted); empty for a report dir."""
+    bad = []
+    for p in sorted(out.iterdir()):
+        if p.name == REPORT_FILE and p.is_file():
+            continue
+        exts = REPORT_CONTENT.get(p.name)
+        if exts is None or not p.is_dir() or p.is_symlink():
+            bad.append(p.name)
+            continue
+        bad += [f"{p.name}/{f.name}" for f in sorted(p.iterdir()) if not (f.is_file() and f.suffix in exts)]
+    return bad
+
+
+def _remove_report(out: Path) -> None:
+    """Delete what a report wrote, file by file; rmdir fails (and nothing else goes) if more appeared."""
+    for name, exts in REPORT_CONTENT.items():
+        if (out / name).is_dir():
+            for f in (out / name).iterdir():
+                if f.is_file() and f.suffix in exts:
+                    f.unlink()
+            (out / name).rmdir()
+    (out / REPORT_FILE).unlink(missing_ok=True)
+    out.rmdir()
+
+
 def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     from tqdm import tqdm
 
-    notes: list[str] = []
+    notes: list[str] = list(spec.notes)
     w.text(f"# {spec.title}\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")

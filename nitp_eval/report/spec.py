@@ -48,6 +48,7 @@ class Spec:
     ce_window: int = 10  # train NTP loss is averaged over the last this many logged steps
     variants: list[Variant] | None = None
     source: Path | None = None  # the spec file, listed in the report
+    notes: list[str] = field(default_factory=list)  # printed under "Missing inputs and caveats"
 
 
 def spec_from_paths(paths: list[str | Path]) -> Spec:
@@ -74,9 +75,9 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         raise UserError(f"{path}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
 
     runs = [_run_entry(r, path) for r in raw.get("runs") or []]
+    notes = []
     if override_runs:
-        runs = [{"path": str(p), "label": runs[i]["label"] if i < len(runs) else Path(p).resolve().name}
-                for i, p in enumerate(override_runs)]
+        runs, notes = _replace_runs(runs, override_runs, path)
     if not runs:
         raise UserError(f"{path}: no runs; list pair dirs under `runs:` or give them on the command line")
     sections = raw.get("sections") or list(DEFAULT_SECTIONS)
@@ -89,6 +90,17 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
     ci = float(boot.get("ci", 0.95))
     if not 0 < ci < 1:
         raise UserError(f"{path}: bootstrap.ci={ci} must lie in (0, 1), e.g. 0.95")
+    step = raw.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise UserError(f"{path}: step: {step!r} is not a checkpoint step; give an integer such as 5000, "
+                        "or null (or leave it out) for each arm's latest evaluated step")
+    n_boot = boot.get("n", 10_000)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
+        raise UserError(f"{path}: bootstrap.n={n_boot!r}: give an integer of at least 100 (default 10000)")
+    for key in ("arms", "tasks"):
+        v = raw.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
+            raise UserError(f"{path}: {key}: give a non-empty list of names, e.g. [ntp, nitp], or leave it out")
     variants = None
     if raw.get("variants") is not None:
         try:
@@ -99,10 +111,29 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
     return Spec(
         runs=runs, title=str(raw.get("title") or path.stem), description=str(raw.get("description") or ""),
         sections=list(sections), arms=raw.get("arms"), baseline=str(raw.get("baseline", "ntp")),
-        tasks=raw.get("tasks"), step=raw.get("step"), n_boot=int(boot.get("n", 10_000)),
+        tasks=raw.get("tasks"), step=step, n_boot=n_boot,
         seed=int(boot.get("seed", 0)), ci=ci, ce_window=int(raw.get("ce_window", 10)),
-        variants=variants, source=path,
+        variants=variants, source=path, notes=notes,
     )
+
+
+def _replace_runs(runs: list[dict], paths: list, spec_path: Path) -> tuple[list[dict], list[str]]:
+    """The command line's run dirs in place of the spec's, and what the report should say about it.
+
+    One path per spec run: each keeps its spec run's label (variants refer to runs by label).
+    Any other count: the spec's labels would name the wrong models, so runs are labelled by
+    directory name and the report lists which spec runs were replaced and which were dropped.
+    """
+    if len(paths) == len(runs):
+        return [{"path": str(p), "label": r["label"]} for p, r in zip(paths, runs)], []
+    new = [{"path": str(p), "label": Path(p).resolve().name} for p in paths]
+    if not runs:
+        return new, []
+    notes = [f"{len(paths)} run dir(s) given for the {len(runs)} runs of {spec_path}: runs are labelled by "
+             "directory name, not by the spec's labels"]
+    notes += [f"spec run {r['label']!r} ({r['path']}) replaced by {n['path']}" for r, n in zip(runs, new)]
+    notes += [f"spec run {r['label']!r} ({r['path']}) dropped: no run dir given for it" for r in runs[len(new):]]
+    return new, notes
 
 
 def _run_entry(r, path: Path) -> dict:
