@@ -93,6 +93,28 @@ def test_anisotropy_exact_and_identical_rows():
     assert acc.anisotropy_cross_exact() == pytest.approx(1.0)
 
 
+def test_anisotropy_exact_with_zero_rows():
+    # a zero row has no direction: its cosine with anything counts as 0 (u = 0), so the
+    # all-pairs sum loses its diagonal term for that row (sum |u_i|^2 is not n)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 5)) + 1.0
+    x[[3, 17, 18]] = 0.0
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    u = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    c = u @ u.T
+    off_diag = ~np.eye(40, dtype=bool)
+    ref = c[off_diag].mean()
+    groups = np.repeat(np.arange(4), 10)
+    acc = CovarianceAccumulator(5)
+    for s in range(0, 40, 10):  # one sequence per update
+        acc.update(x[s:s + 10], groups=groups[s:s + 10])
+    assert acc.anisotropy_exact() == pytest.approx(ref, rel=1e-12)
+    cross = groups[:, None] != groups[None, :]
+    assert acc.anisotropy_cross_exact() == pytest.approx(c[cross].mean(), rel=1e-12)
+    all_zero = CovarianceAccumulator(5).update(np.zeros((4, 5)))
+    assert all_zero.anisotropy_exact() == 0.0
+
+
 def test_cross_sequence_exact_and_sampled_agree_with_brute_force():
     rng = np.random.default_rng(4)
     sizes = [7, 30, 1, 12, 50]

@@ -8,7 +8,8 @@ Definitions (docs/geometry.md; docs/footguns.md shows how much the choices matte
   capped by min(tokens, dim) (by min(tokens - 1, dim) once centred).
 * anisotropy: mean cosine similarity of randomly sampled pairs of tokens from *different*
   sequences (the paper, seeded); `anisotropy_exact`: the exact mean over all pairs i != j,
-  (|sum_i u_i|^2 - n) / (n (n - 1)) with u_i = x_i / |x_i|.
+  (|sum_i u_i|^2 - sum_i |u_i|^2) / (n (n - 1)) with u_i = x_i / |x_i| (a zero row has u_i = 0:
+  its cosine with anything counts as 0, so sum |u_i|^2 is the number of non-zero rows, not n).
 * linear CKA (Kornblith et al. 2019) between two layers, from centred (cross-)covariances:
   |C_xy|_F^2 / (|C_xx|_F |C_yy|_F).
 
@@ -98,7 +99,8 @@ class CovarianceAccumulator:
         acc.erank_cov(), acc.erank_sv(), acc.anisotropy_exact(), acc.mean_norm()
 
     `update(x, groups=None, pairs=None)` accumulates in float64: the count, the sum and X^T X
-    (shifted by the first batch's mean, for stability), the sum of unit vectors and of norms.
+    (shifted by the first batch's mean, for stability), the sum of unit vectors, of their squared
+    norms (1, or 0 for a zero row) and of norms.
     With `groups` (sequence id per row; a sequence must not be split across calls) it also
     accumulates the exact mean cosine over pairs from different sequences; with `pairs` (i, j)
     (from `sample_cross_pairs`) the sampled pair cosines of the paper.
@@ -119,6 +121,7 @@ class CovarianceAccumulator:
             self.sum_ = torch.zeros(self.dim, dtype=torch.float64, device=x.device)
             self.gram_ = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
             self.unit_sum_ = torch.zeros(self.dim, dtype=torch.float64, device=x.device)
+            self.unit_sq_sum_ = 0.0  # sum |u_i|^2: the diagonal of the all-pairs cosine sum
             self.norm_sum_ = 0.0
             self.group_unit_sq_ = 0.0  # sum over sequences s of |sum_{i in s} u_i|^2
             self.group_n_sq_ = 0  # sum over sequences of n_s^2
@@ -135,6 +138,7 @@ class CovarianceAccumulator:
         # a zero vector contributes a zero unit vector
         u = x.div_(norms.clamp_min(1e-12).unsqueeze(1)) if x_is_copy else x / norms.clamp_min(1e-12).unsqueeze(1)
         self.unit_sum_ += u.sum(0)
+        self.unit_sq_sum_ += float(u.pow(2).sum())
         self.norm_sum_ += float(norms.sum())
         if groups is not None:
             groups = torch.as_tensor(groups, device=x.device)
@@ -189,13 +193,16 @@ class CovarianceAccumulator:
     # -- cosines and norms
 
     def anisotropy_exact(self) -> float:
-        """Exact mean cosine over all pairs i != j: (|sum u_i|^2 - n) / (n (n - 1))."""
+        """Exact mean cosine over all pairs i != j: (|sum u_i|^2 - sum |u_i|^2) / (n (n - 1))."""
         if self.n_ < 2:
             return float("nan")
-        return float((self.unit_sum_.pow(2).sum() - self.n_) / (self.n_ * (self.n_ - 1)))
+        return float((self.unit_sum_.pow(2).sum() - self.unit_sq_sum_) / (self.n_ * (self.n_ - 1)))
 
     def anisotropy_cross_exact(self) -> float:
-        """Exact mean cosine over all pairs from different sequences (needs `groups` in every update)."""
+        """Exact mean cosine over all pairs from different sequences (needs `groups` in every update).
+
+        The per-sequence sums |sum_{i in s} u_i|^2 already hold the diagonal, zero rows included.
+        """
         if self.n_grouped_ != self.n_:
             return float("nan")
         n_cross = self.n_ ** 2 - self.group_n_sq_
