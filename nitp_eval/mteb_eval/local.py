@@ -12,10 +12,15 @@ the task without touching the hub: `task.dataset` is set and `task.data_loaded =
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+
+class MissingData(Exception):
+    """A task's local copy is absent or incomplete; the message says what is missing."""
 
 
 def needed_splits(task) -> list[str]:
@@ -28,39 +33,72 @@ def needed_splits(task) -> list[str]:
 
 
 def _read_jsonl(path: Path):
+    """(in-memory Dataset, {"sha256", "rows"}) of a jsonl file: nothing is written to the datasets cache."""
     from datasets import Dataset
 
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return Dataset.from_list(rows)  # in memory: nothing is written to the datasets cache
+    raw = path.read_bytes()
+    # split on "\n" only: str.splitlines would also split on U+2028 inside JSON strings
+    rows = [json.loads(line) for line in raw.split(b"\n") if line.strip()]
+    return Dataset.from_list(rows), {"sha256": hashlib.sha256(raw).hexdigest(), "rows": len(rows)}
 
 
-def attach_local(task, data_dir: str | Path) -> str | None:
-    """Give `task` its data from `data_dir`; None on success, else why it is missing (nothing is set)."""
+def attach_local(task, data_dir: str | Path) -> dict[str, dict]:
+    """Give `task` its data from `data_dir`.
+
+    Returns the files used, {path relative to data_dir: {"sha256", "rows"}}: local copies may
+    differ from the hub revision mteb pins (docs/mteb.md), so results record exactly what ran.
+    Raises MissingData, with nothing set on the task, when the copy is absent or incomplete."""
     from datasets import DatasetDict
 
     root = Path(data_dir) / task.metadata.name
     if not root.is_dir():
-        return f"no folder {root}"
+        raise MissingData(f"no folder {root}")
     if _is_retrieval(task):
-        return f"{root}: local copies of {task.metadata.type} tasks are not supported yet (classification, STS, pair classification are)"
+        raise MissingData(f"{root}: local copies of {task.metadata.type} tasks are not supported yet "
+                          "(classification, STS, pair classification are)")
     folders = {s: root / s for s in task.hf_subsets} if task.metadata.is_multilingual else {None: root}
-    dataset = {}
-    for subset, folder in folders.items():
-        files = {split: folder / f"{split}.jsonl" for split in needed_splits(task)}
-        absent = [str(p) for p in files.values() if not p.is_file()]
-        if absent:
-            return f"missing {', '.join(absent)}"
-        dataset[subset] = DatasetDict({split: _read_jsonl(p) for split, p in files.items()})
+    files = {subset: {split: folder / f"{split}.jsonl" for split in needed_splits(task)}
+             for subset, folder in folders.items()}
+    absent = [str(p) for per_split in files.values() for p in per_split.values() if not p.is_file()]
+    if absent:
+        raise MissingData(f"missing {', '.join(absent)}")
+    dataset, provenance = {}, {}
+    for subset, per_split in files.items():
+        dataset[subset] = DatasetDict()
+        for split, path in per_split.items():
+            dataset[subset][split], provenance[path.relative_to(data_dir).as_posix()] = _read_jsonl(path)
     task.dataset = dataset[None] if None in dataset else dataset
     task.data_loaded = True
-    return None
+    return provenance
 
 
 def _is_retrieval(task) -> bool:
     from mteb.abstasks import AbsTaskRetrieval
 
     return isinstance(task, AbsTaskRetrieval)
+
+
+def _is_pair(task) -> bool:
+    from mteb.abstasks import AbsTaskPairClassification
+
+    return isinstance(task, AbsTaskPairClassification)
+
+
+def _one_row_per_pair(ds):
+    """mteb's pinned v1 hub copies of pair tasks hold a whole split in ONE row of lists (mteb
+    unwraps it in AbsTaskPairClassification._evaluate_subset): expand it so limits count pairs."""
+    from datasets import Dataset
+
+    if len(ds) == 1 and all(isinstance(v, list) for v in ds[0].values()):
+        return Dataset.from_dict(ds[0])
+    return ds
+
+
+def _as_one_pair_split(ds):
+    """A single pair, in the one-row-of-lists form: mteb reads any one-row pair split that way."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: [v] for k, v in ds.to_dict().items()})
 
 
 def _subsample(ds, limit: int | None, seed: int):
@@ -74,7 +112,7 @@ def limit_eval_splits(task, limit: int | None, seed: int = 0) -> dict[str, int]:
     """Keep at most `limit` rows (pairs, texts; queries for reranking) of each evaluation split.
 
     Train splits are left whole: classification draws its few examples per label from them.
-    Returns the evaluated row count per split (summed over subsets)."""
+    Returns the evaluated row count per split (summed over subsets; pairs for pair tasks)."""
     counts: dict[str, int] = {}
     if _is_retrieval(task):  # {subset: {split: {queries, corpus, relevant_docs, top_ranked}}}
         for per_split in task.dataset.values():
@@ -90,8 +128,10 @@ def limit_eval_splits(task, limit: int | None, seed: int = 0) -> dict[str, int]:
                 counts[split] = counts.get(split, 0) + len(data["queries"])
         return counts
     per_subset = task.dataset.values() if task.metadata.is_multilingual else [task.dataset]
+    pair = _is_pair(task)
     for dd in per_subset:
         for split in task.eval_splits:
-            dd[split] = _subsample(dd[split], limit, seed)
-            counts[split] = counts.get(split, 0) + len(dd[split])
+            ds = _subsample(_one_row_per_pair(dd[split]) if pair else dd[split], limit, seed)
+            counts[split] = counts.get(split, 0) + len(ds)
+            dd[split] = _as_one_pair_split(ds) if pair and len(ds) == 1 else ds
     return counts

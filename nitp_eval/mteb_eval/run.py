@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from nitp_eval.mteb_eval import import_mteb
-from nitp_eval.mteb_eval.local import attach_local, limit_eval_splits
+from nitp_eval.mteb_eval.local import MissingData, attach_local, limit_eval_splits
 from nitp_eval.mteb_eval.suite import GROUPS, SuiteTask, load_task
 
 
@@ -34,21 +34,42 @@ def summarize(suite: tuple[SuiteTask, ...], tasks: dict[str, dict]) -> dict:
 
 
 def _prepare(st: SuiteTask, data_dir: Path | None, limit: int | None, seed: int):
-    """(task with data loaded, source, eval row counts) or (None, reason, None) when there is no data."""
+    """(task with data loaded, {"source", "local_files"}, eval row counts); MissingData when there is no data."""
     task = load_task(st)
     if data_dir is not None:
-        reason = attach_local(task, data_dir)
-        if reason:
-            return None, reason, None
-        source = "local"
+        provenance = {"source": "local", "local_files": attach_local(task, data_dir)}
     else:
         try:
             task.load_data()
         except Exception as e:  # offline, gated, renamed on the hub...: report, never drop silently
-            return None, f"loading from the hub failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", None
-        source = "hub"
+            raise MissingData(f"loading from the hub failed: {_one_line(e)}") from e
+        provenance = {"source": "hub", "local_files": None}
     counts = limit_eval_splits(task, limit, seed)
-    return task, source, counts
+    return task, provenance, counts
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _evaluate_task(mteb, encoder, st: SuiteTask, task, batch_size: int, show_progress_bar: bool) -> dict:
+    # cache=None: mteb writes no results folder; co2_tracker=False: no codecarbon side effects.
+    # raise_error=True: a failure reaches evaluate_suite, which records it and goes on with the other tasks.
+    result = mteb.evaluate(encoder, task, cache=None, co2_tracker=False, overwrite_strategy="always",
+                           encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+                           show_progress_bar=False, raise_error=True)
+    (tr,) = result.task_results
+    scores = {split: {s["hf_subset"]: {k: v for k, v in s.items() if k not in ("hf_subset", "languages")}
+                      for s in per_subset} for split, per_subset in tr.scores.items()}
+    return {
+        "group": st.group,
+        "main_score_name": task.metadata.main_score,
+        "main_score": float(tr.get_score()),
+        "scores": scores,
+        "version": task.metadata.revision,  # dataset revision mteb pins for this task version
+        "hf_subsets": list(task.hf_subsets),
+        "evaluation_time": tr.evaluation_time,
+    }
 
 
 def evaluate_suite(encoder, suite: tuple[SuiteTask, ...], *, data_dir: str | Path | None = None,
@@ -56,42 +77,33 @@ def evaluate_suite(encoder, suite: tuple[SuiteTask, ...], *, data_dir: str | Pat
                    show_progress_bar: bool = True) -> dict:
     """Evaluate `encoder` on every task of `suite`.
 
-    Returns {"tasks": {...}, "missing": [...], "missing_reasons": {...}, "groups": ..., "overall": ...}
-    (see docs/mteb.md). With `data_dir`, data comes only from local copies (no hub access);
-    tasks without data are listed in "missing". `limit` subsamples evaluation splits
-    (scores are then not comparable to published ones).
+    Returns {"tasks": {...}, "missing": [...], "missing_reasons": {...}, "failed": [...],
+    "failed_reasons": {...}, "groups": ..., "overall": ...} (see docs/mteb.md). With `data_dir`,
+    data comes only from local copies (no hub access); tasks without data are "missing", tasks
+    whose evaluation raised are "failed" (with the error) and the other tasks still run.
+    `limit` subsamples evaluation splits (scores are then not comparable to published ones).
     """
     mteb = import_mteb()
     data_dir = Path(data_dir) if data_dir is not None else None
     tasks: dict[str, dict] = {}
     missing: dict[str, str] = {}
+    failed: dict[str, str] = {}
     bar = tqdm(suite, desc="mteb tasks", disable=not show_progress_bar)
     for st in bar:
         bar.set_postfix_str(st.name)
-        task, source, counts = _prepare(st, data_dir, limit, seed)
-        if task is None:
-            missing[st.name] = source
-            tqdm.write(f"mteb: {st.name}: missing ({source})")
+        try:
+            task, provenance, counts = _prepare(st, data_dir, limit, seed)
+            record = _evaluate_task(mteb, encoder, st, task, batch_size, show_progress_bar)
+        except MissingData as e:
+            missing[st.name] = str(e)
+            tqdm.write(f"mteb: {st.name}: missing ({e})")
             continue
-        # cache=None: mteb writes no results folder; co2_tracker=False: no codecarbon side effects.
-        result = mteb.evaluate(encoder, task, cache=None, co2_tracker=False, overwrite_strategy="always",
-                               encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-                               show_progress_bar=False, raise_error=True)
-        (tr,) = result.task_results
-        scores = {split: {s["hf_subset"]: {k: v for k, v in s.items() if k not in ("hf_subset", "languages")}
-                          for s in per_subset} for split, per_subset in tr.scores.items()}
-        tasks[st.name] = {
-            "group": st.group,
-            "main_score_name": task.metadata.main_score,
-            "main_score": float(tr.get_score()),
-            "scores": scores,
-            "version": task.metadata.revision,  # dataset revision mteb pins for this task version
-            "hf_subsets": list(task.hf_subsets),
-            "n_eval": counts,
-            "limited": limit is not None,
-            "source": source,
-            "evaluation_time": tr.evaluation_time,
-        }
-        tqdm.write(f"mteb: {st.name}: {task.metadata.main_score} = {tasks[st.name]['main_score']:.4f}")
+        except Exception as e:  # one broken task (bad row, model error) must not cost the others
+            failed[st.name] = _one_line(e)
+            tqdm.write(f"mteb: {st.name}: FAILED ({failed[st.name]})")
+            continue
+        tasks[st.name] = {**record, "n_eval": counts, "limited": limit is not None, **provenance}
+        tqdm.write(f"mteb: {st.name}: {task.metadata.main_score} = {record['main_score']:.4f}")
         task.unload_data()
-    return {"tasks": tasks, "missing": list(missing), "missing_reasons": missing, **summarize(suite, tasks)}
+    return {"tasks": tasks, "missing": list(missing), "missing_reasons": missing,
+            "failed": list(failed), "failed_reasons": failed, **summarize(suite, tasks)}
