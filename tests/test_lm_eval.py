@@ -1,6 +1,6 @@
 """nitp-eval lm: the real lm-evaluation-harness on tiny trained checkpoints and the real data in shared/data/lm.
 
-Budget: ~2-3 min on 2 CPU cores (tiny limits, generation capped at 8 tokens).
+Budget: ~3-5 min on 2 CPU cores (tiny limits, generation capped at 8 tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from nitp_eval.cli import app
 from nitp_eval.lm.suite import SUITES, TASKS_DIR
-from nitp_eval.lm.taskdir import write_task_dir
+from nitp_eval.lm.taskdir import DATA_DIR_ENV, task_index, write_task_dir
 from nitp_train.errors import UserError
 
 GEN = "max_gen_toks=8"  # tiny models generate garbage; keep it short
@@ -27,8 +27,9 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _invoke(*args: str):
-    result = CliRunner().invoke(app, ["lm", *map(str, args)])
+def _invoke(*args: str, env: dict | None = None):
+    env = {DATA_DIR_ENV: None, **(env or {})}  # only what the test says, whatever the caller's environment
+    result = CliRunner().invoke(app, ["lm", *map(str, args)], env=env)
     if result.exception is not None and not isinstance(result.exception, (SystemExit, UserError)):
         raise result.exception
     return result
@@ -115,6 +116,8 @@ def test_paper_suite_results_json(suite_results, lm_data, nitp_ckpt):
         # the task score is the mean of the per-sample scores (what a paired bootstrap resamples)
         assert np.mean([rec[t["primary"]] for rec in recs]) == pytest.approx(value)
     assert r["tasks"]["gsm8k"]["fewshot_split"] == "train" and r["tasks"]["mmlu_pro"]["fewshot_split"] == "validation"
+    assert r["tasks"]["arc_challenge"]["fewshot_split"] is None  # 0-shot: no shots drawn from anywhere
+    assert r["settings"]["device"] == "cpu" and "--device cpu" in r["settings"]["lm_eval_command"]
     for name in ("gsm8k", "mmlu_pro"):
         assert r["tasks"][name]["generation_kwargs"]["max_gen_toks"] == 8
         assert all(isinstance(rec["response"], str) for rec in r["samples"][name])
@@ -137,44 +140,190 @@ def test_multiple_choice_records_recompute_from_loglikelihoods(suite_results, lm
             assert rec["acc"] == float(int(np.argmax(rec["loglikelihoods"])) == g)
 
 
-def test_run_dir_evaluates_both_arms_and_never_overwrites_silently(tiny_run, lm_data, tmp_path):
-    args = (tiny_run, "--tasks", "arc_challenge", "--data-dir", lm_data, "--limit", 2, "--out", tmp_path)
-    result = _invoke(*args)
+def test_run_dir_evaluates_both_arms_into_its_eval_dir_and_never_overwrites_silently(tiny_run, lm_data, tmp_path):
+    """A run dir, no --out: results land in <run>/eval/lm/; the data dir comes from NITP_LM_DATA_DIR."""
+    run = tmp_path / "x"  # a run dir of our own (the session's tiny_run stays clean for other tests)
+    run.mkdir()
+    for arm in ("ntp", "nitp"):
+        (run / arm).symlink_to(tiny_run / arm)
+    args, env = (run, "--tasks", "arc_challenge", "--limit", 2), {DATA_DIR_ENV: str(lm_data)}
+    result = _invoke(*args, env=env)
     assert result.exit_code == 0, result.output + repr(result.exception)
-    names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert [n.split("-step-")[0] for n in names] == ["nitp", "ntp"]
-    before = {n: (tmp_path / n).read_text() for n in names}
-    again = _invoke(*args)
+    files = sorted((run / "eval" / "lm").glob("*.json"))
+    assert [f.name.split("-step-")[0] for f in files] == ["nitp", "ntp"]
+    r = json.loads(files[0].read_text())
+    assert r["settings"]["data_dir"] == str(lm_data.resolve()) and r["tasks"]["arc_challenge"]["n_samples"] == 2
+    before = {f: f.read_text() for f in files}
+    again = _invoke(*args, env=env)
     assert again.exit_code != 0 and isinstance(again.exception, UserError) and "--overwrite" in str(again.exception)
-    assert {n: (tmp_path / n).read_text() for n in names} == before
+    assert {f: f.read_text() for f in files} == before
+
+
+def test_several_checkpoints_in_one_call(tiny_run, lm_data, tmp_path):
+    """Both arms' checkpoints as two paths (the NITP one named twice: evaluated once)."""
+    ntp, nitp = (sorted((tiny_run / arm / "checkpoints").glob("step-*"))[-1] for arm in ("ntp", "nitp"))
+    result = _invoke(ntp, nitp, tiny_run / "nitp", "--tasks", "arc_challenge", "--data-dir", lm_data, "--limit", 2,
+                     "--out", tmp_path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    got = {f.name: json.loads(f.read_text()) for f in tmp_path.glob("*.json")}
+    assert set(got) == {f"ntp-{ntp.name}.json", f"nitp-{nitp.name}.json"}
+    assert {r["checkpoint"] for r in got.values()} == {str(ntp), str(nitp)}
+    assert all(r["tasks"]["arc_challenge"]["n_samples"] == 2 for r in got.values())
+
+
+def test_results_path_collision_is_refused_before_any_work(tmp_path):
+    for run in ("a", "b"):  # two model dirs with the same name: both would write <out>/model.json
+        (tmp_path / run / "model").mkdir(parents=True)
+        (tmp_path / run / "model" / "config.json").write_text("{}")  # never loaded: refused first
+    for extra in ((), ("--overwrite",)):
+        result = _invoke(tmp_path / "a" / "model", tmp_path / "b" / "model", "--tasks", "arc_challenge",
+                         "--out", tmp_path / "out", *extra)
+        assert isinstance(result.exception, UserError), result.output
+        assert "would both write" in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_failure_is_one_clear_line(nitp_ckpt, tmp_path):
+    """No --data-dir and the hub unreachable (tests run with HF_DATASETS_OFFLINE=1)."""
+    result = _invoke(nitp_ckpt, "--tasks", "arc_challenge", "--limit", 1, "--out", tmp_path)
+    err = result.exception
+    assert isinstance(err, UserError), result.output + repr(err)
+    assert str(err).startswith("arc_challenge: a dataset could not be loaded from the Hugging Face hub")
+    assert "--data-dir" in str(err) and DATA_DIR_ENV in str(err) and "\n" not in str(err)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_subtask_reads_its_groups_local_data(nitp_ckpt, lm_data, tmp_path):
+    """mmlu_pro_law alone reads <data-dir>/mmlu_pro/ (same hub dataset), 5-shot from validation."""
+    result = _invoke(nitp_ckpt, "--tasks", "mmlu_pro_law", "--data-dir", lm_data, "--limit", 1,
+                     "--gen-kwargs", "max_gen_toks=4", "--out", tmp_path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    t = json.loads(next(tmp_path.glob("*.json")).read_text())["tasks"]["mmlu_pro_law"]
+    assert t["n_samples"] == 1 and t["n_docs"] == 1101 and t["num_fewshot"] == 5 and t["fewshot_split"] == "validation"
+    assert t["generation_kwargs"]["max_gen_toks"] == 4
 
 
 def test_scores_identical_to_lm_eval_command_line(nitp_ckpt, lm_data, tmp_path):
-    """Same checkpoint, tasks, few-shot and limit: `lm_eval --model hf` gives the same numbers, sample by sample."""
-    common = ("--tasks", "arc_challenge,c3", "--data-dir", lm_data, "--num-fewshot", 1)
+    """Same checkpoint, tasks, few-shot, limit and generation settings: `lm_eval --model hf` gives the same
+    numbers, sample by sample, for multiple choice (arc_challenge, c3) and generation (gsm8k)."""
+    tasks = "arc_challenge,c3,gsm8k"
+    common = ("--tasks", tasks, "--data-dir", lm_data, "--num-fewshot", 1)
     exported = _invoke("--export-tasks", tmp_path / "tasks", *common)
     assert exported.exit_code == 0, exported.output
-    ours = _invoke(nitp_ckpt, *common, "--limit", 4, "--out", tmp_path / "ours")
+    ours = _invoke(nitp_ckpt, *common, "--limit", 4, "--gen-kwargs", GEN, "--out", tmp_path / "ours")
     assert ours.exit_code == 0, ours.output + repr(ours.exception)
     ours = json.loads(next((tmp_path / "ours").glob("*.json")).read_text())
 
     cmd = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={nitp_ckpt},dtype=float32",
-           "--tasks", "arc_challenge,c3", "--include_path", str(tmp_path / "tasks"), "--num_fewshot", "1",
+           "--tasks", tasks, "--include_path", str(tmp_path / "tasks"), "--num_fewshot", "1", "--gen_kwargs", GEN,
            "--limit", "4", "--batch_size", "8", "--log_samples", "--output_path", str(tmp_path / "cli")]
     lm_eval_bin = Path(sys.executable).with_name("lm_eval")
     proc = subprocess.run([str(lm_eval_bin), *cmd[1:]], capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())
-    for task in ("arc_challenge", "c3"):
-        for metric in ("acc", "acc_norm"):
-            assert ours["tasks"][task]["metrics"][metric] == theirs["results"][task][f"{metric},none"]
-            assert ours["tasks"][task]["metrics"][metric + "_stderr"] == theirs["results"][task][f"{metric}_stderr,none"]
-        assert ours["tasks"][task]["num_fewshot"] == theirs["n-shot"][task] == 1
-        logged = _jsonl(next((tmp_path / "cli").rglob(f"samples_{task}_*.jsonl")))
-        assert {s["doc_id"]: (s["acc"], s["acc_norm"]) for s in logged} == {
-            rec["doc_id"]: (rec["acc"], rec["acc_norm"]) for rec in ours["samples"][task]}
-        assert [float(s["filtered_resps"][0][0]) for s in sorted(logged, key=lambda s: s["doc_id"])] == [
-            rec["loglikelihoods"][0] for rec in sorted(ours["samples"][task], key=lambda rec: rec["doc_id"])]
+    metrics = {"arc_challenge": ("acc", "acc_norm"), "c3": ("acc", "acc_norm"),
+               "gsm8k": ("exact_match,strict-match", "exact_match,flexible-extract")}
+    for task, names in metrics.items():
+        logged = sorted(_jsonl(next((tmp_path / "cli").rglob(f"samples_{task}_*.jsonl"))), key=lambda s: (s["doc_id"], s["filter"]))
+        recs = sorted(ours["samples"][task], key=lambda rec: rec["doc_id"])
+        assert ours["tasks"][task]["num_fewshot"] == theirs["n-shot"][task] == 1 and len(recs) == 4
+        for metric in names:
+            name, _, filt = metric.partition(",")
+            key = f"{name},{filt or 'none'}"
+            assert ours["tasks"][task]["metrics"][metric] == theirs["results"][task][key]
+            assert ours["tasks"][task]["metrics"][metric + "_stderr"] == theirs["results"][task][f"{name}_stderr,{filt or 'none'}"]
+            assert [s[name] for s in logged if s["filter"] == (filt or "none")] == [rec[metric] for rec in recs]
+        if task == "gsm8k":  # the same generations, not only the same scores
+            assert [s["resps"][0][0] for s in logged if s["filter"] == "strict-match"] == [rec["response"] for rec in recs]
+        else:
+            assert [float(s["filtered_resps"][0][0]) for s in logged] == [rec["loglikelihoods"][0] for rec in recs]
+
+
+def test_suite_fewshot_equals_lm_eval_stock_defaults():
+    """The suite keeps lm-eval's own few-shot counts (0 when a config sets none); C3 is ours, 0-shot."""
+    index = task_index()
+    for t in SUITES["paper"]:
+        entry = index[t.name]
+        leaves = entry.cfg.get("task") if entry.cfg.get("group") else [t.name]
+        stock = {leaf: index[leaf].cfg.get("num_fewshot") or 0 for leaf in leaves}
+        assert set(stock.values()) == {t.num_fewshot}, (t.name, stock)
+    assert index["c3"].yaml_path == TASKS_DIR / "c3.yaml"
+
+
+def test_c3_variants_offline(tmp_path, lm_data):
+    """c3_test: the test split with answers, no dev; c3_dialogue: the 1,825 dialogue questions of dev.
+    Both read <data-dir>/c3/ (same hub dataset as c3)."""
+    import re
+
+    from lm_eval.tasks import TaskManager
+
+    write_task_dir(tmp_path, ["c3_test", "c3_dialogue"], lm_data)
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["c3_test", "c3_dialogue"])["tasks"]
+    test, dialogue = tasks["c3_test"], tasks["c3_dialogue"]
+    assert test.config.validation_split is None and test.config.test_split == "test"
+    rows = _jsonl(lm_data / "c3" / "test.jsonl")
+    docs = list(test.eval_docs)
+    assert len(docs) == len(rows) == 3892
+    assert all(row["choice"][test.doc_to_target(doc)] == row["answer"] for doc, row in zip(docs, rows))
+
+    dev = _jsonl(lm_data / "c3" / "validation.jsonl")
+    docs = list(dialogue.eval_docs)
+    assert [d["id"] for d in docs] == [r["id"] for r in dev[:1825]] and docs[-1]["id"] == 1627
+    speaker = re.compile(r"^[^：:]{1,6}[：:]")  # "男：", "女：", ...: every paragraph is a turn of a dialogue
+    assert all(speaker.match(p) for d in docs for p in d["context"])
+    mixed = [r for r in dev[1825:] if all(speaker.match(p) for p in r["context"])]
+    assert len(mixed) <= 3  # the rest of dev is prose (a few passages happen to start like a turn)
+    assert len(list(dialogue.fewshot_docs())) == 5856  # shots, if asked for, from the dialogue part of train
+
+
+def test_c3_test_without_local_data_is_one_clear_line(nitp_ckpt, tmp_path):
+    result = _invoke(nitp_ckpt, "--tasks", "c3_test", "--out", tmp_path)
+    err = result.exception
+    assert isinstance(err, UserError), result.output + repr(err)
+    assert str(err).startswith("c3_test: needs local data") and "--data-dir" in str(err) and "\n" not in str(err)
+
+
+def test_c3_test_refuses_a_split_without_answers():
+    """What plain lm_eval runs into on the hub's CLUE test split (answers blanked)."""
+    from datasets import Dataset
+
+    from nitp_eval.lm.tasks.c3_utils import require_answers
+
+    ok = Dataset.from_list([{"choice": ["甲", "乙"], "answer": "乙"}])
+    assert require_answers(ok) is ok
+    with pytest.raises(ValueError, match="c3_test: 1 of 2 questions have no answer"):
+        require_answers(Dataset.from_list([{"choice": ["甲", "乙"], "answer": "乙"}, {"choice": ["甲", "乙"], "answer": ""}]))
+
+
+def test_export_overwrite_replaces_only_its_own_configs(tmp_path):
+    out = tmp_path / "tasks"
+    assert _invoke("--export-tasks", out, "--tasks", "arc_challenge,gsm8k").exit_code == 0
+    assert sorted(p.name for p in out.glob("*.yaml")) == ["arc_challenge.yaml", "gsm8k.yaml"]
+    again = _invoke("--export-tasks", out, "--tasks", "c3")
+    assert isinstance(again.exception, UserError) and "--overwrite" in str(again.exception)
+    assert _invoke("--export-tasks", out, "--tasks", "c3", "--overwrite").exit_code == 0
+    assert sorted(p.name for p in out.glob("*.yaml")) == ["c3.yaml"]  # stale ones gone
+    (out / "mine.yaml").write_text("task: mine\n")  # a user's own config is never deleted
+    refused = _invoke("--export-tasks", out, "--tasks", "c3", "--overwrite")
+    assert isinstance(refused.exception, UserError) and "mine.yaml" in str(refused.exception)
+    assert sorted(p.name for p in out.glob("*.yaml")) == ["c3.yaml", "mine.yaml"]
+
+
+def test_lm_eval_command_records_what_the_command_line_cannot_set():
+    from nitp_eval.lm.evaluate import lm_eval_command
+
+    cmd = lm_eval_command("/ck", ["c3"], "/td", device="cpu", limit=2)
+    assert "--device cpu" in cmd and "--limit 2" in cmd and "#" not in cmd  # 100000 = lm_eval's own value
+    zero = lm_eval_command("/ck", ["c3"], "/td", bootstrap_iters=0)
+    assert zero.endswith("  # nitp ran bootstrap_iters=0; lm_eval always uses 100000")
+
+
+def test_old_lm_eval_without_task_index_is_one_clear_line(monkeypatch):
+    from nitp_eval.lm.taskdir import _kind
+
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks._index", None)  # as on lm-eval < 0.4.12: import fails
+    with pytest.raises(UserError, match=r"too old for nitp-eval lm .*lm-eval\[hf\]>=0.4.12,<0.5"):
+        _kind()
 
 
 def test_metric_names_and_record_merging_by_hand():

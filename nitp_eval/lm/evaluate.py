@@ -84,9 +84,10 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
             "num_fewshot": shots.pop() if len(shots) == 1 else {leaf: results["n-shot"].get(leaf) for leaf in leaves},
             "n_docs": sum(results["n-samples"][leaf]["original"] for leaf in leaves),
             "output_type": cfg.get("output_type"),
-            # lm-eval draws shots from fewshot_split, else the training split, else validation
-            "fewshot_split": cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split"),
         }
+        # lm-eval draws shots from fewshot_split, else the training split, else validation; 0-shot: none
+        entry["fewshot_split"] = None if entry["num_fewshot"] == 0 else (
+            cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split"))
         if cfg.get("output_type") == "generate_until":
             entry["generation_kwargs"] = cfg.get("generation_kwargs")
         if is_group:
@@ -132,9 +133,16 @@ def _short(x):
     return x[:RESPONSE_CHARS] + "..." if isinstance(x, str) and len(x) > RESPONSE_CHARS else x
 
 
+LM_EVAL_BOOTSTRAP_ITERS = 100_000  # what the lm_eval command line always uses (it has no option for it)
+
+
 def lm_eval_command(checkpoint, names, task_dir, *, limit=None, batch_size="8", dtype="float32", device=None,
-                    num_fewshot=None, gen_kwargs=None) -> str:
-    """The `lm_eval` command line that gives the same scores (task_dir from `nitp-eval lm --export-tasks`)."""
+                    num_fewshot=None, gen_kwargs=None, bootstrap_iters=LM_EVAL_BOOTSTRAP_ITERS) -> str:
+    """The `lm_eval` command line that gives the same scores (task_dir from `nitp-eval lm --export-tasks`).
+
+    lm_eval's command line has no --bootstrap_iters: another value is noted in a trailing shell comment
+    (it changes only the stderr: all of them for 0, bootstrapped ones otherwise).
+    """
     args = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype={dtype}",
             "--tasks", ",".join(names), "--include_path", str(task_dir), "--batch_size", str(batch_size)]
     if device:
@@ -145,4 +153,7 @@ def lm_eval_command(checkpoint, names, task_dir, *, limit=None, batch_size="8", 
         args += ["--num_fewshot", str(num_fewshot)]
     if gen_kwargs:
         args += ["--gen_kwargs", gen_kwargs]
-    return shlex.join(args + ["--log_samples", "--output_path", "lm_eval_out"])
+    cmd = shlex.join(args + ["--log_samples", "--output_path", "lm_eval_out"])
+    if bootstrap_iters != LM_EVAL_BOOTSTRAP_ITERS:
+        cmd += f"  # nitp ran bootstrap_iters={bootstrap_iters}; lm_eval always uses {LM_EVAL_BOOTSTRAP_ITERS}"
+    return cmd

@@ -2,8 +2,9 @@
 
 Each file `include`s the stock config (lm-eval's own, or ours for C3) and overrides only
   * `num_fewshot`, when the suite fixes it (so the suite is run as documented in suite.py);
-  * the data source, offline: `dataset_path: json` + `data_files` = <data-dir>/<name>/<split>.jsonl,
-    where <name> is the task or group asked for (mmlu_pro's 14 subtasks all read <data-dir>/mmlu_pro/).
+  * the data source, offline: `dataset_path: json` + `data_files` = <data-dir>/<dir>/<split>.jsonl, where
+    <dir> is the task's own name if <data-dir> has it, else the sub-directory of a task or group that
+    reads the same hub dataset (mmlu_pro_law reads <data-dir>/mmlu_pro/, c3_test reads <data-dir>/c3/).
 The same directory serves `nitp-eval lm`, `lm_eval --include_path DIR`, `accelerate launch -m lm_eval`
 and lm-eval's vLLM backend, so every path sees the identical task definitions.
 """
@@ -20,6 +21,19 @@ from nitp_train.errors import UserError
 
 DATA_DIR_ENV = "NITP_LM_DATA_DIR"  # same as --data-dir
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
+HEADER = "# written by nitp-eval lm (nitp_eval/lm/taskdir.py)\n"  # marks files --export-tasks may replace
+
+
+def _kind():
+    """lm-eval's task-index kinds; the private module appeared in lm-eval 0.4.12."""
+    try:
+        from lm_eval.tasks._index import Kind
+    except ImportError:
+        from importlib.metadata import version
+
+        raise UserError(f"lm-eval {version('lm_eval')} is too old for nitp-eval lm (no lm_eval.tasks._index); "
+                        "pip install 'lm-eval[hf]>=0.4.12,<0.5'") from None
+    return Kind
 
 
 @functools.cache
@@ -27,80 +41,118 @@ def task_index() -> dict:
     """lm-eval's index of every task/group/tag (stock + ours); built once per process (~8 s)."""
     from lm_eval.tasks import TaskManager
 
+    _kind()  # one clear line on an lm-eval without the index, before anything else fails
     return TaskManager(include_path=str(TASKS_DIR)).task_index
 
 
 def expand_tags(names: list[str]) -> list[str]:
     """Tags (e.g. ai2_arc) replaced by their tasks, so every name has its own results entry."""
-    from lm_eval.tasks._index import Kind
-
-    index = task_index()
+    index, tag = task_index(), _kind().TAG
     out = []
     for name in names:
         entry = index.get(name)
-        members = sorted(entry.tags) if entry is not None and entry.kind == Kind.TAG else [name]
+        members = sorted(entry.tags) if entry is not None and entry.kind == tag else [name]
         out += [m for m in members if m not in out]
     return out
 
 
 def write_task_dir(out_dir: Path, names: list[str], data_dir: Path | None = None,
-                   fewshot: dict[str, int] | None = None) -> Path:
+                   fewshot: dict[str, int] | None = None, replace: bool = False) -> Path:
     """Write the derived configs of `names` (tasks, groups or tags) into `out_dir`; returns it.
 
     `fewshot` maps a requested name to its few-shot count (applied to all its subtasks).
-    Raises UserError for an unknown name or, with `data_dir`, a missing local split file.
+    `replace` first deletes the configs an earlier call wrote there (files of others are kept).
+    Raises UserError for an unknown name or, with `data_dir`, a missing local split file,
+    before anything is written or deleted.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     index = task_index()
+    local = _local_dirs(Path(data_dir), index) if data_dir is not None else None
     configs: dict[str, dict] = {}
     for name in names:
-        _derive(name, name, index, configs, data_dir, (fewshot or {}).get(name))
+        _derive(name, index, configs, data_dir, local, (fewshot or {}).get(name))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if replace:  # stale configs of an earlier export would be indexed by lm_eval too
+        for f in out_dir.glob("*.yaml"):
+            if written_by_us(f):
+                f.unlink()
     for fname, cfg in configs.items():
-        (out_dir / f"{fname}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+        (out_dir / f"{fname}.yaml").write_text(HEADER + text)
     return out_dir
 
 
-def _derive(name, top, index, configs, data_dir, num_fewshot) -> None:
-    from lm_eval.tasks._index import Kind
+def written_by_us(path: Path) -> bool:
+    """Whether a YAML file is one of our derived configs (safe to replace on --export-tasks --overwrite)."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline() == HEADER
 
+
+def _derive(name, index, configs, data_dir, local, num_fewshot) -> None:
+    kind = _kind()
     entry = index.get(name)
     if entry is None:
         raise UserError(f"--tasks: unknown lm-eval task or group {name!r}; list them with `lm_eval ls tasks` "
-                        "(C3 is shipped by nitp as 'c3')")
-    if entry.kind == Kind.TAG:
+                        "(nitp ships c3, c3_dialogue and c3_test)")
+    if entry.kind == kind.TAG:
         for child in sorted(entry.tags):
-            _derive(child, top, index, configs, data_dir, num_fewshot)
+            _derive(child, index, configs, data_dir, local, num_fewshot)
         return
     if entry.yaml_path is None:
         raise UserError(f"{name}: defined inline in another config; nitp-eval lm cannot derive it, run it with lm_eval directly")
-    if entry.kind == Kind.GROUP:
+    if entry.kind == kind.GROUP:
         children = entry.cfg.get("task") or []
         if not all(isinstance(c, str) for c in children):
             raise UserError(f"{name}: group with inline task definitions; nitp-eval lm cannot derive it, run it with lm_eval directly")
         configs[f"group-{name}"] = {"include": str(entry.yaml_path), "group": name}
         for child in children:
-            _derive(child, top, index, configs, data_dir, num_fewshot)
+            _derive(child, index, configs, data_dir, local, num_fewshot)
         return
     cfg = {"include": str(entry.yaml_path), "task": name}
     if num_fewshot is not None:
         cfg["num_fewshot"] = num_fewshot
-    if data_dir is not None:
-        if entry.kind != Kind.TASK:
+    if data_dir is None:
+        reason = (entry.cfg.get("metadata") or {}).get("local_data_only")
+        if reason:
+            raise UserError(f"{name}: needs local data ({reason}); pass --data-dir (or {DATA_DIR_ENV})")
+    else:
+        if entry.kind != kind.TASK:
             raise UserError(f"{name}: a Python-defined lm-eval task; --data-dir supports YAML tasks only")
+        sub = name if (Path(data_dir) / name).is_dir() else local.get(_dataset(entry.cfg), name)
         cfg.update(dataset_path="json", dataset_name=None,
-                   dataset_kwargs={"data_files": local_files(name, top, entry.cfg, Path(data_dir))})
+                   dataset_kwargs={"data_files": local_files(name, entry.cfg, Path(data_dir) / sub)})
     configs[name] = cfg
 
 
-def local_files(task: str, top: str, cfg: dict, data_dir: Path) -> dict[str, str]:
-    """{split: <data_dir>/<top>/<split>.jsonl} for every split the task config names; all must exist."""
+def _dataset(cfg: dict) -> tuple:
+    """The hub dataset a task config reads: (dataset_path, dataset_name)."""
+    return cfg.get("dataset_path"), cfg.get("dataset_name")
+
+
+def _local_dirs(data_dir: Path, index: dict) -> dict[tuple, str]:
+    """{hub dataset: sub-directory of data_dir} for every sub-directory named after a task or group."""
+    if not data_dir.is_dir():
+        return {}
+    kind = _kind()
+    out = {}
+    for d in sorted(p.name for p in data_dir.iterdir() if p.is_dir()):
+        entry = index.get(d)
+        while entry is not None and entry.kind == kind.GROUP:  # a group reads its (first) subtask's dataset
+            first = (entry.cfg.get("task") or [None])[0]
+            entry = index.get(first) if isinstance(first, str) else None
+        if entry is not None and entry.kind == kind.TASK:
+            out.setdefault(_dataset(entry.cfg), d)
+    return out
+
+
+def local_files(task: str, cfg: dict, task_data: Path) -> dict[str, str]:
+    """{split: <task_data>/<split>.jsonl} for every split the task config names; all must exist."""
     files = {}
     for key in SPLIT_KEYS:
         split = cfg.get(key)
         if not split or split in files:
             continue
-        path = data_dir / top / f"{split}.jsonl"
+        path = task_data / f"{split}.jsonl"
         if not path.is_file():
             raise UserError(f"{task}: local data for split '{split}' not found at {path}; put that split there as jsonl "
                             f"in the dataset's own column schema, or drop --data-dir/{DATA_DIR_ENV} to load it from the hub")
