@@ -7,11 +7,13 @@
    the analytic FLOPs overhead of the same config (nitp_train.flops).
 2. The trainer (`nitp_train.train.train`, NTP arm, no eval/probes) against a bare loop over the
    same HF model, AdamW and batch size: median tokens/s of each.
+3. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -42,8 +44,11 @@ def step_fn(cfg, vocab):
     opt, sched = make_optimizer(cfg, module)
     params = [p for p in module.parameters()]
 
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+
     def step(x):
-        total, _ = module(x, 0)
+        with amp:
+            total, _ = module(x, 0)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -60,6 +65,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--bf16", action="store_true", help="also time the NITP step under bf16 autocast vs fp32")
     args = ap.parse_args()
     torch.manual_seed(0)
     sets = [f"model.preset={args.preset}", f"seq_len={args.seq_len}", f"global_batch={args.batch}",
@@ -84,6 +90,19 @@ def main():
     print(f"  NTP step  {1e3 * statistics.median(times['ntp']):8.1f} ms   NITP step {1e3 * statistics.median(times['nitp']):8.1f} ms")
     print(f"  NITP overhead measured {100 * measured:5.2f} %   analytic (exact FLOPs) {100 * flops.exact_overhead:5.2f} %"
           f"   paper formula {100 * flops.paper_overhead:5.2f} %   measured/analytic {measured / flops.exact_overhead:.2f}x")
+
+    if args.bf16:  # 3. bf16 autocast vs fp32, same model init and batch, alternated
+        fns = {"fp32": nitp, "bf16": step_fn(load_config(sets=sets + ["objective.name=nitp", "precision=bf16"]), vocab)}
+        bt = {"fp32": [], "bf16": []}
+        for i in range(args.steps + 2):
+            for name in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+                t = time.perf_counter()
+                fns[name](x)
+                if i >= 2:
+                    bt[name].append(time.perf_counter() - t)
+        f32, b16 = statistics.median(bt["fp32"]), statistics.median(bt["bf16"])
+        print(f"  NITP step fp32 {1e3 * f32:8.1f} ms   bf16 autocast {1e3 * b16:8.1f} ms   bf16/fp32 {b16 / f32:.2f}"
+              f"   (AMX tiles visible to torch: {torch.cpu._is_amx_tile_supported()})")
 
     # 2. trainer vs a bare loop on the same model and batch size
     model, _ = build_model(load_config(sets=sets + ["objective.name=ntp"]), vocab)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import typer
 
@@ -127,10 +128,13 @@ def pair(
     result = train_pair(cfg, out or f"runs/{cfg.model.preset}", resume=resume, overwrite=overwrite)
     for summary in result["arms"].values():
         _print_summary(summary)
-    typer.echo(f"paired: {result['paired']}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"paired: {result['paired']}")
 
 
 def _print_summary(summary: dict) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports
+        return
     last = summary["last"]
     parts = [f"{k}={last[k]:.4f}" for k in ("loss_ntp", "loss_nitp", "val_ce", "probe_erank") if k in last]
     typer.echo(f"{summary['out']}: step {summary['step']}  " + "  ".join(parts))

@@ -61,7 +61,7 @@ class TrainConfig:
     probe_batch: int = 8
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
-    parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard; needs NCCL, i.e. GPUs)
+    parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard per decoder layer; gloo on CPU, NCCL on GPU)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,9 +70,12 @@ class TrainConfig:
         return d
 
     def validate(self) -> "TrainConfig":
-        for name in ("steps", "global_batch", "micro_batch", "seq_len"):
+        for name in ("steps", "global_batch", "micro_batch", "seq_len", "save_every", "log_every", "eval_batches", "probe_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("eval_every", "probe_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 0 (0 = never)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"precision={self.precision!r} is unknown; choose auto, bf16 or fp32")
         if self.parallel not in ("ddp", "fsdp"):

@@ -56,6 +56,9 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
+            columns = pq.read_schema(path).names
+            if text_field not in columns:
+                raise UserError(f"{path}: no {text_field!r} column (has {columns}); set data.text_field")
             table = pq.read_table(path, columns=[text_field])
             yield from (t for t in table.column(text_field).to_pylist() if t)
         elif name.endswith((".jsonl", ".json")):
@@ -72,7 +75,7 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
                 text = f.read()
             if text.strip():
                 yield text
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid
         raise UserError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from e
 
 
@@ -200,13 +203,23 @@ def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, barrier
 
 
 def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
-    from tqdm.auto import tqdm
-
     train_spec = cfg.path or str(BUILTIN_TRAIN)
     val_spec = cfg.validation or (str(BUILTIN_VAL) if cfg.path is None else None)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _tokenise_into(cfg, tmp, key_src, train_spec, val_spec)
+    except BaseException:  # bad input or Ctrl-C: leave no half-built token dir behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _tokenise_into(cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, val_spec: str | None) -> None:
+    from tqdm.auto import tqdm
 
     def texts():
         return read_documents(train_spec, cfg.text_field, cfg.max_docs)
@@ -216,7 +229,6 @@ def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
     docs = tqdm(texts(), desc="tokenising", unit="doc", leave=False)
     n_train = _tokenise_to(tmp / "train.bin", docs, tokenizer, dtype)
     if n_train == 0:
-        shutil.rmtree(tmp)
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:
         n_val = _tokenise_to(tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype)
@@ -230,9 +242,6 @@ def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
             "eos_token_id": tokenizer.eos_token_id, "train": train_spec, "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
             "sha256_train": _sha256(tmp / "train.bin"), "key": key_src}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def _sha256(path: Path) -> str:

@@ -45,11 +45,14 @@ def train_pair(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrit
 
 
 def check_paired(out: Path, arms: list[str]) -> dict:
-    """Compare the arms' provenance: same initial backbone weights, token file and sample order."""
+    """Compare the arms' provenance: same initial backbone weights, token file, planned sample order and
+    (once trained) the hash chain of the batches each arm actually consumed."""
     prov = {a: json.loads((out / a / "provenance.json").read_text()) for a in arms}
     first = prov[arms[0]]
-    result = {key: all(p[key] == first[key] for p in prov.values())
-              for key in ("init_weights_sha256", "data_sha256", "order_sha256", "seed")}
+    keys = ["init_weights_sha256", "data_sha256", "order_sha256", "seed"]
+    if all("consumed_order_sha256" in p for p in prov.values()):  # written when an arm finishes
+        keys.append("consumed_order_sha256")
+    result = {key: all(p[key] == first[key] for p in prov.values()) for key in keys}
     if not all(result.values()):
         raise UserError(f"{out}: arms are not paired ({result}); were they trained with different seeds, data or presets?")
     return result

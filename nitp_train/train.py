@@ -62,16 +62,18 @@ class Dist:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it; fp32 on CPU unless asked (docs/training.md: measured).
+    """bf16 autocast on GPUs that support it and on CPUs with AMX tiles; fp32 otherwise (docs/training.md: measured).
 
-    On this project's CPU (Xeon with AMX), oneDNN's AMX kernels die with SIGILL inside the VM and
-    the AVX512-BF16 path is ~2.5x slower than fp32, so `auto` keeps CPUs in fp32.
+    This project's VM exposes AVX512-BF16 but no AMX to the guest (`torch.cpu._is_amx_tile_supported()`
+    is False), and there a bf16 training step was ~1.8x slower than fp32, so `auto` keeps such CPUs in fp32.
     """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
         return torch.bfloat16
     return None
 
@@ -174,7 +176,8 @@ def _full_state(module: "TrainModule", opt, fsdp: bool) -> tuple[dict, dict]:
     return get_model_state_dict(module, options=options), get_optimizer_state_dict(module, opt, options=options)
 
 
-def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt, sched, cfg: TrainConfig, dist: Dist) -> Path:
+def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt, sched, cfg: TrainConfig, dist: Dist,
+                    consumed_sha: str = "") -> Path:
     """Atomic: everything goes to a temp dir that is renamed into place once complete."""
     final = out / "checkpoints" / f"step-{step:06d}"
     weights, opt_state = _full_state(module, opt, fsdp=cfg.parallel == "fsdp" and dist.world > 1)
@@ -189,7 +192,8 @@ def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt,
         if module.objective.config.name == "nitp":
             module.objective.save(tmp, {k[len("objective."):]: v for k, v in weights.items() if k.startswith("objective.")})
         state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
-                 "rng_cpu": torch.get_rng_state(), "config": cfg.to_dict(), "world_size": dist.world}
+                 "rng_cpu": torch.get_rng_state(), "config": cfg.to_dict(), "world_size": dist.world,
+                 "consumed_order_sha256": consumed_sha}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         torch.save(state, tmp / STATE_FILE)
@@ -270,17 +274,39 @@ def _autocast(device, amp):
 # ---------------------------------------------------------------------------- the run
 
 
-def prepare_out_dir(out: Path, resume: bool, overwrite: bool, dist: Dist) -> None:
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse an existing run dir without --resume/--overwrite; True when it has content. Writes nothing."""
     has_content = out.exists() and any(out.iterdir())
     if has_content and not resume and not overwrite:
         raise UserError(f"{out} exists; pass --resume to continue it or --overwrite to start over (deletes it)")
+    return has_content
+
+
+def prepare_out_dir(out: Path, replace: bool, dist: Dist) -> None:
+    """Create (or, with `replace`, recreate) the run dir: only once data and model are known to be good."""
     dist.barrier()
-    if has_content and overwrite and not resume and dist.is_main:
+    if replace and dist.is_main:
         shutil.rmtree(out)
     dist.barrier()
     if dist.is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     dist.barrier()
+
+
+# Fields a resumed run may change: how long it runs, how often it saves, logs and measures, and
+# where it runs (the global batch, and so the maths, stays the same).
+RESUMABLE_CHANGES = {"steps", "save_every", "log_every", "eval_every", "eval_batches", "probe_every", "probe_batch",
+                     "device", "parallel", "micro_batch"}
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
+    """A resumed run must be the same run: refuse any other config change (it would silently mix two runs)."""
+    now = cfg.to_dict()
+    changed = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k))
+    if changed:
+        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise UserError(f"--resume from {ckpt} with a different config ({diffs}); give the original settings "
+                        f"(see its config.yaml) or start a new run dir")
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
@@ -293,16 +319,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     if rem or rem2:
         raise UserError(f"global_batch={cfg.global_batch} must split evenly over {dist.world} process(es) x micro_batch={cfg.micro_batch}")
     micro = per_rank // accum
-    prepare_out_dir(out, resume, overwrite, dist)
+    has_content = check_out_dir(out, resume, overwrite)
+    ckpts = checkpoint_dirs(out) if resume else []
+    if ckpts:
+        check_resume_config(cfg, torch.load(ckpts[-1] / STATE_FILE, map_location="cpu", weights_only=False)["config"], ckpts[-1])
 
     cache = Path(cfg.data.cache_dir or cache_dir or out.parent / "data")
     data = prepare_data(cfg.data, cache, is_main=dist.is_main, barrier=dist.barrier)
     model, objective = build_model(cfg, data.tokenizer)
+    sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
+    prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
     init_sha = weights_sha256(model)
-    resume_state = None
-    ckpts = checkpoint_dirs(out)
-    if resume and ckpts:
-        resume_state = load_weights(ckpts[-1], model, objective)
+    resume_state = load_weights(ckpts[-1], model, objective) if ckpts else None
     model.to(dist.device).train()
     objective.to(dist.device).train()
     module = TrainModule(model, objective)
@@ -319,8 +347,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         wrapped = nn.parallel.DistributedDataParallel(module)
     opt, sched = make_optimizer(cfg, module)  # after sharding: FSDP2 swaps parameters for DTensors
     start = load_optimizer(resume_state, module, opt, sched, fsdp) if resume_state else 0
+    # hash chain over the window ids of every global batch consumed so far: equal in two arms
+    # exactly when they saw the same batches in the same order (continued across resumes)
+    consumed_sha = resume_state.get("consumed_order_sha256", "") if resume_state else ""
 
-    sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
     val_windows = fixed_windows(data.val, cfg.seq_len, cfg.eval_batches * micro)
     probe_windows = fixed_windows(data.val if len(data.val) >= cfg.seq_len else data.train, cfg.seq_len, cfg.probe_batch)
     amp = autocast_dtype(cfg.precision, dist.device)
@@ -345,7 +375,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     t_start = time.perf_counter()
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        ids = sampler.sample_ids(step, cfg.global_batch)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+        global_ids = sampler.sample_ids(step, cfg.global_batch)
+        consumed_sha = hashlib.sha256(f"{consumed_sha}:{global_ids}".encode()).hexdigest()
+        ids = global_ids[dist.rank * per_rank:(dist.rank + 1) * per_rank]
         sums: dict[str, float] = {}
         for m in range(accum):
             x = sampler.batch(ids[m * micro:(m + 1) * micro]).to(dist.device)
@@ -365,6 +397,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
+        if not math.isfinite(float(grad_norm)):  # a finite loss can still give inf/NaN gradients
+            kept = checkpoint_dirs(out)
+            raise UserError(f"non-finite gradient norm at step {step + 1}: stopped before the update; "
+                            f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
@@ -386,9 +422,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss_ntp']:.3f}", **({"nitp": f"{means['loss_nitp']:.3f}"} if "loss_nitp" in means else {}))
         if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(out, done, module, data.tokenizer, opt, sched, cfg, dist)
+            save_checkpoint(out, done, module, data.tokenizer, opt, sched, cfg, dist, consumed_sha)
     if bar is not None:
         bar.close()
+    if dist.is_main:
+        provenance = json.loads((out / "provenance.json").read_text())
+        provenance.update(consumed_order_sha256=consumed_sha, consumed_steps=cfg.steps)
+        (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    dist.barrier()
     return {"out": str(out), "step": cfg.steps, "last": last, "init_weights_sha256": init_sha}
 
 
@@ -396,5 +437,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records logged after the checkpoint we restart from (they will be redone)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):  # a line cut short by a kill mid-write
+            continue
     path.write_text("".join(line + "\n" for line in keep))

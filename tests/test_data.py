@@ -46,6 +46,47 @@ def test_missing_text_field_is_a_user_error(tmp_path):
         list(read_documents(str(bad)))
 
 
+def test_parquet_without_the_text_column_is_a_user_error(tmp_path):
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
+    with pytest.raises(UserError, match="no 'text' column"):
+        list(read_documents(str(tmp_path / "p.parquet")))
+
+
+def test_hf_dataset_id_goes_through_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):  # the hub is unreachable here: serve it from memory
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert list(read_documents("someone/corpus:en")) == ["hub doc one", "hub doc two"]  # empty texts skipped
+    assert list(read_documents("someone/corpus", split="validation")) == ["hub doc one", "hub doc two"]
+    assert calls == [("someone/corpus", "en", "train"), ("someone/corpus", None, "validation")]
+    with pytest.raises(UserError, match="no 'body' column"):
+        list(read_documents("someone/corpus", text_field="body"))
+
+
+def test_unreachable_hf_dataset_is_one_clear_error():
+    with pytest.raises(UserError, match="not a local path and not loadable as an HF dataset"):
+        list(read_documents("no-such-user/no-such-dataset-nitp"))
+
+
+@pytest.mark.parametrize("kind, needle", [("empty", "empty corpus"), ("no-column", "no 'text' column")])
+def test_failed_tokenisation_leaves_no_partial_dir(tmp_path, kind, needle):
+    if kind == "empty":
+        (tmp_path / "bad.txt").write_text("  \n")
+        path = tmp_path / "bad.txt"
+    else:
+        pq.write_table(pa.table({"body": ["x"]}), tmp_path / "bad.parquet")
+        path = tmp_path / "bad.parquet"
+    with pytest.raises(UserError, match=needle):
+        prepare_data(DataConfig(path=str(path), tokenizer="train:300"), tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_tokenised_once_and_reused(tiny_corpus, tmp_path, shared_data):
     cfg = DataConfig(path=str(tiny_corpus), tokenizer=str(shared_data / "tokenizers" / "gpt2"), val_fraction=0.05)
     first = prepare_data(cfg, tmp_path)

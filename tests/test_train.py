@@ -65,8 +65,43 @@ def test_arms_start_from_identical_weights_and_batches(tiny_run):
     assert ntp[-1] != nitp[-1]
 
 
+def test_pairing_records_the_consumed_batches_and_catches_a_mismatch(tiny_run, tmp_path):
+    import shutil
+
+    from nitp_train.pair import check_paired
+
+    prov = {a: json.loads((tiny_run / a / "provenance.json").read_text()) for a in ("ntp", "nitp")}
+    assert prov["ntp"]["consumed_steps"] == 6 and len(prov["ntp"]["consumed_order_sha256"]) == 64
+    assert prov["ntp"]["consumed_order_sha256"] == prov["nitp"]["consumed_order_sha256"]
+    assert json.loads((tiny_run / "pair.json").read_text())["paired"]["consumed_order_sha256"] is True
+    # an arm that saw other batches is caught
+    copy = tmp_path / "copy"
+    for a in ("ntp", "nitp"):
+        (copy / a).mkdir(parents=True)
+        shutil.copy(tiny_run / a / "provenance.json", copy / a)
+    tampered = dict(prov["nitp"], consumed_order_sha256="0" * 64)
+    (copy / "nitp" / "provenance.json").write_text(json.dumps(tampered))
+    with pytest.raises(UserError, match="not paired"):
+        check_paired(copy, ["ntp", "nitp"])
+
+
+def test_projector_init_leaves_the_backbone_and_global_rng_alone(tiny_sets, tiny_corpus, tmp_path):
+    from nitp_train.data import prepare_data
+    from nitp_train.train import build_model, weights_sha256
+
+    base = tiny_sets + [f"data.path={tiny_corpus}"]
+    tok = prepare_data(load_config(sets=base).data, tmp_path / "cache").tokenizer
+    after = {}
+    for name in ("ntp", "nitp"):
+        model, objective = build_model(load_config(sets=base + [f"objective.name={name}"]), tok)
+        after[name] = (weights_sha256(model), torch.get_rng_state(), sum(p.numel() for p in objective.parameters()))
+    assert after["ntp"][0] == after["nitp"][0]  # bit-identical backbones
+    assert torch.equal(after["ntp"][1], after["nitp"][1])  # the projector drew from its own stream
+    assert after["ntp"][2] == 0 and after["nitp"][2] == 12 * 64 * 64  # and it does exist in the NITP arm
+
+
 def test_lambda_zero_reproduces_ntp(tmp_path, tiny_sets, tiny_corpus):
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=4", "save_every=4"]
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=4", "save_every=4", "optim.warmup_steps=0"]
     train(load_config(sets=sets + ["objective.name=ntp"]), tmp_path / "ntp", progress=False)
     train(load_config(sets=sets + ["objective.name=nitp", "objective.lambda=0"]), tmp_path / "nitp0", progress=False)
     assert _losses(tmp_path / "ntp") == pytest.approx(_losses(tmp_path / "nitp0"), abs=1e-6)
@@ -107,10 +142,21 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_sets, tiny_corpus)
     assert _losses(ref, "loss_total") == _losses(out, "loss_total")  # metrics.jsonl has no duplicate steps
 
 
-@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_resume_refuses_a_changed_config_but_may_run_longer(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "eval_every=0", "probe_every=0"]
+    out = tmp_path / "run"
+    train(load_config(sets=sets), out, progress=False)
+    with pytest.raises(UserError, match=r"different config \(objective: .*lambda"):
+        train(load_config(sets=sets + ["objective.lambda=0.5"]), out, resume=True, progress=False)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
+    train(load_config(sets=sets + ["steps=3"]), out, resume=True, progress=False)
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
     sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=3", "micro_batch=2", "eval_every=0",
-                        "probe_every=0", f"parallel={parallel}"]
+                        "probe_every=0", f"parallel={parallel}", "optim.warmup_steps=0"]
     flags = [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one" / "nitp", tmp_path / "two" / "nitp"
@@ -144,6 +190,8 @@ def test_existing_run_dir_needs_resume_or_overwrite(tiny_run, tiny_sets, tiny_co
     (["objective.target_layer=99"], "target_layer"),
     (["objective.loss=l3"], "objective.loss"),
     (["global_batch=7"], "split evenly"),
+    (["save_every=0"], "save_every"),
+    (["objective.lambda=1e-3", "objective.stop_grad=maybe"], "stop_grad"),
 ])
 def test_bad_input_raises_a_clear_error(tmp_path, tiny_sets, tiny_corpus, sets, needle):
     empty = tmp_path / "empty.txt"
@@ -151,6 +199,7 @@ def test_bad_input_raises_a_clear_error(tmp_path, tiny_sets, tiny_corpus, sets, 
     sets = [s.format(empty=empty, tmp=tmp_path) for s in sets]
     with pytest.raises(UserError, match=needle):
         train(load_config(sets=tiny_sets + [f"data.path={tiny_corpus}"] + sets), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected rerun needs no --overwrite
 
 
 def test_cli_bad_input_is_one_line_on_stderr(tmp_path):

@@ -1,0 +1,67 @@
+"""Config layering (preset < --config file < options < --set), the LR schedule and the AdamW groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nitp_train.config import load_config
+from nitp_train.errors import UserError
+from nitp_train.train import make_optimizer
+
+
+def test_layers_preset_file_options_set(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("steps: 40\nseq_len: 128\nobjective:\n  lambda: 0.5\n  loss: smooth_l1\noptim:\n  lr: 1.0e-3\n")
+    cfg = load_config(path, ["objective.lambda=0.25", "optim.betas=[0.8, 0.9]"], steps=30, seed=7)
+    assert cfg.objective.lam == 0.25  # --set beats the file
+    assert cfg.objective.loss == "smooth_l1"  # the file beats the default
+    assert cfg.steps == 30 and cfg.seed == 7  # options beat the file
+    assert cfg.seq_len == 128 and cfg.optim.lr == 1e-3
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.objective.target_layer == 2 and cfg.global_batch == 16  # from the tiny-dense preset
+    # the paper presets carry their target layer and lambda
+    paper = load_config(sets=["model.preset=moe-9b-a1b"])
+    assert (paper.objective.target_layer, paper.objective.lam, paper.seq_len) == (5, 0.8, 8192)
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["stepz=3"], "unknown config field"), (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+    (["save_every=0"], "save_every=0 must be >= 1"), (["eval_every=-1"], "eval_every=-1 must be >= 0"),
+    (["objective=3"], "objective"), (["precision=fp8"], "precision"),
+])
+def test_bad_fields(sets, needle):
+    with pytest.raises(UserError, match=needle):
+        load_config(sets=sets)
+
+
+def test_config_file_must_exist_and_be_a_mapping(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="YAML mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_warmup_stable_decay_schedule():
+    # 100 steps, 10 warm-up, decay ratio 0.2: linear 0 -> lr over 10 steps, flat to step 80, linear to 0 at 100
+    cfg = load_config(sets=["steps=100", "optim.warmup_steps=10", "optim.lr=1.0"])
+    opt, sched = make_optimizer(cfg, torch.nn.Linear(2, 2))
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    want = [s / 10 if s < 10 else 1.0 if s < 80 else (100 - s) / 20 for s in range(100)]
+    assert lrs == pytest.approx(want, abs=1e-9)
+
+
+def test_weight_decay_spares_norms_and_biases():
+    cfg = load_config(sets=["optim.weight_decay=0.1"])
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt, _ = make_optimizer(cfg, model)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [tuple(p.shape) for p in decay["params"]] == [(4, 4)]  # the Linear weight only
+    assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(4,), (4,), (4,)]  # bias, norm weight, norm bias
+    assert opt.defaults["betas"] == (0.9, 0.95)
