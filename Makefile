@@ -22,7 +22,7 @@ setup: $(VENV)/.installed
 SHARED_DATA ?= ../shared/data
 quickstart: setup
 	$(VENV)/bin/nitp-train pair --out runs/quickstart --overwrite
-	$(VENV)/bin/nitp-eval geometry runs/quickstart --all-steps --overwrite
+	$(VENV)/bin/nitp-eval geometry runs/quickstart --all-steps --cka-matrix --overwrite
 	if [ -d $(SHARED_DATA)/lm ]; then $(VENV)/bin/nitp-eval lm runs/quickstart --data-dir $(SHARED_DATA)/lm \
 		--limit 20 --gen-kwargs max_gen_toks=32 --overwrite; fi
 	if [ -d $(SHARED_DATA)/mteb ]; then $(VENV)/bin/nitp-eval mteb runs/quickstart --data-dir $(SHARED_DATA)/mteb \

@@ -16,7 +16,8 @@ def test_wheel_carries_corpus_presets_and_tasks(tmp_path):
     (wheel,) = tmp_path.glob("nitp-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("nitp_train/corpus/shakespeare-train.jsonl.gz", "nitp_train/corpus/shakespeare-validation.jsonl.gz",
-                   "nitp_train/presets.yaml", "nitp_eval/lm/tasks/c3.yaml"):
+                   "nitp_train/presets.yaml", "nitp_eval/lm/tasks/c3.yaml", "nitp_eval/lm/tasks/c3_test.yaml",
+                   "nitp_eval/lm/tasks/c3_dialogue.yaml", "nitp_eval/lm/tasks/c3_utils.py"):
         assert needed in names, f"{needed} missing from the wheel"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
