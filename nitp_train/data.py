@@ -102,7 +102,8 @@ def _hf_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
         raise UserError(f"data {spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {e})") from e
     if text_field not in ds.column_names:
         raise UserError(f"data {spec!r}: no {text_field!r} column (has {ds.column_names}); set data.text_field")
-    yield from (t for t in ds[text_field] if t)
+    for batch in ds.iter(batch_size=1024):  # never the whole column as one Python list
+        yield from (t for t in batch[text_field] if t)
 
 
 def _fingerprint(spec: str | None) -> list:
