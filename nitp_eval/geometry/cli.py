@@ -87,7 +87,6 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
                         cka_matrix, target_layer, bos, device, dtype, overwrite, common) -> dict:
     from nitp_eval.geometry import extract
     from nitp_eval.models import load_model
-    from nitp_train.data import read_documents
 
     run_cfg = _run_config(target)
     model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
@@ -102,7 +101,7 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
     else:
         spec, source = _text_spec(text, run_cfg)
         split = text_split if source == "--text" else "validation"
-        ids = extract.select_tokens(read_documents(spec, split=split), tok, tokens)
+        ids = extract.select_tokens(extract.read_text(spec, split), tok, tokens)
     if len(ids) < 2:
         raise UserError(f"{spec}: gives {len(ids)} tokens; the statistics need at least 2 (give more text with --text)")
     if len(ids) < tokens:
@@ -189,8 +188,8 @@ def _run_validation_tokens(target, tokens: int):
     if not meta.get("val_tokens") or not (data_dir / "val.bin").exists():
         return None
     val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
-    ids = np.asarray(val[:tokens], dtype=np.int64).tolist()
-    return ids, str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
+    # a memmap slice: windows are views of it, read from disk batch by batch
+    return val[:tokens], str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
 
 
 def _text_spec(text, run_cfg) -> tuple[str, str]:

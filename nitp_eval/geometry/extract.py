@@ -1,20 +1,25 @@
 """Stream hidden states of a model (or a saved states file) into the per-layer geometry statistics.
 
 Token selection (docs/geometry.md, "Which tokens"): the documents of the text are tokenised
-without special tokens and joined with the tokenizer's EOS token, exactly as the trainer packs
-its corpus; the stream is cut to the first `tokens` tokens and split into consecutive windows
+without special tokens and joined with the tokenizer's EOS token, as the trainer packs its
+corpus (documents longer than 64k characters in pieces, reading stops once enough tokens are
+collected); the stream is cut to the first `tokens` tokens and split into consecutive windows
 of `seq_len` (the last one may be shorter; it is padded and the padding is excluded). With
 `bos=True` a BOS token is prepended to every window and excluded from the statistics.
 Windows are batched in a seeded random order, so the sampled anisotropy pairs (drawn from
 different windows of one batch) come from across the text, like a training mini-batch.
 
-Nothing grows with the token count except the token ids: per layer a `CovarianceAccumulator`
+Nothing grows with the token count except the token ids (an int32 array, 4 bytes per token;
+windows are views of it): per layer a `CovarianceAccumulator`
 (O(d^2)), a `CrossMomentAccumulator` to the last layer (O(d^2)) and, on request, one per
 layer pair for the full CKA matrix (O(layers^2 d^2)).
 """
 
 from __future__ import annotations
 
+import itertools
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,53 +34,151 @@ STATES_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
 # ---------------------------------------------------------------------------- token selection
 
+PIECE_CHARS = 65_536  # longer documents are tokenised in pieces of at most this many characters
+_LINE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # a line start after a single newline
+_WORD_CUT = re.compile(r"(?<=\S)(?= \S)")  # before a single space between two words
 
-def select_tokens(docs, tokenizer, tokens: int) -> list[int]:
-    """The first `tokens` ids of the packed stream doc_1 EOS doc_2 EOS ... (the trainer's packing)."""
+
+def read_text(spec: str, split: str = "validation"):
+    """Documents of `spec`: local files through the trainer's reader, or an HF dataset id streamed.
+
+    Streaming (`datasets.load_dataset(..., streaming=True)`) reads only the records that are
+    used: `select_tokens` stops once it has enough tokens, whatever the size of the split.
+    """
+    from nitp_train.data import read_documents, resolve_files
+
+    if resolve_files(spec) is not None:
+        return read_documents(spec, split=split)
+    return _hf_documents(spec, split)
+
+
+def _hf_documents(spec: str, split: str, text_field: str = "text"):
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    except Exception as e:  # the hub is unreachable, the id or split is wrong, ...
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"--text {spec!r}: not a local file and not loadable as an HF dataset "
+                        f"({e.__class__.__name__}: {first})") from e
+    for record in ds:
+        if text_field not in record:
+            raise UserError(f"--text {spec!r}: its records have no {text_field!r} field (fields: {sorted(record)})")
+        if record[text_field]:
+            yield record[text_field]
+
+
+def text_pieces(doc: str, size: int = PIECE_CHARS):
+    """`doc` in pieces of at most `size` characters (one piece when it is that short).
+
+    Cuts go at a line start after a single newline, else before a single space between words,
+    else anywhere. Byte-level BPE pre-tokenisers (GPT-2, Qwen2, Llama 3) and WordPiece never
+    join tokens across such a cut, so their ids are those of the whole document (tested for
+    GPT-2); SentencePiece tokenisers may differ in a token at each cut.
+    """
+    start = 0
+    while len(doc) - start > size:
+        cut = start + size  # no cut found in the second half: split anywhere
+        for pattern in (_LINE_CUT, _WORD_CUT):
+            found = [m.start() for m in pattern.finditer(doc, start + size // 2, start + size)]
+            if found:
+                cut = found[-1]
+                break
+        yield doc[start:cut]
+        start = cut
+    yield doc[start:]
+
+
+def select_tokens(docs, tokenizer, tokens: int) -> np.ndarray:
+    """The first `tokens` ids (int32) of the packed stream doc_1 EOS doc_2 EOS ... (the trainer's packing).
+
+    Long documents are tokenised in pieces (`text_pieces`) and reading stops once `tokens` ids
+    are collected, so time and memory follow `tokens`, not the size of the text.
+    """
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    ids: list[int] = []
-    batch: list[str] = []
+    eos = np.array([] if sep is None else [sep], dtype=np.int32)
+    parts: list[np.ndarray] = []
+    n = 0
+    batch: list[str | None] = []  # text pieces; None marks the end of a document (an EOS)
 
     def flush():
-        for doc_ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:  # long docs are fine: we window them
-            ids.extend(doc_ids + ([sep] if sep is not None else []))
+        nonlocal n
+        texts = [b for b in batch if b is not None]
+        encoded = iter(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else [])
+        for b in batch:
+            part = eos if b is None else np.asarray(next(encoded), dtype=np.int32)
+            parts.append(part)
+            n += len(part)
         batch.clear()
 
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == 16:
+    def units():
+        for doc in docs:
+            yield from text_pieces(doc, PIECE_CHARS)
+            yield None
+
+    chars = 0
+    for unit in units():
+        batch.append(unit)
+        chars += len(unit or "")
+        if len(batch) >= 32 or chars >= PIECE_CHARS:  # batching only affects speed, never the ids
             flush()
-            if len(ids) >= tokens:
+            chars = 0
+            if n >= tokens:
                 break
-    if batch:
-        flush()
-    return ids[:tokens]
+    flush()
+    return np.concatenate(parts)[:tokens] if parts else np.zeros(0, dtype=np.int32)
 
 
-def make_windows(ids: list[int], seq_len: int) -> list[list[int]]:
-    """Consecutive windows of `seq_len` tokens; the last one keeps the remainder."""
+def make_windows(ids, seq_len: int) -> list:
+    """Consecutive windows of `seq_len` tokens (slices: views of an array); the last one keeps the remainder."""
     return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
 
 
-def batches(windows: list[list[int]], batch_size: int, seed: int, pad_id: int, bos_id: int | None = None):
-    """(input_ids, attention_mask, valid) per batch; windows in a seeded random order.
+def batch_rows(n_windows: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Window indices of each batch: the windows in a seeded random order, `batch_size` at a time."""
+    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [order[s:s + batch_size] for s in range(0, n_windows, batch_size)]
+
+
+def batches(windows, batch_size: int, seed: int, pad_id: int, bos_id: int | None = None):
+    """(input_ids, attention_mask, valid) per batch of `batch_rows`.
 
     `valid` marks the positions whose states are counted: real tokens, not padding, not BOS.
     """
-    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed)).tolist()
     extra = 1 if bos_id is not None else 0
-    for s in range(0, len(order), batch_size):
-        rows = [windows[i] for i in order[s:s + batch_size]]
-        width = max(len(r) for r in rows) + extra
+    for rows in batch_rows(len(windows), batch_size, seed):
+        width = max(len(windows[i]) for i in rows) + extra
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            seq = ([bos_id] if extra else []) + r
-            input_ids[b, :len(seq)] = torch.tensor(seq)
-            attention[b, :len(seq)] = 1
+        for b, i in enumerate(rows):
+            w = windows[i]
+            input_ids[b, extra:extra + len(w)] = torch.from_numpy(np.asarray(w, dtype=np.int64))
+            attention[b, :extra + len(w)] = 1
+        if extra:
+            input_ids[:, 0] = bos_id
         valid = attention.bool().clone()
         valid[:, :extra] = False
         yield input_ids, attention, valid
+
+
+def pair_quotas(n_pairs: int, cross: list[int]) -> list[int]:
+    """`n_pairs` shared out over batches in proportion to the cross-sequence pairs each one holds.
+
+    The quotas sum exactly to `n_pairs` (unless no batch has a cross pair), so a batch of a
+    single sequence, which has none, loses nothing, and the pairs are spread uniformly over all
+    within-batch cross-sequence pairs.
+    """
+    total = sum(cross)
+    if total == 0:
+        return [0] * len(cross)
+    bounds = [0] + [n_pairs * c // total for c in itertools.accumulate(cross)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def cross_pairs(sizes) -> int:
+    """Ordered pairs of tokens from different sequences among sequences of these sizes."""
+    return sum(sizes) ** 2 - sum(s * s for s in sizes)
 
 
 # ---------------------------------------------------------------------------- accumulation
@@ -176,15 +279,10 @@ class GeometryStats:
         }
 
 
-def pair_quota(n_pairs: int, seen: int, batch_tokens: int, total: int) -> int:
-    """Pairs for one batch: `n_pairs` shared out in proportion to tokens, summing exactly to n_pairs."""
-    return n_pairs * (seen + batch_tokens) // total - n_pairs * seen // total
-
-
 def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs: int, seed: int,
                   pad_id: int, bos_id: int | None = None, cka_matrix: bool = False,
                   target_layer: int | None = None, projector=None, progress: bool = True) -> dict:
-    """Run `model` over `windows` (token id lists) and return the geometry results dict (see GeometryStats)."""
+    """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -194,11 +292,13 @@ def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs
     if projector is not None:
         projector.to(device).eval()
     gen = torch.Generator().manual_seed(seed)
-    seen = 0
+    # pairs per batch by its cross-window pairs: a batch of one window (often the last) has none to give
+    quotas = pair_quotas(n_pairs, [cross_pairs([len(windows[i]) for i in rows])
+                                   for rows in batch_rows(len(windows), batch_size, seed)])
     bar = tqdm(total=total, desc="geometry", unit="tok", disable=not progress, leave=False)
     backbone = getattr(model, "base_model", model)  # no LM head: the logits would dwarf everything else
     with torch.no_grad():
-        for input_ids, attention, valid in batches(windows, batch_size, seed, pad_id, bos_id):
+        for (input_ids, attention, valid), quota in zip(batches(windows, batch_size, seed, pad_id, bos_id), quotas):
             out = backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
             hs = out.hidden_states
             if len(hs) != last + 1:
@@ -206,11 +306,10 @@ def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs
             valid_d = valid.to(device)
             n = int(valid.sum())
             groups = torch.arange(len(valid)).unsqueeze(1).expand_as(valid)[valid]
-            pairs = sample_cross_pairs(groups, pair_quota(n_pairs, seen, n, total), gen)
+            pairs = sample_cross_pairs(groups, quota, gen)
             states = {layer: hs[layer][valid_d] for layer in stats.acc}
             stats.update(states, groups.to(device), tuple(p.to(device) for p in pairs))
             stats.update_alignment(hs, valid_d)
-            seen += n
             bar.update(n)
     bar.close()
     return stats.results()
@@ -235,8 +334,11 @@ def load_states(path: Path):
             x = _single_tensor(path, load_file(str(path)))
         else:
             raise UserError(f"{path}: unknown states format; give .npy, .pt or .safetensors")
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise UserError(f"{path}: unreadable states file ({e.__class__.__name__}: {e})") from e
+    if not isinstance(x, (np.ndarray, torch.Tensor)):  # e.g. torch.save(list_of_tensors)
+        raise UserError(f"{path}: holds a {type(x).__name__}, not one tensor; save a single [tokens, dim] or "
+                        "[layers, tokens, dim] tensor (e.g. torch.save(torch.stack(states), path))")
     if x.ndim not in (2, 3):
         raise UserError(f"{path}: states have shape {tuple(x.shape)}; expected [tokens, dim] or [layers, tokens, dim]")
     return x if x.ndim == 3 else x[None]
@@ -250,20 +352,32 @@ def _single_tensor(path, d: dict):
     return next(iter(d.values()))
 
 
+def _rows(x, layer: int, s: int, e: int) -> torch.Tensor:
+    """Rows s:e of one layer of a states array as a float tensor."""
+    if isinstance(x, torch.Tensor):
+        chunk = x[layer, s:e]
+        # numpy has no bfloat16; float64 stays float64
+        return chunk if chunk.dtype in (torch.float32, torch.float64) else chunk.float()
+    return torch.from_numpy(np.array(x[layer, s:e]))  # a copy: memmaps are read-only
+
+
 def analyse_states(x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192,
                    cka_matrix: bool = False, progress: bool = True) -> dict:
-    """Geometry of saved states x [layers, tokens, dim]. No sequence ids: pairs are any two distinct tokens."""
+    """Geometry of saved states x [layers, tokens, dim]. No sequence ids: pairs are any two distinct tokens of a chunk."""
     from tqdm.auto import tqdm
 
     n_layers, n, d = x.shape
     stats = GeometryStats(layers, n_layers - 1, d, cka_matrix)
     gen = torch.Generator().manual_seed(seed)
-    # every row its own group: sampled pairs are uniform over distinct tokens of the chunk
-    for s in tqdm(range(0, n, chunk), desc="geometry", unit="chunk", disable=not progress, leave=False):
+    starts = range(0, n, chunk)
+    # every row its own group: a chunk of m rows holds m (m - 1) ordered pairs
+    quotas = pair_quotas(n_pairs, [cross_pairs([1] * (min(n, s + chunk) - s)) for s in starts])
+    for s, quota in tqdm(zip(starts, quotas), total=len(starts), desc="geometry", unit="chunk",
+                         disable=not progress, leave=False):
         e = min(n, s + chunk)
-        states = {layer: torch.as_tensor(np.array(x[layer, s:e])) for layer in stats.acc}  # copy: memmaps are read-only
+        states = {layer: _rows(x, layer, s, e) for layer in stats.acc}
         groups = torch.arange(s, e)
-        pairs = sample_cross_pairs(torch.arange(e - s), pair_quota(n_pairs, s, e - s, n), gen)
+        pairs = sample_cross_pairs(torch.arange(e - s), quota, gen)
         stats.update(states, groups, pairs)
     return stats.results()
 
@@ -313,5 +427,6 @@ def rank_cap(tokens: int, dim: int) -> int:
     return max(0, min(tokens - 1, dim))
 
 
-__all__ = ["select_tokens", "make_windows", "batches", "GeometryStats", "analyse_model", "load_states",
-           "analyse_states", "parse_layers", "default_target_layer", "rank_cap"]
+__all__ = ["read_text", "text_pieces", "select_tokens", "make_windows", "batch_rows", "batches", "pair_quotas",
+           "cross_pairs", "GeometryStats", "analyse_model", "load_states", "analyse_states", "parse_layers",
+           "default_target_layer", "rank_cap"]
