@@ -38,14 +38,22 @@ def _lm(arm: str, step: int, correct: dict[str, list[int]]) -> dict:
             "tasks": tasks, "samples": samples}
 
 
-def _mteb(arm: str, step: int, scores: dict[str, float], missing=()) -> dict:
-    tasks = {t: {"group": MTEB[t], "main_score_name": "accuracy", "main_score": s, "scores": {}, "version": "1"}
-             for t, s in scores.items()}
-    groups = {g: {"mean": float(np.mean([s for t, s in scores.items() if MTEB[t] == g])),
-                  "n": sum(MTEB[t] == g for t in scores), "of": of} for g, of in OF.items()}
+def _mean(xs):
+    return float(np.mean(xs)) if xs else None
+
+
+def _mteb(arm: str, step: int, scores: dict[str, float | None], missing=()) -> dict:
+    """An mteb results file in the schema nitp_eval/mteb_eval writes (run.evaluate_suite + results header)."""
+    tasks = {t: {"group": MTEB[t], "main_score_name": "accuracy", "main_score": s, "scores": {"test": {"default": {}}},
+                 "version": "1", "hf_subsets": ["default"], "n_eval": {"test": 100}, "limited": False, "source": "local",
+                 "evaluation_time": 1.0} for t, s in scores.items()}
+    groups = {g: {"mean": _mean([s for t, s in scores.items() if MTEB[t] == g and s is not None]),
+                  "n": sum(MTEB[t] == g and s is not None for t, s in scores.items()), "of": of} for g, of in OF.items()}
     return {"schema": "nitp.mteb", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step, "tasks": tasks,
-            "missing": list(missing), "groups": groups,
-            "overall": {"mean": float(np.mean(list(scores.values()))), "n": len(scores), "of": 25}}
+            "missing": list(missing), "missing_reasons": {t: "no local data" for t in missing}, "failed": [],
+            "failed_reasons": {}, "groups": groups,
+            "overall": {"mean": _mean([s for s in scores.values() if s is not None]),
+                        "n": sum(s is not None for s in scores.values()), "of": 25}}
 
 
 def _geometry(arm: str, step: int, scale: float) -> dict:
@@ -106,12 +114,40 @@ def num(cell: str) -> float:
     return float(cell.split()[0].rstrip("*"))
 
 
+def ci_of(cell: str) -> tuple[float, float]:
+    lo, hi = cell.split("[")[1].rstrip("]").split(",")
+    return float(lo), float(hi)
+
+
+def shown(x: float) -> float:
+    """A fraction as the tables show it: percent, two decimals."""
+    return round(100 * x, 2)
+
+
+def paired(base: dict, other: dict, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document primary-metric values of two lm results files, matched by doc_id (null = not scored)."""
+    m = base["tasks"][task]["primary"]
+    a = {r["doc_id"]: r[m] for r in base["samples"][task] if r.get(m) is not None}
+    b = {r["doc_id"]: r[m] for r in other["samples"][task] if r.get(m) is not None}
+    ids = sorted(set(a) & set(b))
+    return np.array([a[i] for i in ids], float), np.array([b[i] for i in ids], float)
+
+
+def reference_ci(pairs: list, n_boot: int = 10_000, seed: int = 12345, ci: float = 0.95) -> tuple[float, float]:
+    """Percentile CI (in %) of the mean over tasks of mean(b − a), each task's documents resampled by
+    index with its own numpy generator: an independent reference for nitp_eval.report.stats."""
+    rng = np.random.default_rng(seed)
+    reps = np.mean([(b - a)[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(axis=1) for a, b in pairs], axis=0)
+    lo, hi = np.percentile(100 * reps, [50 * (1 - ci), 50 * (1 + ci)])
+    return float(lo), float(hi)
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     run = make_run(root)
     spec = spec_from_paths([run])
-    spec.n_boot = 2000
+    spec.n_boot = 10_000
     md = build_report(spec, root / "out", progress=False)
     return run, md.parent
 
@@ -122,19 +158,24 @@ def test_downstream_numbers_equal_results_files(report):
     assert rows[0] == ["Model", "CSQA", "ARC-C", "GSM8k", "Avg."]  # the paper's order, not the files'
     tasks = ["commonsense_qa", "arc_challenge", "gsm8k"]
     res = {a: json.loads((run / "eval" / "lm" / f"{a}-step-000200.json").read_text()) for a in ("ntp", "nitp")}
+    score = {a: [res[a]["tasks"][t]["metrics"][res[a]["tasks"][t]["primary"]] for t in tasks] for a in res}
     for row, arm in zip(rows[1:3], ("ntp", "nitp")):
         assert row[0] == arm.upper()
-        vals = [res[arm]["tasks"][t]["metrics"][res[arm]["tasks"][t]["primary"]] for t in tasks]
-        assert [num(c) for c in row[1:4]] == [round(100 * v, 2) for v in vals]
-        assert num(row[4]) == round(100 * float(np.mean(vals)), 2)
+        assert [num(c) for c in row[1:4]] == [shown(v) for v in score[arm]]
+        assert num(row[4]) == shown(float(np.mean(score[arm])))
     delta = rows[3]
     assert delta[0] == "Δ NITP − NTP"
-    for cell, t in zip(delta[1:4], tasks):
-        d = res["nitp"]["tasks"][t]["metrics"]["acc_norm" if t != "gsm8k" else "exact_match"] - \
-            res["ntp"]["tasks"][t]["metrics"]["acc_norm" if t != "gsm8k" else "exact_match"]
-        assert num(cell) == round(100 * d, 2)
-        lo, hi = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
-        assert lo < num(cell) < hi
+    # Δ = difference of the shown scores; each CI recomputed from the per-sample records (tolerance:
+    # Monte Carlo error of two independent 10k-resample bootstraps, well under the CIs' ~14-point width)
+    for i, cell in enumerate(delta[1:5]):
+        if i < 3:
+            assert num(cell) == pytest.approx(shown(score["nitp"][i]) - shown(score["ntp"][i]), abs=1e-9)
+            ref = reference_ci([paired(res["ntp"], res["nitp"], tasks[i])])
+        else:  # Avg.
+            assert num(cell) == pytest.approx(num(rows[2][4]) - num(rows[1][4]), abs=1e-9)
+            ref = reference_ci([paired(res["ntp"], res["nitp"], t) for t in tasks])
+        lo, hi = ci_of(cell)
+        assert lo == pytest.approx(ref[0], abs=0.6) and hi == pytest.approx(ref[1], abs=0.6), (cell, ref)
         assert cell.split()[0].endswith("*") == (lo > 0 or hi < 0)
 
 
@@ -149,6 +190,34 @@ def test_bold_marks_the_better_arm(report):
         assert better.startswith("**")
     tex = (out / "tables" / "downstream.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex and "$\\Delta$" in tex
+    # CIs on a row of their own in small type, so the LaTeX table is as wide as the scores
+    lines = tex.splitlines()
+    d = next(i for i, line in enumerate(lines) if line.startswith("$\\Delta$"))
+    assert "[" not in lines[d] and lines[d + 1].startswith(" & {\\scriptsize [") and lines[d + 1].count("scriptsize") == 4
+
+
+def _mteb_run(tmp_path, ntp: dict, nitp: dict):
+    run = make_run(tmp_path)
+    for f in (run / "eval" / "mteb").iterdir():
+        f.unlink()
+    for arm, scores in (("ntp", ntp), ("nitp", nitp)):
+        _write(run / "eval" / "mteb" / f"{arm}-step-000200.json", _mteb(arm, 200, scores))
+    spec = spec_from_paths([run])
+    spec.sections = ["mteb"]
+    return build_report(spec, tmp_path / "out", progress=False).parent
+
+
+def test_bold_delta_and_count_agree_at_the_shown_rounding(tmp_path):
+    # 30.0049 and 30.0051 show as 30.00 and 30.01: NITP bold, Δ +0.01, counted improved;
+    # 30.001 and 30.004 both show as 30.00: a tie (both bold, Δ +0.00, not improved)
+    out = _mteb_run(tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001},
+                    {"STS12": 0.300051, "STSBenchmark": 0.30004})
+    md = (out / "tables" / "mteb_tasks.md").read_text()
+    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 |" in md
+    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 |" in md
+    assert "NITP improves 1 of 2 tasks over NTP (not improved: STSBenchmark +0.00)." in md
+    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|"  # text columns left-aligned
+    assert "\\begin{tabular}{lllrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
 
 
 def test_mteb_tables(report):
@@ -227,6 +296,35 @@ def test_tables_are_byte_deterministic(tmp_path):
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "report.md").read_text() == (b / "report.md").read_text().replace(str(tmp_path / "b"), str(tmp_path / "a"))
+
+
+def test_flops_overhead_from_the_config_recorded_in_pair_json(tmp_path):
+    run = make_run(tmp_path)
+    pair = json.loads((run / "pair.json").read_text())
+    hf = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "intermediate_size": 128}
+    pair["shared"] = {"model": {"preset": "tiny-dense", "hf_overrides": hf}, "seq_len": 64}
+    pair["arms"] = {"ntp": {"name": "ntp"}, "nitp": {"name": "nitp", "projector": "swiglu", "projector_mult": 4}}
+    (run / "pair.json").write_text(json.dumps(pair))
+    spec = spec_from_paths([run])
+    spec.sections = ["cost"]
+    # tiny-dense fixes no vocabulary (it comes from the tokenizer): without a record of it, the reason is given
+    md = build_report(spec, tmp_path / "a", progress=False).read_text()
+    assert read_csv(tmp_path / "a" / "tables" / "cost.csv")[2][5:] == ["n/a", "n/a"]
+    assert "no analytic FLOPs overhead for arm nitp: preset tiny-dense fixes no vocab_size" in md
+    # the trainer's provenance.json names the token cache, whose meta.json records the vocabulary size
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "meta.json").write_text(json.dumps({"vocab_size": 1024}))
+    (run / "nitp" / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "tokens")}))
+    md = build_report(spec, tmp_path / "b", progress=False).read_text()
+    d, L, d_e, V = 64, 4, 128, 1024  # Appendix G for a dense model: L (18 d² + 18 d d_e) + 6 V d; NITP adds 72 d² + 18 d
+    paper = (72 * d**2 + 18 * d) / (L * (18 * d**2 + 18 * d * d_e) + 6 * V * d)
+    row = read_csv(tmp_path / "b" / "tables" / "cost.csv")[2]
+    assert row[5] == f"{100 * paper:+.2f}%" == "+23.17%"
+    assert row[6] != "n/a"
+    sources = md.split("## Sources")[1]
+    assert f"{run}/nitp/provenance.json" in sources and f"{tmp_path}/tokens/meta.json" in sources
+    assert "FLOPs" not in md.split("## Missing inputs")[1].split("## Sources")[0]
 
 
 def test_flops_overhead_recorded_in_pair_json(tmp_path):
@@ -424,3 +522,73 @@ def test_task_without_score_is_left_out_and_said(tmp_path):
     out = build_report(spec, tmp_path / "out", progress=False).parent
     assert read_csv(out / "tables" / "downstream.csv")[0] == ["Model", "CSQA", "ARC-C", "GSM8k", "Avg."]
     assert "task some_tag has no score (no primary metric); left out" in (out / "report.md").read_text()
+
+
+def _edit(path: Path, fn) -> None:
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def test_nulls_and_nans_render_as_na(tmp_path):
+    """Results files write NaN as null (nitp_eval.runs.write_json); metrics.jsonl may hold NaN."""
+    run = make_run(tmp_path)
+    geo = run / "eval" / "geometry" / "nitp-step-000200.json"
+
+    def null_geometry(d):
+        d["per_layer"]["erank_cov"][-1] = None
+        d["per_layer"]["anisotropy"] = [None] * len(d["per_layer"]["anisotropy"])
+        d["per_layer"]["cka_to_last"][2] = None
+        d["cka_matrix"][0][1] = None
+        d["alignment"].update(cos_next=None, projector_cos=None)
+        d["tokens"] = None
+    _edit(geo, null_geometry)
+
+    def null_lm(d):
+        d["tasks"]["gsm8k"]["metrics"]["exact_match"] = None  # the whole task: no score
+        for r in d["samples"]["arc_challenge"][:10]:  # ten documents: no value
+            r["acc_norm"] = None
+    _edit(run / "eval" / "lm" / "nitp-step-000200.json", null_lm)
+
+    def null_mteb(d):
+        d["tasks"]["STS12"]["main_score"] = None
+        d["groups"]["STS"]["mean"] = None
+    _edit(run / "eval" / "mteb" / "ntp-step-000200.json", null_mteb)
+    m = run / "nitp" / "metrics.jsonl"
+    m.write_text(m.read_text().replace('"tokens_per_s": 950.0', '"tokens_per_s": NaN', 3)
+                 + '{"step": 201, "loss_ntp": NaN, "val_ce": NaN, "tokens_per_s": NaN}\n')
+    spec = spec_from_paths([run])
+    spec.n_boot = 200
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+
+    row = read_csv(out / "tables" / "geometry.csv")[2]
+    assert row[0] == "NITP" and row[2] == "n/a" and row[4] == "n/a" and row[6] == "n/a"
+    assert row[8] == "n/a" and row[9] == "n/a" and row[5] != "n/a"
+    down = read_csv(out / "tables" / "downstream.csv")
+    assert down[2][3] == "n/a" and down[3][3] == "n/a" and down[2][4].endswith("(2/3)")  # GSM8k, Avg.
+    md = (out / "report.md").read_text()
+    assert "task gsm8k missing in nitp-step-000200.json" in md or "task gsm8k has no score in nitp-step-000200.json" in md
+    assert "arc_challenge: 290 documents scored by both arms" in md
+    tasks = read_csv(out / "tables" / "mteb_tasks.csv")
+    assert "STS12" not in [r[0] for r in tasks] and "no main_score (null) for STS12" in md
+    ce = read_csv(out / "tables" / "cross_entropy.csv")
+    assert ce[2][1] == "201" and ce[2][3].endswith("(step 200)")  # NaN val_ce skipped, not printed
+    cost = read_csv(out / "tables" / "cost.csv")
+    assert cost[2][2] == "950.0"  # the median of the finite tokens/s only
+    for f in (out / "tables").glob("*.csv"):
+        assert "nan" not in f.read_text().lower() and "None" not in f.read_text(), f.name
+    for name in ("geometry_profiles", "cka", "dynamics", "aux_loss", "cross_entropy"):
+        assert (out / "figures" / f"{name}.png").exists(), name
+
+
+def test_ablation_says_why_a_task_is_left_out(tmp_path):
+    run = make_run(tmp_path)
+    _edit(run / "eval" / "lm" / "nitp-step-000200.json", lambda d: d["tasks"].pop("gsm8k"))
+    f = tmp_path / "s.yaml"
+    f.write_text(f"runs: [{run}]\nsections: [ablation]\ntasks: [arc_challenge, gsm8k, lcbench]\nbootstrap: {{n: 200}}\n"
+                 "variants:\n  - {run: tiny, arm: ntp, label: NTP}\n  - {run: tiny, arm: nitp, label: NITP}\n")
+    md = build_report(load_spec(f), tmp_path / "out", progress=False).read_text()
+    assert "no variant has a score for lcbench" in md
+    assert "gsm8k left out because 1 of 2 variants lack it: NITP" in md
+    assert "some variant lacks" not in md
+    assert read_csv(tmp_path / "out" / "tables" / "ablation.csv")[0] == ["Variant", "ARC-C", "Avg.", "Δ Avg. [95% CI]"]

@@ -178,7 +178,7 @@ def _geometry(spec, runs, w, notes, many):
     for run in runs:
         arms = T.run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
-        w.figure(F.geometry_profiles(run, arms, spec.step), f"geometry_profiles{sfx}",
+        w.figure(F.geometry_profiles(run, arms, spec.step, notes), f"geometry_profiles{sfx}",
                  f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer")
         fig = F.cka_heatmaps(run, arms, spec.step)
         if fig is None:
@@ -192,16 +192,16 @@ def _dynamics(spec, runs, w, notes, many):
     for run in runs:
         arms = T.run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
-        fig = F.dynamics(run, arms)
+        fig = F.dynamics(run, arms, notes)
         if fig is None:
             notes.append(f"{run.label}: no geometry probes in metrics.jsonl (probe_erank, probe_cosine) and no geometry "
                          "checkpoint series: no dynamics figure (paper Fig. 1)")
         w.figure(fig, f"dynamics{sfx}", f"{run.label}: last-layer effective rank and cosine similarity vs step (paper Fig. 1)")
-        fig = F.aux_loss(run, arms)
+        fig = F.aux_loss(run, arms, notes)
         if fig is None:
             notes.append(f"{run.label}: no loss_nitp in any metrics.jsonl: no auxiliary-loss figure (paper Fig. 5)")
         w.figure(fig, f"aux_loss{sfx}", f"{run.label}: auxiliary (NITP) loss vs step (paper Fig. 5)")
-        w.figure(F.cross_entropy(run, arms), f"cross_entropy{sfx}", f"{run.label}: train NTP loss and validation CE vs step")
+        w.figure(F.cross_entropy(run, arms, notes), f"cross_entropy{sfx}", f"{run.label}: train NTP loss and validation CE vs step")
     w.table(T.ce_table(runs, spec, notes))
 
 

@@ -64,6 +64,15 @@ class Run:
         series = self.series(kind, arm)
         return series[-1] if series else None
 
+    def read_json(self, path: Path) -> dict | None:
+        """A further file a table needs (e.g. provenance.json): None when absent; listed under Sources when read."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        if path in self.sources:  # listed once, however often read
+            self.sources.remove(path)
+        return _read_json(path, self)
+
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]

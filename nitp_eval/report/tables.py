@@ -7,9 +7,11 @@ prints those in its "Missing inputs and caveats" section.
 
 from __future__ import annotations
 
-import json
+import math
 
 import numpy as np
+
+from pathlib import Path
 
 from nitp_eval.report.load import Result, Run
 from nitp_eval.report.spec import Spec, Variant
@@ -32,17 +34,38 @@ def task_name(task: str) -> str:
     return TASK_NAMES.get(task, task)
 
 
+def finite(x) -> bool:
+    """A usable number: results files write NaN as null, and metrics.jsonl may hold NaN."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt(x, spec: str = "{:.4f}") -> str:
+    return spec.format(x) if finite(x) else NA
+
+
 def pct(x: float | None, sign: bool = False) -> str:
-    if x is None:
+    return fmt(100 * x if finite(x) else None, "{:+.2f}" if sign else "{:.2f}")
+
+
+def shown(x: float) -> float:
+    """A score as the table shows it (percent, two decimals)."""
+    return float(pct(x))
+
+
+def pct_delta(base: float | None, other: float | None) -> str:
+    """other − base as the difference of the two shown scores, so every row adds up as printed
+    and bold, Δ and the tasks-improved count always agree."""
+    if not (finite(base) and finite(other)):
         return NA
-    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+    return f"{shown(other) - shown(base):+.2f}"
 
 
-def delta_text(value: float, d: Delta | None) -> str:
-    """`+5.71* [+4.10, +7.30]`: the difference, `*` when the CI excludes zero, then the CI."""
-    if d is None:
-        return pct(value, sign=True)
-    return f"{pct(value, sign=True)}{'*' if d.significant else ''} [{pct(d.lo, True)}, {pct(d.hi, True)}]"
+def delta_cell(base: float | None, other: float | None, d: Delta | None) -> Cell:
+    """`+5.71*` with `[+4.10, +7.30]`: the difference, `*` when the CI excludes zero, and the CI."""
+    text = pct_delta(base, other)
+    if d is None or text == NA:
+        return Cell(text)
+    return Cell(f"{text}{'*' if d.significant else ''}", ci=f"[{pct(d.lo, True)}, {pct(d.hi, True)}]")
 
 
 def pick(run: Run, kind: str, arm: str, step: int | None) -> Result | None:
@@ -73,11 +96,11 @@ def _row_label(run: Run, arm: str, many_runs: bool) -> str:
 
 
 def _bold_best(values: list[float | None]) -> list[bool]:
-    known = [v for v in values if v is not None]
+    """Bold the best score as shown (two decimals): ties as displayed are all bold."""
+    known = [shown(v) for v in values if finite(v)]
     if len(known) < 2:
         return [False] * len(values)
-    best = max(round(v, 6) for v in known)
-    return [v is not None and round(v, 6) == best for v in values]
+    return [finite(v) and shown(v) == max(known) for v in values]
 
 
 def _check_steps(run: Run, kind: str, picked: dict[str, Result | None], notes: list[str]) -> None:
@@ -94,7 +117,8 @@ def lm_score(res: Result, task: str) -> float | None:
     t = res.data.get("tasks", {}).get(task)
     if not t or t.get("primary") is None:
         return None
-    return t["metrics"].get(t["primary"])
+    score = (t.get("metrics") or {}).get(t["primary"])
+    return score if finite(score) else None
 
 
 def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: list[str]) -> dict:
@@ -117,7 +141,7 @@ def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: lis
             notes.append(f"{run.label}: {task}: {len(a)} documents scored by both arms "
                          f"({len(sa)} vs {len(sb)} records); the CI uses the common ones")
         for res, s in ((base, sa), (other, sb)):
-            m = float(np.mean([float(r[metric]) for r in s if metric in r]))
+            m = float(np.mean([float(r[metric]) for r in s if finite(r.get(metric))]))
             if abs(m - lm_score(res, task)) > 1e-6:
                 notes.append(f"{run.label}: {task}: mean of per-sample {metric} in {res.path.name} is "
                              f"{100 * m:.2f}, the reported score {pct(lm_score(res, task))}; the CI is from the samples")
@@ -161,7 +185,7 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         columns = [[scores[a][i] for a in arms] for i in range(len(tasks))] + [[avg[a] for a in arms]]
         bold = [_bold_best(col) for col in columns]
         for j, a in enumerate(arms):
-            cells = [Cell(pct(col[j]) + (cover if i == len(tasks) and col[j] is not None else ""), bold[i][j])
+            cells = [Cell(pct(col[j]) + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
                      for i, col in enumerate(columns)]
             table.add(_row_label(run, a, len(runs) > 1), *cells, rule=(j == 0))
         base = arms[0]
@@ -175,8 +199,8 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
                 if scores[a][i] is None or scores[base][i] is None:
                     cells.append(Cell(NA))
                 else:
-                    cells.append(Cell(delta_text(scores[a][i] - scores[base][i], per_task.get(t))))
-            cells.append(Cell(delta_text(avg[a] - avg[base], avg_ci) if common else NA))
+                    cells.append(delta_cell(scores[base][i], scores[a][i], per_task.get(t)))
+            cells.append(delta_cell(avg[base], avg[a], avg_ci) if common else Cell(NA))
             table.add(f"Δ {_row_label(run, a, len(runs) > 1)} − {arm_name(base)}", *cells)
     return table if table.rows else None
 
@@ -188,16 +212,24 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
     for a, r in picked.items():
         if r is None:
             notes.append(f"{run.label}: no mteb results for arm {a}")
-        elif r.data.get("missing"):
-            notes.append(f"{run.label}: {r.path.name} lists {len(r.data['missing'])} MTEB task(s) not evaluated: "
-                         + ", ".join(sorted(map(str, r.data["missing"]))))
+        else:
+            for key, what in (("missing", "not evaluated (no data)"), ("failed", "whose evaluation failed")):
+                if r.data.get(key):
+                    reasons = r.data.get(f"{key}_reasons") or {}
+                    notes.append(f"{run.label}: {r.path.name} lists {len(r.data[key])} MTEB task(s) {what}: " + ", ".join(
+                        f"{t} ({reasons[t]})" if reasons.get(t) else str(t) for t in sorted(map(str, r.data[key]))))
     arms = [a for a, r in picked.items() if r is not None]
     if not arms:
         return []
     _check_steps(run, "mteb", picked, notes)
-    tasks = {a: picked[a].data.get("tasks", {}) for a in arms}
+    tasks = {a: {t: v for t, v in (picked[a].data.get("tasks") or {}).items() if finite(v.get("main_score"))}
+             for a in arms}
+    for a in arms:
+        unscored = sorted(set(picked[a].data.get("tasks") or {}) - set(tasks[a]))
+        if unscored:
+            notes.append(f"{run.label}: {picked[a].path.name}: no main_score (null) for {', '.join(unscored)}; left out")
     common = sorted(set.intersection(*(set(t) for t in tasks.values())),
-                    key=lambda t: (_group_index(tasks[arms[0]][t]["group"]), t))
+                    key=lambda t: (_group_index(tasks[arms[0]][t].get("group", "")), t))
     base, others = arms[0], arms[1:]
     heads = [arm_name(a) for a in arms] + [f"Δ {arm_name(a)}" for a in others]
     title = f"{run.label}: MTEB (%), frozen mean-pooled last-layer states"
@@ -206,29 +238,29 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
     groups.notes.append("Means over the tasks that every arm has (n of the suite's tasks). Best in bold.")
     first = picked[base].data
     for g in [*MTEB_GROUPS, "Overall"]:
-        members = [t for t in common if g == "Overall" or tasks[base][t]["group"] == g]
+        members = [t for t in common if g == "Overall" or tasks[base][t].get("group") == g]
         of = (first.get("overall") if g == "Overall" else first.get("groups", {}).get(g, {})) or {}
         if not members:
             notes.append(f"{run.label}: MTEB group {g}: no task evaluated by every arm")
             continue
         means = [float(np.mean([tasks[a][t]["main_score"] for t in members])) for a in arms]
         bold = _bold_best(means)
-        deltas = [Cell(pct(means[j] - means[0], sign=True)) for j in range(1, len(arms))]
+        deltas = [Cell(pct_delta(means[0], means[j])) for j in range(1, len(arms))]
         groups.add(f"{g} ({len(members)} of {of.get('of', '?')})", *[Cell(pct(m), b) for m, b in zip(means, bold)],
                    *deltas, rule=(g == "Overall"))
 
-    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads])
+    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads], left=3)
     for t in common:
         vals = [tasks[a][t]["main_score"] for a in arms]
         bold = _bold_best(vals)
-        per_task.add(t, tasks[base][t]["group"], tasks[base][t].get("main_score_name", ""),
+        per_task.add(t, tasks[base][t].get("group", ""), tasks[base][t].get("main_score_name", ""),
                      *[Cell(pct(v), b) for v, b in zip(vals, bold)],
-                     *[Cell(pct(v - vals[0], sign=True)) for v in vals[1:]])
+                     *[Cell(pct_delta(vals[0], v)) for v in vals[1:]])
     for a in others:
-        diffs = {t: tasks[a][t]["main_score"] - tasks[base][t]["main_score"] for t in common}
-        # counted on the shown (rounded) differences, so the count agrees with the table
-        up = sum(round(100 * d, 2) > 0 for d in diffs.values())
-        drops = ", ".join(f"{t} {pct(d, True)}" for t, d in sorted(diffs.items()) if round(100 * d, 2) <= 0)
+        # counted on the shown differences, so the count agrees with the table's Δ and bold
+        diffs = {t: pct_delta(tasks[base][t]["main_score"], tasks[a][t]["main_score"]) for t in common}
+        up = sum(float(d) > 0 for d in diffs.values())
+        drops = ", ".join(f"{t} {d}" for t, d in sorted(diffs.items()) if float(d) <= 0)
         line = f"{arm_name(a)} improves {up} of {len(common)} tasks over {arm_name(base)}" + (f" (not improved: {drops})" if drops else "")
         groups.notes.append(line + ".")
         per_task.notes.append(line + ".")
@@ -265,21 +297,20 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
                 notes.append(f"{run.label}: no geometry results for arm {a}")
                 continue
             d = r.data
-            per_layer = d.get("per_layer", {})
-            cells = [f.format(per_layer[k][-1]) if per_layer.get(k) else NA for k, _, f in GEOMETRY_COLUMNS]
+            per_layer = d.get("per_layer") or {}
+            cells = [fmt(per_layer[k][-1], f) if per_layer.get(k) else NA for k, _, f in GEOMETRY_COLUMNS]
             al = d.get("alignment") or {}
-            cos = f"{al['cos_next']:.4f} (k={al.get('target_layer')})" if al.get("cos_next") is not None else NA
-            proj = f"{al['projector_cos']:.4f}" if al.get("projector_cos") is not None else NA
-            layer = (d.get("layers") or [NA])[-1]
-            table.add(_row_label(run, a, len(runs) > 1), str(r.step), f"{d.get('tokens', NA)}", str(layer), *cells, cos, proj,
-                      rule=(j == 0))
+            cos = f"{al['cos_next']:.4f} (k={al.get('target_layer')})" if finite(al.get("cos_next")) else NA
+            layer = (d.get("layers") or [None])[-1]
+            table.add(_row_label(run, a, len(runs) > 1), fmt(r.step, "{}"), fmt(d.get("tokens"), "{}"), fmt(layer, "{}"),
+                      *cells, cos, fmt(al.get("projector_cos")), rule=(j == 0))
     return table if table.rows else None
 
 
 # --- training: CE preserved, cost ---------------------------------------------------------------
 
 def last_value(records: list[dict], key: str) -> tuple[int, float] | None:
-    vals = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    vals = [(r["step"], r[key]) for r in records if finite(r.get(key))]
     return vals[-1] if vals else None
 
 
@@ -291,52 +322,84 @@ def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
         base_val = None
         for j, a in enumerate(arms):
             recs = run.metrics[a]
-            ntp = [r["loss_ntp"] for r in recs if r.get("loss_ntp") is not None][-spec.ce_window:]
+            ntp = [r["loss_ntp"] for r in recs if finite(r.get("loss_ntp"))][-spec.ce_window:]
             val = last_value(recs, "val_ce")
             if val is None:
                 notes.append(f"{run.label}: {a}/metrics.jsonl has no val_ce records")
             if j == 0:
                 base_val = val
             dv = f"{val[1] - base_val[1]:+.4f}" if (j > 0 and val and base_val) else ""
+            if dv and val[0] != base_val[0]:
+                notes.append(f"{run.label}: Δ val CE of {a} compares its step {val[0]} with {arms[0]} step {base_val[0]}")
             table.add(_row_label(run, a, len(runs) > 1), str(recs[-1]["step"]),
                       f"{np.mean(ntp):.4f}" if ntp else NA, f"{val[1]:.4f} (step {val[0]})" if val else NA, dv,
                       rule=(j == 0))
     return table if table.rows else None
 
 
-def analytic_flops_overhead(run: Run, arm: str) -> dict | None:
-    """Analytic training-FLOPs overhead of an NITP arm over NTP: {"paper": fraction, "exact": fraction}.
+def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
+    """Analytic training-FLOPs overhead of an arm over NTP: ({"paper": fraction, "exact": fraction}, "")
+    or (None, why it is unknown).
 
-    The one place the FLOPs model is called: pair.json's `flops_overhead` when recorded (a
-    fraction, or {arm: fraction}), else nitp_train.flops (Appendix G) on the arm's resolved config,
-    with the vocabulary size read from its latest checkpoint's config.json. None when unknown.
+    The one place the FLOPs model is called. In order of preference: pair.json's `flops_overhead`
+    (a fraction, or {arm: fraction}); else nitp_train.flops (Appendix G) on the model and objective
+    recorded in pair.json (`shared`, `arms`), or the arm's config.yaml for arms trained outside the
+    pair. The vocabulary size, when the preset does not fix it, comes from the token cache's
+    meta.json named by the arm's provenance.json, else from its latest checkpoint's config.json.
+    Every file read is listed under Sources.
     """
-    recorded = (run.pair or {}).get("flops_overhead")
+    pair = run.pair or {}
+    recorded = pair.get("flops_overhead")
     if isinstance(recorded, dict):
         recorded = recorded.get(arm)
-    if isinstance(recorded, (int, float)):
-        return {"paper": float(recorded), "exact": None}
+    if finite(recorded):
+        return {"paper": float(recorded), "exact": None}, ""
     cfg = run.configs.get(arm) or {}
-    obj = cfg.get("objective") or {}
-    if obj.get("name") != "nitp" or not (cfg.get("model") or {}).get("preset"):
-        return None
+    shared = pair.get("shared") or {}
+    obj = (pair.get("arms") or {}).get(arm) or cfg.get("objective") or {}
+    model = shared.get("model") or cfg.get("model") or {}
+    seq_len = shared.get("seq_len") or cfg.get("seq_len")
+    if not obj:
+        return None, f"no objective recorded for arm {arm} (pair.json `arms`, {arm}/config.yaml)"
+    if obj.get("name") != "nitp":
+        return None, f"arm {arm} has objective {obj.get('name')!r}; the FLOPs model covers nitp only"
+    if not model.get("preset"):
+        return None, f"no model preset recorded for arm {arm} (pair.json `shared.model`, {arm}/config.yaml)"
     import dataclasses
 
-    from nitp_eval.runs import checkpoint_dirs
     from nitp_train.errors import UserError
     from nitp_train.flops import flops_per_token
     from nitp_train.presets import get_preset
 
-    ckpts = checkpoint_dirs(run.path / arm)
-    vocab = json.loads((ckpts[-1][1] / "config.json").read_text()).get("vocab_size") if ckpts else None
     try:
-        preset = get_preset(cfg["model"]["preset"])
-        preset = dataclasses.replace(preset, hf={**preset.hf, **(cfg["model"].get("hf_overrides") or {})})
-        rep = flops_per_token(preset, seq_len=cfg.get("seq_len"), vocab_size=vocab,
+        preset = get_preset(model["preset"])
+    except UserError:
+        return None, f"model preset {model['preset']!r} is not known to this nitp"
+    preset = dataclasses.replace(preset, hf={**preset.hf, **(model.get("hf_overrides") or {})})
+    vocab = preset.hf.get("vocab_size") or _recorded_vocab_size(run, arm)
+    if vocab is None:
+        return None, (f"preset {preset.name} fixes no vocab_size and no vocabulary size was found for arm {arm} "
+                      f"(token cache meta.json named by {arm}/provenance.json, {arm}/checkpoints/*/config.json)")
+    try:
+        rep = flops_per_token(preset, seq_len=seq_len, vocab_size=vocab,
                               projector=obj.get("projector", "swiglu"), projector_mult=obj.get("projector_mult", 4))
-    except (UserError, KeyError, TypeError, ValueError):
-        return None
-    return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}
+    except (KeyError, TypeError, ValueError) as e:
+        return None, f"the FLOPs model failed on preset {preset.name}: {e.__class__.__name__}: {e}"
+    return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}, ""
+
+
+def _recorded_vocab_size(run: Run, arm: str) -> int | None:
+    """The tokenizer's size as the trainer recorded it: the token cache's meta.json, or a checkpoint's config."""
+    prov = run.read_json(run.path / arm / "provenance.json")
+    if prov and prov.get("data_dir"):
+        meta = run.read_json(Path(prov["data_dir"]) / "meta.json")
+        if meta and meta.get("vocab_size"):
+            return int(meta["vocab_size"])
+    from nitp_eval.runs import checkpoint_dirs
+
+    ckpts = checkpoint_dirs(run.path / arm)
+    config = run.read_json(ckpts[-1][1] / "config.json") if ckpts else None
+    return int(config["vocab_size"]) if config and config.get("vocab_size") else None
 
 
 def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
@@ -344,27 +407,27 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                   ["Model", "Steps logged", "Tokens/s (median)", "Wall-clock (s)", "Measured overhead",
                    "FLOPs overhead (paper approx.)", "FLOPs overhead (exact)"])
     table.notes.append("Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
-                       "assumed). FLOPs: Appendix G (paper approx.: 6 × params per token, projector 72 d², cosine "
-                       "18 d; exact: the real config incl. attention scores), from nitp_train.flops.")
+                       "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
+                       "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
+                       "scores), from nitp_train.flops on the config recorded in pair.json.")
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
         tps = {}
         for j, a in enumerate(arms):
             recs = run.metrics[a]
-            vals = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]
+            vals = [r["tokens_per_s"] for r in recs if finite(r.get("tokens_per_s")) and r["tokens_per_s"] > 0]
             tps[a] = float(np.median(vals)) if vals else None
             el = last_value(recs, "elapsed_s")
             measured, paper, exact = "", "", ""
             if j > 0:
                 b = arms[0]
                 measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
-                ov = analytic_flops_overhead(run, a) or {}
-                paper, exact = (pct(ov[k], sign=True) + "%" if ov.get(k) is not None else NA for k in ("paper", "exact"))
-                if not ov:
-                    notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a} (not an nitp objective, or its "
-                                 "config.yaml names no known preset, and pair.json has no flops_overhead)")
+                ov, why = analytic_flops_overhead(run, a)
+                paper, exact = (pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else NA for k in ("paper", "exact"))
+                if ov is None:
+                    notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a}: {why}")
             table.add(_row_label(run, a, len(runs) > 1), str(len(recs)),
-                      f"{tps[a]:.1f}" if tps[a] else NA, f"{el[1]:.1f}" if el else NA, measured, paper, exact,
+                      fmt(tps[a], "{:.1f}"), fmt(el[1], "{:.1f}") if el else NA, measured, paper, exact,
                       rule=(j == 0))
     return table if table.rows else None
 
@@ -397,19 +460,23 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
                   ["Variant", *[task_name(tasks[i]) for i in common], "Avg.", f"Δ Avg. [{ci} CI]"])
     table.notes.append(f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
                        f"seed {spec.seed}); * = the CI excludes 0. Best per column in bold.")
-    if len(common) < len(tasks):
-        notes.append(f"ablation: tasks left out because some variant lacks them: "
-                     f"{', '.join(tasks[i] for i in range(len(tasks)) if i not in common)}")
+    nobody = [tasks[i] for i in range(len(tasks)) if all(s[i] is None for s in scores)]
+    some = [tasks[i] for i in range(len(tasks)) if i not in common and tasks[i] not in nobody]
+    if nobody:
+        notes.append(f"ablation: no variant has a score for {', '.join(nobody)}; left out")
+    for t in some:
+        lacking = [v.label for (v, _, _), sc in zip(rows, scores) if sc[tasks.index(t)] is None]
+        notes.append(f"ablation: {t} left out because {len(lacking)} of {len(rows)} variants lack it: {', '.join(lacking)}")
     avgs = [float(np.mean([s[i] for i in common])) if common else None for s in scores]
     cols = [[s[i] for s in scores] for i in common] + [avgs]
     bold = [_bold_best(c) for c in cols]
     base_v, base_run, base_res = rows[0]
     for j, (v, run, res) in enumerate(rows):
-        delta = ""
+        delta = Cell("")
         if j > 0 and common:
             pairs = lm_pairs(run, base_res, res, [tasks[i] for i in common], notes)
             _, d = mean_delta(pairs, spec.n_boot, spec.seed, spec.ci) if len(pairs) == len(common) else (None, None)
-            delta = delta_text(avgs[j] - avgs[0], d)
+            delta = delta_cell(avgs[0], avgs[j], d)
         table.add(v.label, *[Cell(pct(c[j]), bold[i][j]) for i, c in enumerate(cols)], delta)
     return table
 
