@@ -592,3 +592,149 @@ def test_ablation_says_why_a_task_is_left_out(tmp_path):
     assert "gsm8k left out because 1 of 2 variants lack it: NITP" in md
     assert "some variant lacks" not in md
     assert read_csv(tmp_path / "out" / "tables" / "ablation.csv")[0] == ["Variant", "ARC-C", "Avg.", "Δ Avg. [95% CI]"]
+
+
+NTP_BLUE, NITP_RED = "#1f77b4", "#d62728"
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the report saves, inspected before it is written: {name: Figure}."""
+    from nitp_eval.report import figures as F
+
+    figs, save = {}, F.save
+
+    def spy(fig, out_dir, name):
+        figs[name] = fig
+        return save(fig, out_dir, name)
+
+    monkeypatch.setattr(F, "save", spy)
+    return figs
+
+
+def _texts(ax) -> str:
+    return " ".join(t.get_text() for t in ax.texts)
+
+
+def _arm_lines(fig) -> dict[str, set]:
+    """Line styles drawn per arm colour (faint raw-value lines left out)."""
+    from matplotlib.colors import to_hex
+
+    styles = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if len(line.get_xdata()) and (line.get_alpha() or 1) > 0.5:
+                styles.setdefault(to_hex(line.get_color()), set()).add(line.get_linestyle())
+    return styles
+
+
+def _png_pixels(path: Path, color: str, tol: float = 0.06) -> int:
+    """Pixels of the PNG within `tol` of `color` (RGB in 0-1): is the arm's colour really drawn?"""
+    import matplotlib.image
+    from matplotlib.colors import to_rgb
+
+    img = matplotlib.image.imread(path)[..., :3]
+    return int((np.abs(img - np.array(to_rgb(color))).max(axis=-1) < tol).sum())
+
+
+def test_figures_have_real_content(tmp_path, drawn):
+    run = make_run(tmp_path)
+    spec = spec_from_paths([run])
+    spec.n_boot, spec.sections = 200, ["geometry", "dynamics"]
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+    assert set(drawn) == {"geometry_profiles", "cka", "dynamics", "aux_loss", "cross_entropy"}
+    for name, fig in drawn.items():
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            assert ax.has_data(), (name, ax.get_title())  # no empty panel
+            assert ax.get_legend() is None  # one figure legend, outside the axes
+            if ax.get_xlabel().startswith(("training step", "layer")) and ax.get_xscale() == "linear":
+                lo, hi = sorted(ax.get_xlim())  # steps and layers: integer ticks only
+                ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+                assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+        if name != "cka":
+            assert len(fig.legends) == 1
+        # both arms drawn, NTP solid and NITP dashed; the auxiliary loss exists for NITP only
+        styles = _arm_lines(fig)
+        if name not in ("cka", "aux_loss"):
+            assert styles[NTP_BLUE] == {"-"}, name
+        if name != "cka":
+            assert styles[NITP_RED] == {"--"}, name
+        png = out / "figures" / f"{name}.png"
+        assert _png_pixels(png, NITP_RED) > 200, name
+        if name != "aux_loss":
+            assert _png_pixels(png, NTP_BLUE) > 200 or name == "cka", name
+    # Fig. 1: probes and checkpoint geometry on separate rows, each titled with its token source
+    dyn = drawn["dynamics"].axes
+    assert len(dyn) == 4 and "probes" in dyn[0].get_title() and "eval/geometry" in dyn[2].get_title()
+    assert "4,096 tokens" in dyn[2].get_title()
+    # CE: the whole run and the difference to NTP (21 logged steps: too few for a zoom panel)
+    ce = drawn["cross_entropy"].axes
+    assert len(ce) == 2 and "Δ validation CE" in ce[1].get_title()
+
+
+def test_long_run_zooms_on_the_end_and_smooths(tmp_path, drawn):
+    run = make_run(tmp_path)
+    rng = np.random.default_rng(0)
+    for arm, shift in (("ntp", 0.0), ("nitp", 0.003)):
+        recs = [{"step": s, "loss_ntp": 2 + 8 * math.exp(-s / 100) + shift + 0.05 * rng.normal(),
+                 "loss_nitp": 0.05 + 0.9 * math.exp(-s / 8) + 0.01 * rng.normal(), **({"val_ce": 2 + shift} if s % 100 == 0 else {})}
+                for s in range(1, 1001)]
+        (run / arm / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    spec = spec_from_paths([run])
+    spec.sections = ["dynamics"]
+    build_report(spec, tmp_path / "out", progress=False)
+    whole, zoom, delta = drawn["cross_entropy"].axes
+    assert zoom.get_xlim()[0] == pytest.approx(1 + 0.8 * 999)
+    lo, hi = zoom.get_ylim()
+    assert 1.95 < lo < 2.0 < 2.003 < hi < 2.05  # scaled to the end of training, where the arms differ by 0.003
+    faint = [line for line in whole.get_lines() if (line.get_alpha() or 1) < 0.5]
+    bold = [line for line in whole.get_lines() if (line.get_alpha() or 1) == 1 and len(line.get_xdata()) == 1000]
+    assert len(faint) == 2 and len(bold) == 2  # raw per-step losses faint, smoothed ones on top
+    for line in bold:  # smoothing takes out most of the step-to-step noise at the end
+        y = np.asarray(line.get_ydata())[-200:]
+        assert np.std(np.diff(y)) < 0.2 * 0.05 * np.sqrt(2)
+    assert len(drawn["aux_loss"].axes) == 2  # whole run and the last 20 %
+
+
+def test_panels_without_data_say_so(tmp_path, drawn):
+    run = make_run(tmp_path)
+    for arm in ("ntp", "nitp"):
+        m = run / arm / "metrics.jsonl"
+        recs = [json.loads(line) for line in m.read_text().splitlines()]
+        for r in recs:
+            r.pop("probe_cosine", None)
+            r.pop("val_ce", None)
+        m.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    for f in (run / "eval" / "geometry").iterdir():
+        f.unlink()
+    spec = spec_from_paths([run])
+    spec.sections = ["dynamics"]
+    md = build_report(spec, tmp_path / "out", progress=False).read_text()
+    dyn = drawn["dynamics"].axes
+    assert len(dyn) == 2 and dyn[0].has_data()  # only the probe row
+    assert not dyn[1].has_data() and "no data" in _texts(dyn[1]) and "probe_cosine" in _texts(dyn[1])
+    missing = md.split("## Missing inputs")[1]
+    assert "no probe_cosine in in-training probes" in missing
+    assert "no values from checkpoints (eval/geometry" in missing
+    assert "no val_ce in any metrics.jsonl: the cross-entropy figure shows train loss only" in missing
+    ce = drawn["cross_entropy"].axes  # without val_ce the difference panel shows the paired train-loss difference
+    assert len(ce) == 2 and all(ax.has_data() for ax in ce) and "train NTP loss" in ce[1].get_title()
+
+
+def test_short_run_has_integer_step_ticks(tmp_path, drawn):
+    run = make_run(tmp_path)
+    for arm in ("ntp", "nitp"):
+        recs = [{"step": s, "loss_ntp": 7 - 0.1 * s, "loss_nitp": 0.9 - 0.1 * s, "val_ce": 7 - 0.1 * s,
+                 "probe_erank": 10 + s, "probe_cosine": 0.1 * s, "tokens_per_s": 100.0} for s in range(1, 7)]
+        (run / arm / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    spec = spec_from_paths([run])
+    spec.sections = ["dynamics"]
+    build_report(spec, tmp_path / "out", progress=False)
+    for name in ("dynamics", "aux_loss", "cross_entropy"):
+        for ax in drawn[name].axes:
+            if ax.has_data():
+                lo, hi = ax.get_xlim()
+                ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+                assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
