@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nitp_eval.report.build import build_report
+from nitp_eval.report.build import build_report, slug
 from nitp_eval.report.spec import load_spec, spec_from_paths
 from nitp_train.errors import UserError
 
@@ -479,19 +479,32 @@ def test_not_a_run_dir(tmp_path):
 SPECS = sorted((Path(__file__).resolve().parent.parent / "analyses").glob("*.yaml"))
 
 
+SECTION_OUTPUTS = {"downstream": ["tables/downstream.csv"], "mteb": ["tables/mteb_groups.csv", "tables/mteb_tasks.csv"],
+                   "geometry": ["tables/geometry.csv", "figures/geometry_profiles.png", "figures/cka.png"],
+                   "dynamics": ["figures/dynamics.png", "figures/aux_loss.png", "figures/cross_entropy.png",
+                                "tables/cross_entropy.csv"],
+                   "cost": ["tables/cost.csv"], "ablation": ["tables/ablation.csv"]}
+
+
 @pytest.mark.parametrize("spec_file", SPECS, ids=[p.stem for p in SPECS])
-def test_shipped_specs_load_and_point_at_any_run(spec_file, tmp_path):
+def test_shipped_specs_build_against_a_run(spec_file, tmp_path):
     spec = load_spec(spec_file)
     assert spec.runs and spec.sections and spec.title
-    if spec.sections == ["downstream"] or spec.sections == ["ablation"]:  # the fast ones: build against a run
-        run = make_run(tmp_path)
-        spec = load_spec(spec_file, [run] * len(spec.runs) if spec.sections == ["downstream"] else [run])
-        spec.n_boot = 200
-        md = build_report(spec, tmp_path / "out", progress=False).read_text()
-        assert spec.title in md
-        if spec.variants:  # variants whose arms the run lacks are listed as missing
-            assert "no lm results for" in md.split("## Missing inputs")[1]
-            assert read_csv(tmp_path / "out" / "tables" / "ablation.csv")[1][0] == "NTP"
+    run = make_run(tmp_path)
+    spec = load_spec(spec_file, [run] * len(spec.runs))  # one path per spec run: the spec's labels are kept
+    spec.n_boot = 200
+    out = build_report(spec, tmp_path / "out", progress=False).parent
+    md = (out / "report.md").read_text()
+    assert spec.title in md
+    many = len(spec.runs) > 1
+    for section in spec.sections:
+        for f in SECTION_OUTPUTS[section]:
+            if many and section != "downstream":  # per-run outputs carry the run's label
+                f = f.replace(".", f"-{slug(spec.runs[0]['label'])}.", 1)
+            assert (out / f).exists(), (section, f)
+    if spec.variants:  # variants whose arms the run lacks are listed as missing
+        assert "no lm results for" in md.split("## Missing inputs")[1]
+        assert read_csv(out / "tables" / "ablation.csv")[1][0] == "NTP"
 
 
 def test_paper_specs_cover_the_paper():
