@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from nitp_eval.cli import app
@@ -29,7 +30,11 @@ def test_run_dir_both_arms_side_by_side(tiny_run, tmp_path):
     ntp = json.loads((tmp_path / "ntp-step-000006.json").read_text())
     nitp = json.loads((tmp_path / "nitp-step-000006.json").read_text())
     for r, arm in ((ntp, "ntp"), (nitp, "nitp")):
-        assert r["schema"] == "nitp.geometry" and r["arm"] == arm and r["step"] == 6
+        assert r["schema"] == "nitp.geometry" and r["schema_version"] == 1 and r["arm"] == arm and r["step"] == 6
+        assert {"nitp", "torch", "transformers", "numpy"} <= set(r["versions"])
+        assert r["versions"]["torch"] == torch.__version__
+        assert r["checkpoint"] == str((tiny_run / arm / "checkpoints" / "step-000006").resolve())
+        assert r["notes"] == []  # 2000 tokens > dim: no rank-cap note
         assert r["tokens"] == 2000 and r["settings"]["tokens_requested"] == 2000
         assert r["settings"]["text_source"].startswith("run validation tokens")
         L = r["num_layers"]
@@ -59,8 +64,11 @@ def test_all_steps_trajectory_and_no_silent_overwrite(tiny_run, tmp_path):
     assert r3["layers"] == [0, r3["num_layers"]]
     assert len(r3["cka_matrix"]) == 2 and r3["cka_matrix"][0][1] == r3["cka_matrix"][1][0]
     assert r3["per_layer"]["erank_cov"] != r6["per_layer"]["erank_cov"]  # training changed the states
+    # every destination is checked before any work: step 3 is not analysed when step 6 would be refused
+    (tmp_path / files[0]).unlink()
     with pytest.raises(UserError, match="--overwrite"):
         run(tiny_run / "nitp", "--all-steps", "--tokens", 1000, "--out", tmp_path)
+    assert not (tmp_path / files[0]).exists()
     run(tiny_run / "nitp" / "checkpoints" / "step-000003", "--tokens", 500, "--out", tmp_path, "--overwrite")
     assert json.loads((tmp_path / files[0]).read_text())["tokens"] == 500
 
@@ -87,30 +95,109 @@ def test_builtin_fallback_text_for_models_outside_runs(tiny_checkpoint, tmp_path
 def test_states_file(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 500, 8)).astype(np.float32)
     np.save(tmp_path / "states.npy", x)
-    run(tmp_path / "states.npy", "--out", tmp_path / "eval")
+    run(tmp_path / "states.npy", "--tokens", 500, "--out", tmp_path / "eval")
     r = json.loads((tmp_path / "eval" / "states.npy.json").read_text())
     assert r["tokens"] == 500 and r["layers"] == [0, 1] and r["settings"]["text_source"] == "states file"
     assert 7.0 < r["per_layer"]["erank_cov"][0] <= 8.0  # isotropic Gaussian
+    assert r["checkpoint"] == str((tmp_path / "states.npy").resolve()) and r["notes"] == []
+
+
+def test_states_file_notes_rank_cap_short_file_and_ignored_options(tmp_path):
+    np.save(tmp_path / "few.npy", np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32))
+    result = CliRunner().invoke(app, ["geometry", str(tmp_path / "few.npy"), "--text", "x.txt", "--seq-len", "8",
+                                      "--bos", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "eval" / "few.npy.json").read_text())
+    assert r["tokens"] == 40 and r["rank_cap"] == 39
+    assert any("only 40 token states" in n for n in r["notes"])  # the default --tokens is 100000
+    assert any("capped at tokens - 1 = 39 < dim" in n for n in r["notes"])
+    err = result.stderr
+    assert "--text, --seq-len, --bos ignored" in err and "only 40 token states" in err and "capped" in err
+
+
+def test_rank_cap_note_for_a_model(tiny_checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["geometry", str(tiny_checkpoint), "--tokens", "60", "--seq-len", "20",
+                                      "--n-pairs", "50", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "model.json").read_text())
+    assert r["tokens"] == 60 and r["dim"] == 64 and r["rank_cap"] == 59 and r["pairs"] == 50
+    assert len(r["notes"]) == 1 and "capped at tokens - 1 = 59 < dim" in r["notes"][0] and "capped" in result.stderr
+
+
+def test_run_without_its_validation_tokens_says_so(tiny_run, tmp_path):
+    import shutil
+
+    arm = tmp_path / "run" / "nitp"
+    shutil.copytree(tiny_run / "nitp" / "checkpoints" / "step-000003", arm / "checkpoints" / "step-000003")
+    shutil.copy(tiny_run / "nitp" / "config.yaml", arm / "config.yaml")
+    prov = json.loads((tiny_run / "nitp" / "provenance.json").read_text())
+    (arm / "provenance.json").write_text(json.dumps({**prov, "data_dir": str(tmp_path / "gone")}))
+    result = CliRunner().invoke(app, ["geometry", str(arm), "--tokens", "300", "--seq-len", "64", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "eval" / "nitp-step-000003.json").read_text())
+    assert r["settings"]["text_source"].startswith("built-in")
+    assert "validation tokens" in result.stderr and "were not found" in result.stderr
+    assert any("were not found" in n for n in r["notes"])
+
+
+def test_hf_dataset_id_is_streamed(tiny_checkpoint, tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, streaming=False):
+        calls.append((name, config, split, streaming))
+        return ({"text": f"Line {i} of a dataset that only exists in this test."} for i in range(100_000))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    run(tiny_checkpoint, "--text", "someone/corpus:en", "--text-split", "test", "--tokens", 700, "--seq-len", 100,
+        "--out", tmp_path)
+    r = json.loads((tmp_path / "model.json").read_text())
+    assert calls == [("someone/corpus", "en", "test", True)]
+    assert r["tokens"] == 700 and r["settings"]["text"] == "someone/corpus:en" and r["settings"]["text_split"] == "test"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{tmp}/missing"], "no such file"),
-    (["{tmp}"], "not a run dir"),
-    (["{model}", "--layers", "9"], "out of range"),
-    (["{model}", "--tokens", "1"], "too few"),
     (["{model}", "--target-layer", "7"], "out of range"),
     (["{model}", "--tokens", "50", "--seq-len", "100"], "2 different sequences"),
     (["{model}", "--seq-len", "5000"], "max_position_embeddings"),
+    (["{model}", "--device", "cuda:0"], "--device"),
 ])
 def test_bad_input_is_one_clear_line(tiny_checkpoint, tmp_path, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     args = [a.format(tmp=tmp_path, model=tiny_checkpoint) for a in args]
     with pytest.raises(UserError, match=message):
         run(*args, "--out", tmp_path / "out")
 
 
-def test_cli_error_exit_code_and_single_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "geometry", str(tmp_path / "nope")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+def _no_weights(tmp_path, model):
+    d = tmp_path / "no-weights"
+    d.mkdir()
+    (d / "config.json").write_text((model / "config.json").read_text())
+    return d
+
+
+def _list_pt(tmp_path, model):
+    torch.save([torch.zeros(10, 4), torch.zeros(10, 4)], tmp_path / "list.pt")
+    return tmp_path / "list.pt"
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda tmp, model: [tmp / "nope"], "nope: no such file"),
+    (lambda tmp, model: [tmp], "not a run dir"),
+    (lambda tmp, model: [_no_weights(tmp, model)], "cannot load the model"),
+    (lambda tmp, model: [model, "--layers", "9"], "--layers 9: out of range"),
+    (lambda tmp, model: [model, "--tokens", "1"], "--tokens 1: too few"),
+    (lambda tmp, model: [model, "--dtype", "float8"], "--dtype float8: unknown"),
+    (lambda tmp, model: [_list_pt(tmp, model)], "holds a list, not one tensor"),
+], ids=["missing-path", "not-a-model", "no-weights", "layer-out-of-range", "too-few-tokens", "bad-dtype", "pt-list"])
+def test_cli_error_exit_code_and_single_line(tiny_checkpoint, tmp_path, make_args, message):
+    (tmp_path / "in").mkdir()
+    args = [str(a) for a in make_args(tmp_path / "in", tiny_checkpoint)]
+    proc = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "geometry", *args, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -42,7 +43,7 @@ def command(
 ) -> None:
     """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory."""
     from nitp_eval.geometry import extract
-    from nitp_eval.runs import Target, resolve_targets
+    from nitp_eval.runs import Target, check_destinations, resolve_targets
 
     if tokens < 2:
         raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
@@ -56,25 +57,34 @@ def command(
               "seed": seed, "cka_matrix": cka_matrix, "bos": bos, "dtype": dtype}
 
     if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
-        target = Target(path)
-        dest = target.results_path("geometry", out)
-        _check_writable(dest, overwrite)
+        target = Target(path.resolve())
+        [dest] = check_destinations([target], "geometry", out, overwrite)
+        notes: list[str] = []
+        ignored = [name for name, given in (("--text", text is not None), ("--text-split", text_split != "validation"),
+                                            ("--seq-len", seq_len is not None), ("--bos", bos),
+                                            ("--target-layer", target_layer is not None), ("--all-steps", all_steps),
+                                            ("--device", device is not None), ("--dtype", dtype != "float32")) if given]
+        if ignored:
+            _note(f"{path.name} is a states file: {', '.join(ignored)} ignored (they apply to a model)")
         x = extract.load_states(path)
         chosen = extract.parse_layers(layers, x.shape[0] - 1)
         n = min(tokens, x.shape[1])
         if n < 2:
             raise UserError(f"{path}: holds {x.shape[1]} token states; the statistics need at least 2")
+        if n < tokens:
+            _note(f"{path.name} holds only {n} token states (asked for --tokens {tokens}); analysing all of them", notes)
+        _check_rank_cap(n, x.shape[2], notes)
         res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
         settings = {**common, "text": None, "text_source": "states file", "layers": chosen,
-                    "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any two distinct tokens"}
-        _finish([(target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, overwrite))])
+                    "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
+                                       "two distinct tokens of one chunk of 8192 rows"}
+        _finish([(target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, notes, overwrite))])
         return
 
     targets = resolve_targets(path, all_steps)
+    dests = check_destinations(targets, "geometry", out, overwrite)  # every results path, before any work
     written = []
-    for target in targets:
-        dest = target.results_path("geometry", out)
-        _check_writable(dest, overwrite)
+    for target, dest in zip(targets, dests):
         written.append((target, _analyse_checkpoint(target, dest, text=text, text_split=text_split, tokens=tokens,
                                                     seq_len=seq_len, batch_size=batch_size, layers=layers,
                                                     n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix,
@@ -88,8 +98,10 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
     from nitp_eval.geometry import extract
     from nitp_eval.models import load_model
 
+    notes: list[str] = []
     run_cfg = _run_config(target)
-    model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
+    with _no_hf_progress_bars():  # a bar per checkpoint load would break the one-line errors on stderr
+        model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
     last = extract.num_hidden_layers(model)
     chosen = extract.parse_layers(layers, last)
     k, k_source, projector = _target_layer(target, run_cfg, target_layer, last)
@@ -100,12 +112,16 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
         split = None
     else:
         spec, source = _text_spec(text, run_cfg)
+        if text is None and target.arm is not None:  # the run's own tokenised validation split is gone
+            _note(f"{target.label}: the run's validation tokens (provenance.json data_dir/val.bin) were not found; "
+                  f"analysing {spec} ({source})", notes)
         split = text_split if source == "--text" else "validation"
         ids = extract.select_tokens(extract.read_text(spec, split), tok, tokens)
     if len(ids) < 2:
         raise UserError(f"{spec}: gives {len(ids)} tokens; the statistics need at least 2 (give more text with --text)")
     if len(ids) < tokens:
-        typer.echo(f"note: {spec} holds only {len(ids)} tokens (asked for {tokens}); analysing all of them", err=True)
+        _note(f"{spec} holds only {len(ids)} tokens (asked for {tokens}); analysing all of them", notes)
+    _check_rank_cap(len(ids), extract.hidden_size(model), notes)
 
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if seq_len is None:
@@ -134,24 +150,46 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
                                     f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
                                     "padded (padding excluded); windows batched in a seeded random order"
                                     + ("; BOS prepended to each window and excluded" if bos else "; no BOS"))}
-    return _write(target, dest, settings, res, extract.hidden_size(model), last, overwrite)
+    return _write(target, dest, settings, res, extract.hidden_size(model), last, notes, overwrite)
 
 
-def _write(target, dest, settings, res, dim, last, overwrite) -> dict:
+@contextmanager
+def _no_hf_progress_bars():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _note(message: str, notes: list[str] | None = None) -> None:
+    """One line on stderr; also kept in the results' `notes` when it qualifies the numbers."""
+    typer.echo(f"note: {message}", err=True)
+    if notes is not None:
+        notes.append(message)
+
+
+def _check_rank_cap(n: int, dim: int, notes: list[str]) -> None:
+    if n - 1 < dim:
+        _note(f"{n} tokens for dim {dim}: the effective ranks are capped at tokens - 1 = {n - 1} < dim; "
+              f"compare them only at equal token counts, or analyse more than {dim} tokens", notes)
+
+
+def _write(target, dest, settings, res, dim, last, notes, overwrite) -> dict:
     from nitp_eval.geometry.extract import rank_cap
     from nitp_eval.runs import results_header, write_json
 
+    if res["pairs"] < settings["n_pairs"]:  # only when no batch holds two sequences
+        _note(f"{res['pairs']} anisotropy pairs sampled of --n-pairs {settings['n_pairs']} (too few sequences per batch)", notes)
     payload = {**results_header("geometry", target, settings), **res, "dim": dim, "num_layers": last,
-               "rank_cap": rank_cap(res["tokens"], dim)}
+               "rank_cap": rank_cap(res["tokens"], dim), "notes": notes}
     write_json(dest, payload, overwrite)
     payload["_path"] = str(dest)
     return payload
-
-
-def _check_writable(dest, overwrite):
-    from nitp_eval.runs import check_writable
-
-    check_writable(dest, overwrite)
 
 
 def _run_config(target) -> dict:
