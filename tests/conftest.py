@@ -78,3 +78,19 @@ def tiny_run(tmp_path_factory, tiny_sets, tiny_corpus) -> Path:
     cfg = load_config(sets=tiny_sets + [f"data.path={tiny_corpus}", "steps=6", "save_every=3"])
     train_pair(cfg, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, shared_data) -> Path:
+    """A tiny randomly initialised BERT encoder (BertModel, no head) with the GPT-2 tokenizer, saved as an HF dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "gpt2")
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    out = tmp_path_factory.mktemp("tiny-encoder") / "encoder"
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
