@@ -294,8 +294,8 @@ def aux_loss(run: Run, arms: list[str], notes: list[str] | None = None):
         axes[0].set_xscale("log")
     else:
         _integer_ticks(axes[0])
-    axes[0].set_title("whole run", fontsize=9.5)
     if zoom:
+        axes[0].set_title("whole run", fontsize=9.5)
         x0 = xs.min() + (1 - ZOOM) * (xs.max() - xs.min())
         _zoom_limits(axes[1], x0, tops[len(curves):])
         _integer_ticks(axes[1])

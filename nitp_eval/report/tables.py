@@ -162,8 +162,9 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
     table = Table("downstream", "Downstream benchmarks (%); Δ = arm − baseline with paired bootstrap "
                   f"{ci} CI", ["Model", *[task_name(t) for t in tasks], "Avg."])
     table.notes.append(f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
-                       f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Avg. = unweighted "
-                       f"mean over the tasks both arms have (k/n when fewer than all {len(tasks)}).")
+                       f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Δ = difference of the "
+                       f"shown scores. Avg. = unweighted mean over the tasks every arm has (marked k/{len(tasks)} "
+                       "when fewer).")
     for run in runs:
         picked = picked_all[run.label]
         arms = [a for a, r in picked.items() if r is not None]
@@ -235,7 +236,8 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
     title = f"{run.label}: MTEB (%), frozen mean-pooled last-layer states"
 
     groups = Table("mteb_groups" + suffix, title + " by group", ["Group", *heads])
-    groups.notes.append("Means over the tasks that every arm has (n of the suite's tasks). Best in bold.")
+    groups.notes.append("Means over the tasks that every arm has (n of the suite's tasks). Best in bold; "
+                        "Δ = difference of the shown values.")
     first = picked[base].data
     for g in [*MTEB_GROUPS, "Overall"]:
         members = [t for t in common if g == "Overall" or tasks[base][t].get("group") == g]
@@ -459,7 +461,7 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
     table = Table("ablation", f"Ablations (%): average over {len(common)} task(s); Δ vs {rows[0][0].label}",
                   ["Variant", *[task_name(tasks[i]) for i in common], "Avg.", f"Δ Avg. [{ci} CI]"])
     table.notes.append(f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
-                       f"seed {spec.seed}); * = the CI excludes 0. Best per column in bold.")
+                       f"seed {spec.seed}); * = the CI excludes 0; Δ = difference of the shown averages. Best per column in bold.")
     nobody = [tasks[i] for i in range(len(tasks)) if all(s[i] is None for s in scores)]
     some = [tasks[i] for i in range(len(tasks)) if i not in common and tasks[i] not in nobody]
     if nobody:
