@@ -56,7 +56,9 @@ def test_run_dir_offline(tiny_run, shared_data, tmp_path):
     assert ntp["settings"]["limit"] == 60 and ntp["settings"]["layer"] == -1
     assert "mteb" in ntp["versions"]
     assert sorted(ntp["tasks"]) == ["AmazonCounterfactualClassification", "STSBenchmark", "TwitterURLCorpus"]
-    assert ntp["missing"] == ["BIOSSES"]
+    assert ntp["missing"] == ["BIOSSES"] and ntp["failed"] == []
+    assert list(ntp["tasks"]["AmazonCounterfactualClassification"]["local_files"]) == [
+        "AmazonCounterfactualClassification/en/test.jsonl", "AmazonCounterfactualClassification/en/train.jsonl"]
     for name, t in ntp["tasks"].items():
         assert set(t) >= {"group", "main_score_name", "main_score", "scores", "version"}
         assert 0.0 <= t["main_score"] <= 1.0 or t["main_score_name"] == "cosine_spearman"
@@ -82,3 +84,70 @@ def test_run_dir_offline(tiny_run, shared_data, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
     r = _cli([run_dir, "--data-dir", tmp_path / "nowhere"], home, cwd)
     assert r.returncode == 2 and r.stderr.startswith("error: --data-dir") and len(r.stderr.strip().splitlines()) == 1
+
+
+def _main(args, capsys):
+    """The CLI in-process (error paths and small runs): (exit code, stdout, stderr)."""
+    from nitp_eval.cli import main
+
+    old = sys.argv
+    sys.argv = ["nitp-eval", "mteb", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_nothing_scored_writes_nothing(tiny_checkpoint, shared_data, tmp_path, capsys):
+    """An empty results file would only block the real run later: exit non-zero, write nothing."""
+    code, out, err = _main([tiny_checkpoint, "--tasks", "BIOSSES", "--data-dir", shared_data / "mteb",
+                            "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "BIOSSES: missing" in out
+    last = err.strip().splitlines()[-1]  # earlier stderr lines are progress bars
+    assert last.startswith("error:") and "no task was scored" in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_task_is_recorded_and_the_run_exits_non_zero(tiny_checkpoint, shared_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_jsonl(data / "STSBenchmark" / "test.jsonl", [{"sentence1": "a", "sentence2": "b"}] * 5)  # no "score"
+    with open(shared_data / "mteb" / "SICK-R" / "test.jsonl") as f:
+        _write_jsonl(data / "SICK-R" / "test.jsonl", [json.loads(next(f)) for _ in range(40)])
+    # the tiny checkpoint has 512 positions: --max-length 600 is capped, with a note
+    code, out, err = _main([tiny_checkpoint, "--tasks", "STSBenchmark,SICK-R", "--data-dir", data,
+                            "--max-length", 600, "--out", tmp_path / "out"], capsys)
+    assert code == 1, err[-2000:]
+    assert "STSBenchmark: FAILED" in out and "FAILED (1): STSBenchmark" in out
+    assert "--max-length 600 exceeds the 512 positions" in out
+    assert err.strip().splitlines()[-1].startswith("error: 1 task(s) failed: model/STSBenchmark")
+    res = json.loads((tmp_path / "out" / "model.json").read_text())  # the other task's score is kept
+    assert res["failed"] == ["STSBenchmark"] and "score" in res["failed_reasons"]["STSBenchmark"]
+    assert list(res["tasks"]) == ["SICK-R"] and res["overall"]["n"] == 1 and res["overall"]["of"] == 2
+    assert res["settings"]["max_length"] == 512
+    assert res["tasks"]["SICK-R"]["local_files"]["SICK-R/test.jsonl"]["rows"] == 40
+
+
+def test_settings_are_checked_before_any_model_loads(tiny_checkpoint, tmp_path, capsys):
+    code, _, err = _main([tiny_checkpoint, "--padding-side", "middle"], capsys)
+    assert code == 2 and err.startswith("error: --padding-side middle") and len(err.strip().splitlines()) == 1
+    # a model dir whose weights are missing: --layer is checked from the config before loading is tried
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        if not f.name.endswith(".safetensors"):
+            (weightless / f.name).write_bytes(f.read_bytes())
+    code, _, err = _main([weightless, "--layer", 9, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and err.startswith("error: --layer 9: out of range for a model with 4 layers")
+    code, _, err = _main([weightless, "--layer", -1, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "cannot load the model" in err  # what --layer 9 would have met otherwise

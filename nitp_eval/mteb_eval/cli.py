@@ -17,7 +17,7 @@ def command(
                                              "tasks without a local copy are reported missing. Default: the hub."),
     layer: int = typer.Option(-1, help="hidden_states index to pool: -1 = last layer (the paper), 0 = embeddings."),
     batch_size: int = typer.Option(32, help="Texts per forward pass."),
-    max_length: int = typer.Option(512, help="Truncate texts to this many tokens."),
+    max_length: int = typer.Option(512, help="Truncate texts to this many tokens (capped at the model's position limit)."),
     padding_side: str = typer.Option("right", help="right | left (pooling and positions are correct under both)."),
     limit: int = typer.Option(None, help="Evaluate at most this many rows per evaluation split (seeded subsample): "
                                          "for quick checks only, scores are then NOT comparable to published ones."),
@@ -29,7 +29,7 @@ def command(
     dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 | float16."),
 ) -> None:
     """Evaluate checkpoints on MTEB: mean-pooled (valid tokens), L2-normalised hidden states, no fine-tuning."""
-    from nitp_eval.runs import check_writable, resolve_targets, results_header, write_json
+    from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: no such directory; give the folder holding one sub-folder per task "
@@ -38,14 +38,23 @@ def command(
         raise UserError(f"--limit {limit}: must be at least 1 (or leave it out to evaluate whole splits)")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {dtype}: unknown; choose float32, bfloat16 or float16")
+    from nitp_eval.mteb_eval.encoder import check_settings
+
+    check_settings(None, layer=layer, max_length=max_length, padding_side=padding_side)
     from nitp_eval.mteb_eval.suite import resolve_suite
 
     suite = resolve_suite(tasks)
     targets = resolve_targets(path, all_steps)
-    for t in targets:  # fail before hours of work, not after
-        check_writable(t.results_path("mteb", out), overwrite)
+    check_destinations(targets, "mteb", out, overwrite)  # fail before hours of work, not after
+    # --layer against every model's config before any weights load; --max-length capped at the
+    # model's position limit (a longer text would otherwise fail mid-run with an IndexError)
+    lengths = {}
+    for t in targets:
+        lengths[t] = check_settings(_config(t.checkpoint), layer=layer, max_length=max_length,
+                                    padding_side=padding_side)
+        if lengths[t] < max_length:
+            typer.echo(f"note: --max-length {max_length} exceeds the {lengths[t]} positions of {t.checkpoint}; "
+                       f"texts are truncated to {lengths[t]} tokens")
 
     from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
     from nitp_eval.mteb_eval.run import evaluate_suite
@@ -54,15 +63,34 @@ def command(
                 "pooling": "mean", "normalize": True, "layer": layer, "max_length": max_length,
                 "batch_size": batch_size, "padding_side": padding_side, "limit": limit, "seed": seed,
                 "dtype": dtype, "prompts": None}
+    failed = []
     for t in targets:
         typer.echo(f"mteb: {t.checkpoint}")
         encoder = MeanPoolEncoder.from_pretrained(t.checkpoint, device=device, dtype=dtype, layer=layer,
-                                                  max_length=max_length, batch_size=batch_size,
+                                                  max_length=lengths[t], batch_size=batch_size,
                                                   padding_side=padding_side, name=f"nitp/{t.label}")
         results = evaluate_suite(encoder, suite, data_dir=data_dir, limit=limit, seed=seed, batch_size=batch_size)
-        payload = {**results_header("mteb", t, settings, ("mteb",)), **results}
+        if results["overall"]["n"] == 0:  # an empty file would only block the real run (--overwrite)
+            raise UserError(f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
+                            f"{len(results['failed'])} failed: see above); no results written")
+        payload = {**results_header("mteb", t, {**settings, "max_length": lengths[t]}, ("mteb",)), **results}
         dest = write_json(t.results_path("mteb", out), payload, overwrite)
         typer.echo(_summary(results) + f"\nwrote {dest}")
+        failed += [f"{t.label}/{name}" for name in results["failed"]]
+    if failed:  # the other tasks' results are written, but the run did not fully succeed
+        typer.echo(f"error: {len(failed)} task(s) failed: {', '.join(failed)} (reasons above and in failed_reasons)",
+                   err=True)
+        raise typer.Exit(1)
+
+
+def _config(checkpoint: Path):
+    """The model's config, or None when it cannot be read (load_model then says why, in one line)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _summary(results: dict) -> str:
@@ -74,6 +102,8 @@ def _summary(results: dict) -> str:
     lines.append(f"  {'overall':<15} {pct(o['mean'])}  ({o['n']} of {o['of']} tasks)")
     if results["missing"]:
         lines.append(f"  missing ({len(results['missing'])}): {', '.join(results['missing'])}")
+    if results["failed"]:
+        lines.append(f"  FAILED ({len(results['failed'])}): {', '.join(results['failed'])}")
     if any(r["limited"] for r in results["tasks"].values()):
         lines.append("  --limit was set: subsampled scores, not comparable to published ones")
     return "\n".join(lines)
