@@ -244,8 +244,10 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
     for name, *_ in sources:
         if all(r[0] != name for r in rows):
             notes.append(f"{run.label}: no values from {name}: the dynamics figure shows the other source only")
+    # one step axis per column, unless a "no data" panel would take the shared tick labels with it
+    shared = all(any(len(x) for x, _ in d.values()) for r in rows for d in r[2])
     plt = _plt()
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.4 * len(rows) + 0.6), squeeze=False, sharex=True,
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.4 * len(rows) + 0.6), squeeze=False, sharex=shared,
                              layout="constrained")
     for i, ((name, keys, data, (_, style)), row) in enumerate(zip(rows, axes)):
         for ax, key, label, d in zip(row, keys, labels, data):
@@ -257,7 +259,7 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
             for a, (x, y) in d.items():
                 if len(x):
                     ax.plot(x, y, color=arm_color(a, arms), ls=arm_style(a, arms), **style)
-            if i == len(rows) - 1:  # shared step axis: labelled once, at the bottom
+            if i == len(rows) - 1 or not shared:
                 ax.set_xlabel("training step")
             ax.set_ylabel(f"{label} (last layer)")
             _integer_ticks(ax)
