@@ -358,7 +358,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         dump_config(cfg, out / "config.yaml")
         order = hashlib.sha256(json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode())
         provenance = {"seed": cfg.seed, "init_weights_sha256": init_sha, "data_sha256": data.meta["sha256_train"],
-                      "order_sha256": order.hexdigest(), "data_dir": str(data.dir), "world_size": dist.world,
+                      "order_sha256": order.hexdigest(), "data_dir": str(data.dir), "vocab_size": model.config.vocab_size,
+                      "world_size": dist.world,
                       "parallel": cfg.parallel if dist.world > 1 else "none",
                       "precision": str(amp).replace("torch.", "") if amp else "fp32", "objective": cfg.objective.to_dict()}
         if start == 0:

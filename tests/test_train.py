@@ -72,6 +72,8 @@ def test_pairing_records_the_consumed_batches_and_catches_a_mismatch(tiny_run, t
 
     prov = {a: json.loads((tiny_run / a / "provenance.json").read_text()) for a in ("ntp", "nitp")}
     assert prov["ntp"]["consumed_steps"] == 6 and len(prov["ntp"]["consumed_order_sha256"]) == 64
+    config = json.loads((tiny_run / "ntp" / "checkpoints" / "step-000006" / "config.json").read_text())
+    assert prov["ntp"]["vocab_size"] == config["vocab_size"]  # what the report's FLOPs accounting reads
     assert prov["ntp"]["consumed_order_sha256"] == prov["nitp"]["consumed_order_sha256"]
     assert json.loads((tiny_run / "pair.json").read_text())["paired"]["consumed_order_sha256"] is True
     # an arm that saw other batches is caught

@@ -346,8 +346,8 @@ def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
     The one place the FLOPs model is called. In order of preference: pair.json's `flops_overhead`
     (a fraction, or {arm: fraction}); else nitp_train.flops (Appendix G) on the model and objective
     recorded in pair.json (`shared`, `arms`), or the arm's config.yaml for arms trained outside the
-    pair. The vocabulary size, when the preset does not fix it, comes from the token cache's
-    meta.json named by the arm's provenance.json, else from its latest checkpoint's config.json.
+    pair. The vocabulary size, when the preset does not fix it, comes from the arm's provenance.json,
+    else the token cache's meta.json it names, else its latest checkpoint's config.json.
     Every file read is listed under Sources.
     """
     pair = run.pair or {}
@@ -391,8 +391,10 @@ def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
 
 
 def _recorded_vocab_size(run: Run, arm: str) -> int | None:
-    """The tokenizer's size as the trainer recorded it: the token cache's meta.json, or a checkpoint's config."""
+    """The model's vocabulary as the trainer recorded it: provenance.json, the token cache's meta.json, or a checkpoint's config."""
     prov = run.read_json(run.path / arm / "provenance.json")
+    if prov and prov.get("vocab_size"):
+        return int(prov["vocab_size"])
     if prov and prov.get("data_dir"):
         meta = run.read_json(Path(prov["data_dir"]) / "meta.json")
         if meta and meta.get("vocab_size"):
