@@ -43,7 +43,7 @@ def command(
 ) -> None:
     """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory."""
     from nitp_eval.geometry import extract
-    from nitp_eval.runs import Target, check_destinations, resolve_targets
+    from nitp_eval.runs import check_destinations, resolve_targets
 
     if tokens < 2:
         raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
@@ -57,28 +57,12 @@ def command(
               "seed": seed, "cka_matrix": cka_matrix, "bos": bos, "dtype": dtype}
 
     if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
-        target = Target(path.resolve())
-        [dest] = check_destinations([target], "geometry", out, overwrite)
-        notes: list[str] = []
         ignored = [name for name, given in (("--text", text is not None), ("--text-split", text_split != "validation"),
                                             ("--seq-len", seq_len is not None), ("--bos", bos),
                                             ("--target-layer", target_layer is not None), ("--all-steps", all_steps),
                                             ("--device", device is not None), ("--dtype", dtype != "float32")) if given]
-        if ignored:
-            _note(f"{path.name} is a states file: {', '.join(ignored)} ignored (they apply to a model)")
-        x = extract.load_states(path)
-        chosen = extract.parse_layers(layers, x.shape[0] - 1)
-        n = min(tokens, x.shape[1])
-        if n < 2:
-            raise UserError(f"{path}: holds {x.shape[1]} token states; the statistics need at least 2")
-        if n < tokens:
-            _note(f"{path.name} holds only {n} token states (asked for --tokens {tokens}); analysing all of them", notes)
-        _check_rank_cap(n, x.shape[2], notes)
-        res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
-        settings = {**common, "text": None, "text_source": "states file", "layers": chosen,
-                    "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
-                                       "two distinct tokens of one chunk of 8192 rows"}
-        _finish([(target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, notes, overwrite))])
+        _finish([_analyse_states_file(path, out, overwrite, ignored, tokens=tokens, layers=layers, n_pairs=n_pairs,
+                                      seed=seed, cka_matrix=cka_matrix, common=common)])
         return
 
     targets = resolve_targets(path, all_steps)
@@ -91,6 +75,30 @@ def command(
                                                     target_layer=target_layer, bos=bos, device=device,
                                                     dtype=dtype, overwrite=overwrite, common=common)))
     _finish(written)
+
+
+def _analyse_states_file(path, out, overwrite, ignored, *, tokens, layers, n_pairs, seed, cka_matrix, common):
+    from nitp_eval.geometry import extract
+    from nitp_eval.runs import Target, check_destinations
+
+    target = Target(path.resolve())
+    [dest] = check_destinations([target], "geometry", out, overwrite)
+    notes: list[str] = []
+    if ignored:
+        _note(f"{path.name} is a states file: {', '.join(ignored)} ignored (they apply to a model)")
+    x = extract.load_states(path)
+    chosen = extract.parse_layers(layers, x.shape[0] - 1)
+    n = min(tokens, x.shape[1])
+    if n < 2:
+        raise UserError(f"{path}: holds {x.shape[1]} token states; the statistics need at least 2")
+    if n < tokens:
+        _note(f"{path.name} holds only {n} token states (asked for --tokens {tokens}); analysing all of them", notes)
+    _check_rank_cap(n, x.shape[2], notes)
+    res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
+    settings = {**common, "text": None, "text_source": "states file", "layers": chosen,
+                "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
+                                   "two distinct tokens of one chunk of 8192 rows"}
+    return target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, notes, overwrite)
 
 
 def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batch_size, layers, n_pairs, seed,
@@ -287,7 +295,7 @@ def _finish(written) -> None:
         a = r["alignment"]
         if a.get("target_layer") is not None:
             typer.echo(f"cos(h_t, layer {a['target_layer']} at t+1) = {_fmt(a['cos_next'], 0, 4)}"
-                       + (f"; through the NITP projector (1 - L_NITP) = {_fmt(a['projector_cos'], 0, 4)}"
+                       + (f"; through the NITP projector, cos(P(h_t), z) = {_fmt(a['projector_cos'], 0, 4)}"
                           if a.get("projector_cos") is not None else ""))
     if len(written) > 1:
         typer.echo(f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (erank, aniso: last reported layer)")

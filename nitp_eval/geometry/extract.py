@@ -230,7 +230,8 @@ class GeometryStats:
             cos = 1 - alignment_loss(src[ok], tgt[ok], "cosine")
             self.cos_next_sum += float(cos.double().sum())
             self.cos_next_n += int(ok.sum())
-        if self.projector is not None:  # 1 - L_NITP exactly as trained: the projector's own layer and shift
+        # the cosine s through the projector, with its own layer and shift (= 1 - L_NITP for the cosine loss)
+        if self.projector is not None:
             obj = self.projector
             z = hidden_states[obj.target_layer].float()
             src, tgt, ok = shifted_pairs(h_last, z, valid, obj.config.shift)
