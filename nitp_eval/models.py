@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from nitp_train.errors import UserError
@@ -42,13 +43,14 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
     device = pick_device(device)  # before loading: a bad device should not cost a model load
     torch_dtype = getattr(torch, dtype)
     try:
-        archs = AutoConfig.from_pretrained(path).architectures or []
-        # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
-        causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-        try:
-            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
-        except ValueError:  # no causal-LM class for this architecture: an encoder
-            model = AutoModel.from_pretrained(path, dtype=torch_dtype)
+        with _no_loading_bar():  # transformers' per-load bar on stderr would break one-line errors after it
+            archs = AutoConfig.from_pretrained(path).architectures or []
+            # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
+            causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+            try:
+                model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
+            except ValueError:  # no causal-LM class for this architecture: an encoder
+                model = AutoModel.from_pretrained(path, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as e:  # no weights, unknown model_type, unreadable file
         raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from e
     try:
@@ -61,3 +63,16 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
+
+
+@contextmanager
+def _no_loading_bar():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from nitp_train.errors import UserError
 
-BUILTIN_TEXT = Path(__file__).resolve().parents[2] / "nitp_train" / "corpus" / "shakespeare-validation.jsonl.gz"
 DEFAULT_SEQ_LEN = 512
 
 
@@ -108,8 +106,7 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
 
     notes: list[str] = []
     run_cfg = _run_config(target)
-    with _no_hf_progress_bars():  # a bar per checkpoint load would break the one-line errors on stderr
-        model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
+    model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
     last = extract.num_hidden_layers(model)
     chosen = extract.parse_layers(layers, last)
     k, k_source, projector = _target_layer(target, run_cfg, target_layer, last)
@@ -159,19 +156,6 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
                                     "padded (padding excluded); windows batched in a seeded random order"
                                     + ("; BOS prepended to each window and excluded" if bos else "; no BOS"))}
     return _write(target, dest, settings, res, extract.hidden_size(model), last, notes, overwrite)
-
-
-@contextmanager
-def _no_hf_progress_bars():
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _note(message: str, notes: list[str] | None = None) -> None:
@@ -249,7 +233,9 @@ def _text_spec(text, run_cfg) -> tuple[str, str]:
 
         if resolve_files(val) is not None:  # local text that still exists; HF ids are not retried offline
             return val, "run data.validation"
-    return str(BUILTIN_TEXT), "built-in validation corpus (run validation text not given or not found)"
+    from nitp_train.data import BUILTIN_VAL  # the trainer's built-in validation split
+
+    return str(BUILTIN_VAL), "built-in validation corpus (run validation text not given or not found)"
 
 
 def _target_layer(target, run_cfg, option, last):
