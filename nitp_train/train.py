@@ -65,7 +65,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPUs that support it and on CPUs with AMX tiles; fp32 otherwise (docs/training.md: measured).
 
     This project's VM exposes AVX512-BF16 but no AMX to the guest (`torch.cpu._is_amx_tile_supported()`
-    is False), and there a bf16 training step was ~1.8x slower than fp32, so `auto` keeps such CPUs in fp32.
+    is False), and there a bf16 training step was ~1.4x slower than fp32, so `auto` keeps such CPUs in fp32.
     """
     if precision == "fp32":
         return None
