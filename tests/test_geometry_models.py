@@ -6,17 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from nitp_eval.cli import app
-
-
-def run(*args):
-    result = CliRunner().invoke(app, ["geometry", *map(str, args)])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result.output
+from test_geometry_cli import run  # the in-process `nitp-eval geometry` runner
 
 
 def test_moe_checkpoint(tmp_path, shared_data):

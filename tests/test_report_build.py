@@ -235,7 +235,10 @@ def test_mteb_tables(report):
     assert len(tasks) == 1 + 5
     md = (out / "report.md").read_text()
     assert "NITP improves 4 of 5 tasks over NTP (not improved: STS12 +0.00)" in md
-    assert "STS13" in md.split("## Missing inputs")[1]  # the results file's own `missing` list is reported
+    caveats = md.split("## Missing inputs")[1]
+    assert "STS13" in caveats  # the results file's own `missing` list is reported,
+    assert caveats.count("STS13") == 1  # once for both arms that share it
+    assert "ntp-step-000200.json and nitp-step-000200.json list 1 MTEB task(s) not evaluated" in caveats
 
 
 def test_geometry_cost_ce_tables(report):

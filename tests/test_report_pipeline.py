@@ -3,7 +3,6 @@ tables must be the number in the results files, every figure a non-empty image."
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_build import NITP_RED, NTP_BLUE, _png_pixels, paired, reference_ci, shown
+from test_report_build import NITP_RED, NTP_BLUE, _png_pixels, ci_of, num, paired, read_csv, reference_ci, shown
 
 ARMS = ("ntp", "nitp")
 
@@ -31,26 +30,12 @@ def copy_run(tiny_run: Path, dest: Path) -> Path:
     return Path(shutil.copytree(tiny_run, dest / "tiny", ignore=shutil.ignore_patterns("data", "eval")))
 
 
-def rows(path: Path) -> list[list[str]]:
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-def num(cell: str) -> float:
-    return float(cell.split()[0].rstrip("*"))
-
-
-def ci_of(cell: str) -> tuple[float, float]:
-    lo, hi = cell.split("[")[1].rstrip("]").split(",")
-    return float(lo), float(hi)
-
-
 def results(run: Path, kind: str, arm: str, step: int) -> dict:
     return json.loads((run / "eval" / kind / f"{arm}-step-{step:06d}.json").read_text())
 
 
 def check_downstream(run: Path, out: Path, step: int) -> None:
-    table = rows(out / "tables" / "downstream.csv")
+    table = read_csv(out / "tables" / "downstream.csv")
     res = {a: results(run, "lm", a, step) for a in ARMS}
     paper_order = ("mmlu_pro", "c3", "commonsense_qa", "arc_challenge", "gsm8k")  # Table 1's column order
     tasks = [t for t in paper_order if t in res["ntp"]["tasks"]]
@@ -75,7 +60,7 @@ def check_downstream(run: Path, out: Path, step: int) -> None:
 
 
 def check_geometry(run: Path, out: Path, step: int) -> None:
-    table = rows(out / "tables" / "geometry.csv")
+    table = read_csv(out / "tables" / "geometry.csv")
     for row, arm in zip(table[1:], ARMS):
         g = results(run, "geometry", arm, step)
         assert row[1] == str(step) and row[2] == str(g["tokens"])
@@ -88,7 +73,7 @@ def check_geometry(run: Path, out: Path, step: int) -> None:
 
 
 def check_training(run: Path, out: Path) -> None:
-    ce, cost = rows(out / "tables" / "cross_entropy.csv"), rows(out / "tables" / "cost.csv")
+    ce, cost = read_csv(out / "tables" / "cross_entropy.csv"), read_csv(out / "tables" / "cost.csv")
     recs = {a: [json.loads(line) for line in (run / a / "metrics.jsonl").read_text().splitlines()] for a in ARMS}
     val = {a: [r["val_ce"] for r in recs[a] if "val_ce" in r][-1] for a in ARMS}
     tps = {a: float(np.median([r["tokens_per_s"] for r in recs[a]])) for a in ARMS}
@@ -146,14 +131,14 @@ def write_mteb(run: Path, step: int) -> dict:
 
 
 def check_mteb(out: Path, res: dict) -> None:
-    groups = {r[0].split(" (")[0]: r for r in rows(out / "tables" / "mteb_groups.csv")[1:]}
+    groups = {r[0].split(" (")[0]: r for r in read_csv(out / "tables" / "mteb_groups.csv")[1:]}
     assert list(groups) == ["Classification", "STS", "Retrieval/Dup", "Overall"]
     for g, r in groups.items():
         src = [res[a]["overall"] if g == "Overall" else res[a]["groups"][g] for a in ARMS]
         assert r[0] == f"{g} ({src[0]['n']} of {src[0]['of']})"
         assert [num(c) for c in r[1:3]] == [shown(s["mean"]) for s in src]
         assert num(r[3]) == pytest.approx(shown(src[1]["mean"]) - shown(src[0]["mean"]), abs=1e-9)
-    per_task = rows(out / "tables" / "mteb_tasks.csv")
+    per_task = read_csv(out / "tables" / "mteb_tasks.csv")
     assert len(per_task) == 1 + len(res["ntp"]["tasks"])
     up = 0
     for r in per_task[1:]:
@@ -218,12 +203,12 @@ def test_full_pipeline_with_mteb(tiny_run, shared_data, tmp_path):
     check_geometry(run, out, 6)
     check_training(run, out)
     res = {a: results(run, "mteb", a, 6) for a in ARMS}  # what the real command wrote
-    groups = {r[0].split(" (")[0]: r for r in rows(out / "tables" / "mteb_groups.csv")[1:]}
+    groups = {r[0].split(" (")[0]: r for r in read_csv(out / "tables" / "mteb_groups.csv")[1:]}
     for g, r in groups.items():
         src = [res[a]["overall"] if g == "Overall" else res[a]["groups"][g] for a in ARMS]
         assert r[0] == f"{g} ({src[0]['n']} of {src[0]['of']})"
         assert [num(c) for c in r[1:3]] == [round(100 * s["mean"], 2) for s in src]
-    per_task = rows(out / "tables" / "mteb_tasks.csv")
+    per_task = read_csv(out / "tables" / "mteb_tasks.csv")
     assert len(per_task) == 1 + 3
     for r in per_task[1:]:
         assert [num(c) for c in r[3:5]] == [round(100 * res[a]["tasks"][r[0]]["main_score"], 2) for a in ARMS]

@@ -210,6 +210,7 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
 
 def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> list[Table]:
     picked = {a: pick(run, "mteb", a, spec.step) for a in run_arms(run, spec)}
+    listed: dict[str, list[str]] = {}  # one note per distinct task list, naming every file that has it
     for a, r in picked.items():
         if r is None:
             notes.append(f"{run.label}: no mteb results for arm {a}")
@@ -217,8 +218,10 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
             for key, what in (("missing", "not evaluated (no data)"), ("failed", "whose evaluation failed")):
                 if r.data.get(key):
                     reasons = r.data.get(f"{key}_reasons") or {}
-                    notes.append(f"{run.label}: {r.path.name} lists {len(r.data[key])} MTEB task(s) {what}: " + ", ".join(
-                        f"{t} ({reasons[t]})" if reasons.get(t) else str(t) for t in sorted(map(str, r.data[key]))))
+                    text = f"{len(r.data[key])} MTEB task(s) {what}: " + ", ".join(
+                        f"{t} ({reasons[t]})" if reasons.get(t) else str(t) for t in sorted(map(str, r.data[key])))
+                    listed.setdefault(text, []).append(r.path.name)
+    notes += [f"{run.label}: {' and '.join(files)} list{'s' if len(files) == 1 else ''} {text}" for text, files in listed.items()]
     arms = [a for a, r in picked.items() if r is not None]
     if not arms:
         return []
