@@ -37,5 +37,11 @@ test-slow: setup
 	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev,reference]'
 	$(PY) -m pytest -q -m slow
 
+# The README's measured ratios: NITP vs NTP step time, trainer vs a bare loop, bf16 vs fp32, and
+# streaming geometry vs stack + SVD (minutes; the 10^6-token naive case needs ~12 GB).
+bench: setup
+	$(PY) benchmarks/step_overhead.py --steps 20 --bf16
+	$(PY) benchmarks/geometry_scale.py
+
 clean:
 	rm -rf $(VENV) runs/quickstart reports/quickstart
