@@ -1,4 +1,4 @@
-"""The run-directory contract (docs/run-directory.md), seen from the analysis side.
+"""The run-directory contract (docs/training.md, "Run directory"), seen from the analysis side.
 
 Every nitp-eval command takes a path that is one of:
   * a pair dir      runs/x/            (pair.json and/or arm dirs ntp/, nitp/, ...)

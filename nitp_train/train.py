@@ -1,6 +1,6 @@
 """The training loop: one arm (NTP, NITP or an ablation) of a pair, one process or many (torchrun).
 
-Layout written (docs/run-directory.md):
+Layout written (docs/training.md, "Run directory"):
     <out>/config.yaml, provenance.json, metrics.jsonl
     <out>/checkpoints/step-NNNNNN/   HF model + tokenizer, nitp_projector.safetensors, trainer_state.pt
 """
