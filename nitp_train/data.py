@@ -75,7 +75,7 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
                 text = f.read()
             if text.strip():
                 yield text
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid
+    except (OSError, ValueError) as e:  # ValueError: JSON, Unicode and pyarrow (ArrowInvalid) errors
         raise UserError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from e
 
 
@@ -93,17 +93,20 @@ def read_documents(spec: str, text_field: str = "text", max_docs: int | None = N
 
 
 def _hf_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
+    """Streamed (`streaming=True`): only the records a caller consumes are read, whatever the split's size."""
     import datasets
 
     name, _, config = spec.partition(":")
     try:
-        ds = datasets.load_dataset(name, config or None, split=split)
-    except Exception as e:  # the hub is unreachable, the id is wrong, ...
-        raise UserError(f"data {spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {e})") from e
-    if text_field not in ds.column_names:
-        raise UserError(f"data {spec!r}: no {text_field!r} column (has {ds.column_names}); set data.text_field")
-    for batch in ds.iter(batch_size=1024):  # never the whole column as one Python list
-        yield from (t for t in batch[text_field] if t)
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    except Exception as e:  # the hub is unreachable, the id or split is wrong, ...
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {first})") from e
+    for record in ds:
+        if text_field not in record:
+            raise UserError(f"{spec!r}: its records have no {text_field!r} field (fields: {sorted(record)}); set data.text_field")
+        if record[text_field]:
+            yield record[text_field]
 
 
 def _fingerprint(spec: str | None) -> list:

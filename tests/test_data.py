@@ -57,15 +57,15 @@ def test_hf_dataset_id_goes_through_datasets(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, config=None, split=None):  # the hub is unreachable here: serve it from memory
-        calls.append((name, config, split))
-        return datasets.Dataset.from_dict({"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]})
+    def fake_load_dataset(name, config=None, split=None, streaming=False):  # the hub is unreachable: serve from memory
+        calls.append((name, config, split, streaming))
+        return datasets.Dataset.from_dict({"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]}).to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert list(read_documents("someone/corpus:en")) == ["hub doc one", "hub doc two"]  # empty texts skipped
     assert list(read_documents("someone/corpus", split="validation")) == ["hub doc one", "hub doc two"]
-    assert calls == [("someone/corpus", "en", "train"), ("someone/corpus", None, "validation")]
-    with pytest.raises(UserError, match="no 'body' column"):
+    assert calls == [("someone/corpus", "en", "train", True), ("someone/corpus", None, "validation", True)]  # streamed
+    with pytest.raises(UserError, match="no 'body' field"):
         list(read_documents("someone/corpus", text_field="body"))
 
 

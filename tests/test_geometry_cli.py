@@ -89,7 +89,7 @@ def test_builtin_fallback_text_for_models_outside_runs(tiny_checkpoint, tmp_path
     r = json.loads((tmp_path / "model.json").read_text())
     assert r["settings"]["text"].endswith("shakespeare-validation.jsonl.gz")
     assert r["settings"]["text_source"].startswith("built-in")
-    assert r["settings"]["target_layer_source"] == "default round(0.2 L)" and r["alignment"]["target_layer"] == 1
+    assert r["settings"]["target_layer_source"] == "default ceil(0.2 L), the trainer's rule" and r["alignment"]["target_layer"] == 1
 
 
 def test_states_file(tmp_path):

@@ -31,7 +31,7 @@ def command(
     cka_matrix: bool = typer.Option(False, "--cka-matrix", help="Also the full layer x layer linear-CKA matrix "
                                                                 "(memory O(layers^2 dim^2))."),
     target_layer: int = typer.Option(None, help="Layer k for cos(h_t, z_{t+1}). Default: the checkpoint's NITP projector, "
-                                                "else the run's objective.target_layer, else round(0.2 L) (at least 1)."),
+                                                "else the run's objective.target_layer, else ceil(0.2 L) (the trainer's default)."),
     bos: bool = typer.Option(False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted)."),
     all_steps: bool = typer.Option(False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."),
     out: Path = typer.Option(None, help="Results dir. Default: <run>/eval/geometry/ (./eval/geometry/ for a model from elsewhere)."),
@@ -259,9 +259,9 @@ def _target_layer(target, run_cfg, option, last):
             return resolve_target_layer(tl, last), "run objective.target_layer", None
         except ValueError:
             pass
-    from nitp_eval.geometry.extract import default_target_layer
+    from nitp_train.objective import ObjectiveConfig
 
-    return default_target_layer(last), "default round(0.2 L)", None
+    return resolve_target_layer(ObjectiveConfig().target_layer, last), "default ceil(0.2 L), the trainer's rule", None
 
 
 def _fmt(v, width=9, digits=3):

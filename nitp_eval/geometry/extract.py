@@ -40,33 +40,14 @@ _WORD_CUT = re.compile(r"(?<=\S)(?= \S)")  # before a single space between two w
 
 
 def read_text(spec: str, split: str = "validation"):
-    """Documents of `spec`: local files through the trainer's reader, or an HF dataset id streamed.
+    """Documents of `spec`: local files or an HF dataset id, through the trainer's reader.
 
-    Streaming (`datasets.load_dataset(..., streaming=True)`) reads only the records that are
-    used: `select_tokens` stops once it has enough tokens, whatever the size of the split.
+    HF ids are streamed, so only the records that are used are read: `select_tokens` stops once it
+    has enough tokens, whatever the size of the split.
     """
-    from nitp_train.data import read_documents, resolve_files
+    from nitp_train.data import read_documents
 
-    if resolve_files(spec) is not None:
-        return read_documents(spec, split=split)
-    return _hf_documents(spec, split)
-
-
-def _hf_documents(spec: str, split: str, text_field: str = "text"):
-    import datasets
-
-    name, _, config = spec.partition(":")
-    try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
-    except Exception as e:  # the hub is unreachable, the id or split is wrong, ...
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise UserError(f"--text {spec!r}: not a local file and not loadable as an HF dataset "
-                        f"({e.__class__.__name__}: {first})") from e
-    for record in ds:
-        if text_field not in record:
-            raise UserError(f"--text {spec!r}: its records have no {text_field!r} field (fields: {sorted(record)})")
-        if record[text_field]:
-            yield record[text_field]
+    return read_documents(spec, split=split)
 
 
 def text_pieces(doc: str, size: int = PIECE_CHARS):
@@ -418,11 +399,6 @@ def parse_layers(spec: str, last: int) -> list[int]:
     return sorted(set(out))
 
 
-def default_target_layer(last: int) -> int:
-    """The paper's default, 0.2 of the depth (at least 1)."""
-    return max(1, round(0.2 * last))
-
-
 def rank_cap(tokens: int, dim: int) -> int:
     """The effective rank of centred data cannot exceed this."""
     return max(0, min(tokens - 1, dim))
@@ -430,4 +406,4 @@ def rank_cap(tokens: int, dim: int) -> int:
 
 __all__ = ["read_text", "text_pieces", "select_tokens", "make_windows", "batch_rows", "batches", "pair_quotas",
            "cross_pairs", "GeometryStats", "analyse_model", "load_states", "analyse_states", "parse_layers",
-           "default_target_layer", "rank_cap"]
+           "rank_cap"]
