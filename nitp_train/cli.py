@@ -128,12 +128,16 @@ def pair(
     result = train_pair(cfg, out or f"runs/{cfg.model.preset}", resume=resume, overwrite=overwrite)
     for summary in result["arms"].values():
         _print_summary(summary)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main():
         typer.echo(f"paired: {result['paired']}")
 
 
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # under torchrun one process reports
+
+
 def _print_summary(summary: dict) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one process reports
+    if not _is_main():
         return
     last = summary["last"]
     parts = [f"{k}={last[k]:.4f}" for k in ("loss_ntp", "loss_nitp", "val_ce", "probe_erank") if k in last]

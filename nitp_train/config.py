@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def _defaults_from_preset(preset_name: str) -> dict:
     return d
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; configs mean a float."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def parse_set(items: list[str]) -> dict:
     """['objective.lambda=0.8', 'steps=10'] -> nested dict; values parsed as YAML scalars."""
     out: dict = {}
@@ -116,7 +129,7 @@ def parse_set(items: list[str]) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        node[parts[-1]] = _yaml(value) if value != "" else None
     return out
 
 
@@ -160,7 +173,7 @@ def _build(cls, d: dict, prefix: str = ""):
 
 
 def _number(value, kind: type, name: str):
-    """YAML reads 1e12 as a string (1.0e12 as a float): accept both."""
+    """A number of the field's type: 1e12 steps is an int; a float where an int is meant must be whole."""
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -177,7 +190,7 @@ def load_config(config_file: str | Path | None = None, sets: list[str] | None = 
         path = Path(config_file)
         if not path.exists():
             raise UserError(f"--config {path}: no such file")
-        file_dict = yaml.safe_load(path.read_text()) or {}
+        file_dict = _yaml(path.read_text()) or {}
         if not isinstance(file_dict, dict):
             raise UserError(f"--config {path}: expected a YAML mapping of config fields")
     set_dict = parse_set(sets or [])

@@ -80,25 +80,12 @@ class ObjectiveConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown objective field(s) {unknown}; known: lambda, {', '.join(sorted(known - {'lam'}))}")
-        for key in ("lam", "target_layer", "start_step", "projector_mult"):
-            if isinstance(d.get(key), str):  # YAML reads 1e-3 as a string (1.0e-3 as a float)
-                d[key] = _number(d[key], "lambda" if key == "lam" else key)
         return cls(**d)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambda"] = d.pop("lam")
         return d
-
-
-def _number(text: str, name: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"objective.{name}={text!r} must be a number") from None
 
 
 def resolve_target_layer(target_layer: int | float, num_layers: int) -> int:

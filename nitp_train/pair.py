@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nitp_train.config import TrainConfig
 from nitp_train.errors import UserError
-from nitp_train.train import Dist, train
+from nitp_train.train import Dist, check_out_dir, train
 
 
 def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -24,8 +24,7 @@ def train_pair(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrit
     out = Path(out)
     arms = arm_configs(cfg)
     dist = Dist(cfg.device)  # under torchrun every process runs this; the main one writes
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise UserError(f"{out} exists; pass --resume to continue it or --overwrite to start over (deletes it)")
+    check_out_dir(out, resume, overwrite)
     shared = {k: v for k, v in cfg.to_dict().items() if k != "objective"}
     record = {"name": out.name, "seed": cfg.seed, "shared": shared,
               "arms": {name: c.objective.to_dict() for name, c in arms.items()}}

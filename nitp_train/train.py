@@ -204,8 +204,8 @@ def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt,
     return final
 
 
-def load_weights(ckpt: Path, model, objective) -> dict:
-    """Load model and projector weights into the unwrapped modules; returns the trainer state."""
+def load_weights(ckpt: Path, model, objective) -> None:
+    """Load model and projector weights into the unwrapped modules."""
     from safetensors.torch import load_file
 
     state_dict = {}
@@ -220,7 +220,6 @@ def load_weights(ckpt: Path, model, objective) -> dict:
         model.tie_weights()
     if objective.config.name == "nitp":
         objective.load_state_dict(load_file(str(ckpt / "nitp_projector.safetensors")))
-    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
 
 
 def load_optimizer(state: dict, module, opt, sched, fsdp: bool) -> int:
@@ -321,8 +320,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     micro = per_rank // accum
     has_content = check_out_dir(out, resume, overwrite)
     ckpts = checkpoint_dirs(out) if resume else []
-    if ckpts:
-        check_resume_config(cfg, torch.load(ckpts[-1] / STATE_FILE, map_location="cpu", weights_only=False)["config"], ckpts[-1])
+    resume_state = torch.load(ckpts[-1] / STATE_FILE, map_location="cpu", weights_only=False) if ckpts else None
+    if resume_state:
+        check_resume_config(cfg, resume_state["config"], ckpts[-1])
 
     cache = Path(cfg.data.cache_dir or cache_dir or out.parent / "data")
     data = prepare_data(cfg.data, cache, is_main=dist.is_main, barrier=dist.barrier)
@@ -330,7 +330,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
     prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
     init_sha = weights_sha256(model)
-    resume_state = load_weights(ckpts[-1], model, objective) if ckpts else None
+    if resume_state:
+        load_weights(ckpts[-1], model, objective)
     model.to(dist.device).train()
     objective.to(dist.device).train()
     module = TrainModule(model, objective)
@@ -392,16 +393,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         keys = sorted(sums)
         means = dict(zip(keys, dist.mean([sums[k] for k in keys])))
         if not math.isfinite(means["loss_total"]):
-            kept = checkpoint_dirs(out)
-            raise UserError(f"non-finite loss ({means['loss_total']}) at step {step + 1}: stopped before the update; "
-                            f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
+            raise _non_finite(f"loss ({means['loss_total']})", step, out)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         if not math.isfinite(float(grad_norm)):  # a finite loss can still give inf/NaN gradients
-            kept = checkpoint_dirs(out)
-            raise UserError(f"non-finite gradient norm at step {step + 1}: stopped before the update; "
-                            f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
+            raise _non_finite("gradient norm", step, out)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
@@ -432,6 +429,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     dist.barrier()
     return {"out": str(out), "step": cfg.steps, "last": last, "init_weights_sha256": init_sha}
+
+
+def _non_finite(what: str, step: int, out: Path) -> UserError:
+    kept = checkpoint_dirs(out)
+    return UserError(f"non-finite {what} at step {step + 1}: stopped before the update; "
+                     f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -392,11 +392,19 @@ def test_config_from_dict():
         ObjectiveConfig.from_dict({"stopgrad": False})
     with pytest.raises(ValueError, match="objective.lambda"):
         ObjectiveConfig.from_dict({"lambda": -1})
-    # YAML (and so --set) reads 1e-3 as a string: numbers given as text are parsed
-    cfg = ObjectiveConfig.from_dict({"lambda": "1e-3", "target_layer": "0.25", "start_step": "100"})
-    assert (cfg.lam, cfg.target_layer, cfg.start_step) == (1e-3, 0.25, 100)
     with pytest.raises(ValueError, match="objective.lambda='much' must be a number"):
         ObjectiveConfig.from_dict({"lambda": "much"})
+
+
+def test_exponent_floats_from_set_and_yaml(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as a string; the config loader reads it as the float it means
+    from nitp_train.config import load_config
+
+    cfg = load_config(sets=["objective.lambda=1e-3", "objective.target_layer=2.5e-1", "optim.lr=3E-4", "steps=1e3"])
+    assert (cfg.objective.lam, cfg.objective.target_layer, cfg.optim.lr, cfg.steps) == (1e-3, 0.25, 3e-4, 1000)
+    (tmp_path / "c.yaml").write_text("objective:\n  lambda: 5e-1\n")
+    assert load_config(tmp_path / "c.yaml").objective.lam == 0.5
+    assert load_config(sets=["data.tokenizer=train:8192"]).data.tokenizer == "train:8192"  # strings stay strings
 
 
 # ---------------------------------------------------------------------------- save / load
