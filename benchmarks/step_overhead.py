@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import tempfile
 import time
@@ -25,7 +24,7 @@ from nitp_train.config import load_config
 from nitp_train.flops import flops_per_token
 from nitp_train.objective import ObjectiveConfig
 from nitp_train.presets import get_preset
-from nitp_train.train import TrainModule, build_model, make_optimizer, train
+from nitp_train.train import TrainModule, _autocast, autocast_dtype, build_model, make_optimizer, train
 
 
 class _Vocab:
@@ -44,10 +43,11 @@ def step_fn(cfg, vocab):
     opt, sched = make_optimizer(cfg, module)
     params = [p for p in module.parameters()]
 
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    cpu = torch.device("cpu")
+    amp = autocast_dtype(cfg.precision, cpu)  # the trainer's own choice, so "fp32" here is what it runs
 
     def step(x):
-        with amp:
+        with _autocast(cpu, amp):
             total, _ = module(x, 0)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

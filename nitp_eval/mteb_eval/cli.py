@@ -45,7 +45,7 @@ def command(
 
     suite = resolve_suite(tasks)
     targets = resolve_targets(path, all_steps)
-    check_destinations(targets, "mteb", out, overwrite)  # fail before hours of work, not after
+    dests = check_destinations(targets, "mteb", out, overwrite)  # fail before hours of work, not after
     # --layer against every model's config before any weights load; --max-length capped at the
     # model's position limit (a longer text would otherwise fail mid-run with an IndexError)
     lengths = {}
@@ -64,7 +64,7 @@ def command(
                 "batch_size": batch_size, "padding_side": padding_side, "limit": limit, "seed": seed,
                 "dtype": dtype, "prompts": None}
     failed = []
-    for t in targets:
+    for t, dest in zip(targets, dests):
         typer.echo(f"mteb: {t.checkpoint}")
         encoder = MeanPoolEncoder.from_pretrained(t.checkpoint, device=device, dtype=dtype, layer=layer,
                                                   max_length=lengths[t], batch_size=batch_size,
@@ -74,7 +74,7 @@ def command(
             raise UserError(f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
                             f"{len(results['failed'])} failed: see above); no results written")
         payload = {**results_header("mteb", t, {**settings, "max_length": lengths[t]}, ("mteb",)), **results}
-        dest = write_json(t.results_path("mteb", out), payload, overwrite)
+        write_json(dest, payload, overwrite)
         typer.echo(_summary(results) + f"\nwrote {dest}")
         failed += [f"{t.label}/{name}" for name in results["failed"]]
     if failed:  # the other tasks' results are written, but the run did not fully succeed

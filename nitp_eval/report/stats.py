@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -27,14 +28,15 @@ def paired_samples(base: list[dict], other: list[dict], metric: str) -> tuple[np
     """Per-document values of `metric` for the documents both arms scored, in doc_id order.
 
     A record whose value is null (NaN in the results file) or NaN counts as not scored."""
-    a = {str(r["doc_id"]): float(r[metric]) for r in base if _number(r.get(metric))}
-    b = {str(r["doc_id"]): float(r[metric]) for r in other if _number(r.get(metric))}
+    a = {str(r["doc_id"]): float(r[metric]) for r in base if finite(r.get(metric))}
+    b = {str(r["doc_id"]): float(r[metric]) for r in other if finite(r.get(metric))}
     common = sorted(set(a) & set(b), key=lambda k: (len(k), k))  # numeric ids in numeric order
     return np.array([a[k] for k in common]), np.array([b[k] for k in common])
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+def finite(x) -> bool:
+    """A usable number: results files write NaN as null, and metrics.jsonl may hold NaN."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def bootstrap_replicates(base: np.ndarray, other: np.ndarray, n_boot: int = 10_000, seed: int = 0,

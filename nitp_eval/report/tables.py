@@ -7,15 +7,13 @@ prints those in its "Missing inputs and caveats" section.
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import numpy as np
 
-from pathlib import Path
-
 from nitp_eval.report.load import Result, Run
 from nitp_eval.report.spec import Spec, Variant
-from nitp_eval.report.stats import Delta, mean_delta, paired_samples
+from nitp_eval.report.stats import Delta, finite, mean_delta, paired_samples
 from nitp_eval.report.table import Cell, Table
 
 # The paper's benchmark order and short names (Table 1); other tasks follow by name.
@@ -32,11 +30,6 @@ def arm_name(arm: str) -> str:
 
 def task_name(task: str) -> str:
     return TASK_NAMES.get(task, task)
-
-
-def finite(x) -> bool:
-    """A usable number: results files write NaN as null, and metrics.jsonl may hold NaN."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def fmt(x, spec: str = "{:.4f}") -> str:
