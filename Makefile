@@ -34,7 +34,6 @@ test: setup
 
 # Slow tests (minutes): multi-process training, the reference-model MTEB check, full pipelines.
 test-slow: setup
-	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev,reference]'
 	$(PY) -m pytest -q -m slow
 
 # The README's measured ratios: NITP vs NTP step time, trainer vs a bare loop, bf16 vs fp32, and
