@@ -224,6 +224,18 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_infinite_gradient_norm_stops_before_the_update(tmp_path, tiny_sets, tiny_corpus):
+    """A finite loss with an infinite gradient norm: lambda=1e30 keeps L_total near 1e30 (finite in fp32),
+    but the squared gradients overflow. The auxiliary loss starts at step 2, so step 1 is saved first."""
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "objective.name=nitp", "objective.lambda=1e30",
+                        "objective.start_step=1", "steps=3", "save_every=1", "eval_every=0", "probe_every=0"]
+    out = tmp_path / "inf"
+    with pytest.raises(UserError, match=r"non-finite gradient norm at step 2: .*last good checkpoint: .*step-000001"):
+        train(load_config(sets=sets), out, progress=False)
+    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-000001"]
+    assert all(torch.isfinite(t).all() for t in _weights(out / "checkpoints" / "step-000001").values())
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
 def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):
     """`torchrun ... -m nitp_train pair`: one process writes pair.json, both arms train on 2 processes."""
     sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "micro_batch=2", "eval_every=0", "probe_every=0"]
