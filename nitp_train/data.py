@@ -59,8 +59,8 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
             columns = pq.read_schema(path).names
             if text_field not in columns:
                 raise UserError(f"{path}: no {text_field!r} column (has {columns}); set data.text_field")
-            table = pq.read_table(path, columns=[text_field])
-            yield from (t for t in table.column(text_field).to_pylist() if t)
+            for batch in pq.ParquetFile(path).iter_batches(columns=[text_field]):  # a row group at a time
+                yield from (t for t in batch.column(0).to_pylist() if t)
         elif name.endswith((".jsonl", ".json")):
             with opener(path, "rt", encoding="utf-8") as f:
                 for i, line in enumerate(f):
@@ -236,12 +236,11 @@ def _tokenise_into(cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, v
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:
         n_val = _tokenise_to(tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype)
-    else:  # hold out the tail of the training stream
+    else:  # hold out the tail of the training stream: copy it out, then cut it off (memory stays flat)
         n_val = int(n_train * cfg.val_fraction)
-        all_tokens = np.fromfile(tmp / "train.bin", dtype=dtype)
-        all_tokens[n_train - n_val:].tofile(tmp / "val.bin")
-        all_tokens[: n_train - n_val].tofile(tmp / "train.bin")
         n_train -= n_val
+        np.memmap(tmp / "train.bin", dtype=dtype, mode="r")[n_train:].tofile(tmp / "val.bin")
+        os.truncate(tmp / "train.bin", n_train * np.dtype(dtype).itemsize)
     meta = {"train_tokens": n_train, "val_tokens": n_val, "dtype": np.dtype(dtype).name, "vocab_size": len(tokenizer),
             "eos_token_id": tokenizer.eos_token_id, "train": train_spec, "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
             "sha256_train": _sha256(tmp / "train.bin"), "key": key_src}

@@ -52,6 +52,13 @@ def test_parquet_without_the_text_column_is_a_user_error(tmp_path):
         list(read_documents(str(tmp_path / "p.parquet")))
 
 
+def test_parquet_is_read_a_row_group_at_a_time_in_order(tmp_path):
+    docs = [f"document {i}" for i in range(7)]
+    pq.write_table(pa.table({"id": list(range(7)), "text": docs[:3] + [""] + docs[4:]}), tmp_path / "p.parquet", row_group_size=2)
+    assert pq.ParquetFile(tmp_path / "p.parquet").num_row_groups == 4
+    assert list(read_documents(str(tmp_path / "p.parquet"))) == docs[:3] + docs[4:]  # the empty text skipped
+
+
 def test_hf_dataset_id_goes_through_datasets(monkeypatch):
     import datasets
 
