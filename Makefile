@@ -32,7 +32,7 @@ quickstart: setup
 test: setup
 	$(PY) -m pytest -q
 
-# Slow tests (minutes): multi-process training, the reference-model MTEB check, full pipelines.
+# Slow tests (~10 min): the full-size MTEB reference-model check and the full report pipeline.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
