@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # No GPU here: pin the CPU wheel of torch (a bare range would pull the multi-GB CUDA build).
 CONSTRAINTS := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
 
-.PHONY: setup quickstart test test-slow bench clean
+.PHONY: setup lint quickstart test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ quickstart: setup
 		--limit 500 --overwrite; fi
 	$(VENV)/bin/nitp-eval report runs/quickstart --out reports/quickstart --overwrite
 
-test: setup
+# Lint and format check first (ruff, configured in pyproject.toml), then the suite.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # Slow tests (~10 min): the full-size MTEB reference-model check and the full report pipeline.

@@ -55,13 +55,24 @@ def worker(method: str, n: int, dim: int) -> dict:
         x = torch.cat(list(chunks(n, dim)))
         sv = torch.linalg.svdvals(x - x.mean(0)).double().numpy()
         u = torch.nn.functional.normalize(x, dim=1).sum(0).double()
-        out = {"erank_cov": effective_rank(sv ** 2), "erank_sv": effective_rank(sv),
-               "anisotropy_exact": float((u @ u - n) / (n * (n - 1)))}
+        out = {
+            "erank_cov": effective_rank(sv**2),
+            "erank_sv": effective_rank(sv),
+            "anisotropy_exact": float((u @ u - n) / (n * (n - 1))),
+        }
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "tokens": n, "dim": dim, "seconds": seconds, "peak_mb": peak, "extra_mb": peak - base, **out}
+    return {
+        "method": method,
+        "tokens": n,
+        "dim": dim,
+        "seconds": seconds,
+        "peak_mb": peak,
+        "extra_mb": peak - base,
+        **out,
+    }
 
 
 def main() -> None:
@@ -81,29 +92,40 @@ def main() -> None:
 
     rows = []
     print(f"dim {args.dim}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'method':7} {'tokens':>9} {'seconds':>9} {'peak MB':>9} {'extra MB':>9} {'erank_cov':>10} {'erank_sv':>9} {'aniso':>8}")
+    print(
+        f"{'method':7} {'tokens':>9} {'seconds':>9} {'peak MB':>9} {'extra MB':>9} {'erank_cov':>10} {'erank_sv':>9} {'aniso':>8}"
+    )
     for n in args.tokens:
         for m in args.methods:
-            proc = subprocess.run([sys.executable, __file__, "--worker", m, str(n), str(args.dim)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", m, str(n), str(args.dim)], capture_output=True, text=True
+            )
             if proc.returncode != 0:
-                print(f"{m:7} {n:>9} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                print(
+                    f"{m:7} {n:>9} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+                )
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{m:7} {n:>9} {r['seconds']:>9.2f} {r['peak_mb']:>9.0f} {r['extra_mb']:>9.0f} "
-                  f"{r['erank_cov']:>10.3f} {r['erank_sv']:>9.3f} {r['anisotropy_exact']:>8.4f}")
+            print(
+                f"{m:7} {n:>9} {r['seconds']:>9.2f} {r['peak_mb']:>9.0f} {r['extra_mb']:>9.0f} "
+                f"{r['erank_cov']:>10.3f} {r['erank_sv']:>9.3f} {r['anisotropy_exact']:>8.4f}"
+            )
     by = {(r["method"], r["tokens"]): r for r in rows}
     for n in args.tokens:
         s, v = by.get(("stream", n)), by.get(("naive", n))
         if s and v:
             agree = abs(s["erank_cov"] - v["erank_cov"]) / v["erank_cov"]
-            print(f"{n:>9} tokens: naive / stream = {v['seconds'] / s['seconds']:.2f}x time, "
-                  f"{v['extra_mb'] / max(s['extra_mb'], 1):.1f}x extra memory; erank_cov rel. diff {agree:.1e}")
+            print(
+                f"{n:>9} tokens: naive / stream = {v['seconds'] / s['seconds']:.2f}x time, "
+                f"{v['extra_mb'] / max(s['extra_mb'], 1):.1f}x extra memory; erank_cov rel. diff {agree:.1e}"
+            )
     streams = [by[("stream", n)] for n in args.tokens if ("stream", n) in by]
     if len(streams) > 1:
-        print(f"stream extra memory from {streams[0]['tokens']} to {streams[-1]['tokens']} tokens: "
-              f"{streams[0]['extra_mb']:.0f} -> {streams[-1]['extra_mb']:.0f} MB")
+        print(
+            f"stream extra memory from {streams[0]['tokens']} to {streams[-1]['tokens']} tokens: "
+            f"{streams[0]['extra_mb']:.0f} -> {streams[-1]['extra_mb']:.0f} MB"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from nitp_train.errors import UserError
 
-
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -37,7 +36,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise UserError(f"{path}: not an HF model dir (no config.json); give a checkpoint dir such as runs/x/nitp/checkpoints/step-000200")
+        raise UserError(
+            f"{path}: not an HF model dir (no config.json); give a checkpoint dir such as runs/x/nitp/checkpoints/step-000200"
+        )
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
     device = pick_device(device)  # before loading: a bad device should not cost a model load
@@ -52,7 +53,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
             except ValueError:  # no causal-LM class for this architecture: an encoder
                 model = AutoModel.from_pretrained(path, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as e:  # no weights, unknown model_type, unreadable file
-        raise UserError(f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise UserError(
+            f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})"
+        ) from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):

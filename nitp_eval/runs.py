@@ -44,8 +44,10 @@ class Target:
         return self.checkpoint.name or "model"
 
     def results_path(self, what: str, out: Path | None = None) -> Path:
-        base = out if out is not None else (
-            self.pair_dir / "eval" / what if self.pair_dir is not None else Path("eval") / what
+        base = (
+            out
+            if out is not None
+            else (self.pair_dir / "eval" / what if self.pair_dir is not None else Path("eval") / what)
         )
         return Path(base) / f"{self.label}.json"
 
@@ -72,7 +74,9 @@ def resolve_targets(path: str | Path, all_steps: bool = False) -> list[Target]:
     """Checkpoints named by `path` (see module docstring): the latest per arm, or all with `all_steps`."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{p}: no such file or directory (give a run dir, an arm dir, a checkpoint dir or an HF model dir)")
+        raise UserError(
+            f"{p}: no such file or directory (give a run dir, an arm dir, a checkpoint dir or an HF model dir)"
+        )
     p = p.resolve()  # results record where the model really is, whatever the working dir
     m = STEP_DIR.match(p.name)
     if m and p.parent.name == "checkpoints":
@@ -116,8 +120,12 @@ def git_hash() -> str | None:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -150,8 +158,10 @@ def check_destinations(targets: list[Target], what: str, out: Path | None, overw
     for t in targets:
         dest = t.results_path(what, out).resolve()
         if dest in paths:
-            raise UserError(f"{paths[dest].checkpoint} and {t.checkpoint} would both write {dest}; "
-                            "evaluate them in separate calls or with different --out dirs")
+            raise UserError(
+                f"{paths[dest].checkpoint} and {t.checkpoint} would both write {dest}; "
+                "evaluate them in separate calls or with different --out dirs"
+            )
         check_writable(dest, overwrite)
         paths[dest] = t
     return list(paths)

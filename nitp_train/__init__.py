@@ -4,8 +4,14 @@
 command line starts fast.
 """
 
-_OBJECTIVE_NAMES = ("NITPObjective", "ObjectiveConfig", "alignment_loss", "masked_mean",
-                    "mean_pairwise_cosine", "shifted_pairs")
+_OBJECTIVE_NAMES = (
+    "NITPObjective",
+    "ObjectiveConfig",
+    "alignment_loss",
+    "masked_mean",
+    "mean_pairwise_cosine",
+    "shifted_pairs",
+)
 __all__ = list(_OBJECTIVE_NAMES)
 
 

@@ -26,18 +26,31 @@ def presets(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
     for name in preset_names():
         p = get_preset(name)
         counts = param_counts(p)
-        rows.append({
-            "name": name, "architecture": p.hf["model_type"], "moe": p.is_moe, "layers": p.num_layers,
-            "hidden": p.hf["hidden_size"], "total_params": counts["total"], "activated_params": counts["activated"],
-            "target_layer": p.nitp.get("target_layer"), "lambda": p.nitp.get("lambda"), "description": p.description,
-        })
+        rows.append(
+            {
+                "name": name,
+                "architecture": p.hf["model_type"],
+                "moe": p.is_moe,
+                "layers": p.num_layers,
+                "hidden": p.hf["hidden_size"],
+                "total_params": counts["total"],
+                "activated_params": counts["activated"],
+                "target_layer": p.nitp.get("target_layer"),
+                "lambda": p.nitp.get("lambda"),
+                "description": p.description,
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'preset':16} {'arch':10} {'layers':>6} {'hidden':>6} {'total':>9} {'activated':>9} {'target':>7} {'lambda':>6}")
+    typer.echo(
+        f"{'preset':16} {'arch':10} {'layers':>6} {'hidden':>6} {'total':>9} {'activated':>9} {'target':>7} {'lambda':>6}"
+    )
     for r in rows:
-        typer.echo(f"{r['name']:16} {r['architecture']:10} {r['layers']:>6} {r['hidden']:>6} {_human(r['total_params']):>9} "
-                   f"{_human(r['activated_params']):>9} {str(r['target_layer']) + '/' + str(r['layers']):>7} {r['lambda']:>6}")
+        typer.echo(
+            f"{r['name']:16} {r['architecture']:10} {r['layers']:>6} {r['hidden']:>6} {_human(r['total_params']):>9} "
+            f"{_human(r['activated_params']):>9} {str(r['target_layer']) + '/' + str(r['layers']):>7} {r['lambda']:>6}"
+        )
     typer.echo("(tiny presets counted with an 8192-token vocabulary; paper presets with the Qwen2 vocabulary)")
 
 
@@ -62,8 +75,12 @@ def flops(
         typer.echo(json.dumps(r.to_dict(), indent=2))
         return
     typer.echo(f"preset {r.preset}, per token, training (fwd + bwd), context {r.seq_len}")
-    typer.echo(f"  paper (App. G):  NTP {r.paper_baseline:.4g}  NITP extra {r.paper_nitp_extra:.4g}  overhead {100 * r.paper_overhead:.2f} %")
-    typer.echo(f"  exact config:    NTP {r.exact_baseline:.4g}  NITP extra {r.exact_nitp_extra:.4g}  overhead {100 * r.exact_overhead:.2f} %")
+    typer.echo(
+        f"  paper (App. G):  NTP {r.paper_baseline:.4g}  NITP extra {r.paper_nitp_extra:.4g}  overhead {100 * r.paper_overhead:.2f} %"
+    )
+    typer.echo(
+        f"  exact config:    NTP {r.exact_baseline:.4g}  NITP extra {r.exact_nitp_extra:.4g}  overhead {100 * r.exact_overhead:.2f} %"
+    )
     for part, v in r.exact_parts.items():
         typer.echo(f"    {part:24} {v:.4g}")
 

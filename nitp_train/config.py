@@ -22,10 +22,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # files / globs / dirs (.txt, .jsonl[.gz] "text", .parquet) or an HF dataset id; None = built-in corpus
+    path: str | None = (
+        None  # files / globs / dirs (.txt, .jsonl[.gz] "text", .parquet) or an HF dataset id; None = built-in corpus
+    )
     validation: str | None = None  # held-out text (same forms); None = built-in validation split, or the tail of `path`
     val_fraction: float = 0.01  # share of the token stream held out when `validation` is not given
-    tokenizer: str | None = None  # HF tokenizer dir or id, or train:VOCAB (byte-level BPE on the corpus); None = the preset's
+    tokenizer: str | None = (
+        None  # HF tokenizer dir or id, or train:VOCAB (byte-level BPE on the corpus); None = the preset's
+    )
     text_field: str = "text"
     cache_dir: str | None = None  # tokenised corpus; default <out>/../data, shared by the arms of a pair
     max_docs: int | None = None  # read at most this many documents (quick experiments)
@@ -70,8 +74,17 @@ class TrainConfig:
         d["optim"]["betas"] = list(self.optim.betas)
         return d
 
-    def validate(self) -> "TrainConfig":
-        for name in ("steps", "global_batch", "micro_batch", "seq_len", "save_every", "log_every", "eval_batches", "probe_batch"):
+    def validate(self) -> TrainConfig:
+        for name in (
+            "steps",
+            "global_batch",
+            "micro_batch",
+            "seq_len",
+            "save_every",
+            "log_every",
+            "eval_batches",
+            "probe_batch",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("eval_every", "probe_every"):
@@ -111,7 +124,8 @@ class _YamlLoader(yaml.SafeLoader):
 
 
 _YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _yaml(text: str):
@@ -154,8 +168,10 @@ def _build(cls, d: dict, prefix: str = ""):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise UserError(f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; known under "
-                        f"{prefix or 'top level'}: {', '.join(known)}")
+        raise UserError(
+            f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; known under "
+            f"{prefix or 'top level'}: {', '.join(known)}"
+        )
     kwargs = {}
     for name, value in d.items():
         default = getattr(cls(), name)

@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -79,7 +79,9 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
         raise UserError(f"{path}: unreadable ({e.__class__.__name__}: {e})") from e
 
 
-def read_documents(spec: str, text_field: str = "text", max_docs: int | None = None, split: str = "train") -> Iterator[str]:
+def read_documents(
+    spec: str, text_field: str = "text", max_docs: int | None = None, split: str = "train"
+) -> Iterator[str]:
     """Documents from local files or, when `spec` is not a local path, an HF dataset id ("name" or "name:config")."""
     files = resolve_files(spec)
     if files is None:
@@ -101,10 +103,14 @@ def _hf_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except Exception as e:  # the hub is unreachable, the id or split is wrong, ...
         first = (str(e).splitlines() or [""])[0][:200]
-        raise UserError(f"{spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {first})") from e
+        raise UserError(
+            f"{spec!r}: not a local path and not loadable as an HF dataset ({e.__class__.__name__}: {first})"
+        ) from e
     for record in ds:
         if text_field not in record:
-            raise UserError(f"{spec!r}: its records have no {text_field!r} field (fields: {sorted(record)}); set data.text_field")
+            raise UserError(
+                f"{spec!r}: its records have no {text_field!r} field (fields: {sorted(record)}); set data.text_field"
+            )
         if record[text_field]:
             yield record[text_field]
 
@@ -133,14 +139,23 @@ def load_or_train_tokenizer(spec: str, texts, save_dir: Path):
         except ValueError:
             raise UserError(f"data.tokenizer={spec!r}: expected train:VOCAB_SIZE, e.g. train:8192") from None
         bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(texts(), vocab_size=vocab, min_frequency=2, special_tokens=[EOS_FALLBACK], show_progress=False)
-        tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_FALLBACK, bos_token=EOS_FALLBACK,
-                                      unk_token=EOS_FALLBACK, pad_token=EOS_FALLBACK)
+        bpe.train_from_iterator(
+            texts(), vocab_size=vocab, min_frequency=2, special_tokens=[EOS_FALLBACK], show_progress=False
+        )
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=bpe._tokenizer,
+            eos_token=EOS_FALLBACK,
+            bos_token=EOS_FALLBACK,
+            unk_token=EOS_FALLBACK,
+            pad_token=EOS_FALLBACK,
+        )
     else:
         try:
             tok = AutoTokenizer.from_pretrained(spec)
         except Exception as e:
-            raise UserError(f"data.tokenizer={spec!r}: not a tokenizer dir or reachable HF id ({e.__class__.__name__})") from e
+            raise UserError(
+                f"data.tokenizer={spec!r}: not a tokenizer dir or reachable HF id ({e.__class__.__name__})"
+            ) from e
         if tok.eos_token is None:
             raise UserError(f"data.tokenizer={spec!r} has no EOS token; documents need a separator")
     tok.model_max_length = int(1e9)  # we window the stream ourselves
@@ -169,6 +184,7 @@ def _tokenise_to(path: Path, docs, tokenizer, dtype) -> int:
     n = 0
     batch: list[str] = []
     with open(path, "wb") as f:
+
         def flush():
             nonlocal n
             for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
@@ -188,8 +204,14 @@ def _tokenise_to(path: Path, docs, tokenizer, dtype) -> int:
 
 def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, barrier=lambda: None) -> TokenData:
     """Tokenise once (on the main process) and memory-map; every other caller reuses the files."""
-    key_src = {"path": _fingerprint(cfg.path), "validation": _fingerprint(cfg.validation) if cfg.validation or cfg.path is None else None,
-               "val_fraction": cfg.val_fraction, "tokenizer": cfg.tokenizer, "text_field": cfg.text_field, "max_docs": cfg.max_docs}
+    key_src = {
+        "path": _fingerprint(cfg.path),
+        "validation": _fingerprint(cfg.validation) if cfg.validation or cfg.path is None else None,
+        "val_fraction": cfg.val_fraction,
+        "tokenizer": cfg.tokenizer,
+        "text_field": cfg.text_field,
+        "max_docs": cfg.max_docs,
+    }
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     out = Path(cache_dir) / f"tokens-{key}"
     if is_main and not (out / "meta.json").exists():
@@ -235,15 +257,25 @@ def _tokenise_into(cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, v
     if n_train == 0:
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:
-        n_val = _tokenise_to(tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype)
+        n_val = _tokenise_to(
+            tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype
+        )
     else:  # hold out the tail of the training stream: copy it out, then cut it off (memory stays flat)
         n_val = int(n_train * cfg.val_fraction)
         n_train -= n_val
         np.memmap(tmp / "train.bin", dtype=dtype, mode="r")[n_train:].tofile(tmp / "val.bin")
         os.truncate(tmp / "train.bin", n_train * np.dtype(dtype).itemsize)
-    meta = {"train_tokens": n_train, "val_tokens": n_val, "dtype": np.dtype(dtype).name, "vocab_size": len(tokenizer),
-            "eos_token_id": tokenizer.eos_token_id, "train": train_spec, "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
-            "sha256_train": _sha256(tmp / "train.bin"), "key": key_src}
+    meta = {
+        "train_tokens": n_train,
+        "val_tokens": n_val,
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "train": train_spec,
+        "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
+        "sha256_train": _sha256(tmp / "train.bin"),
+        "key": key_src,
+    }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -273,7 +305,9 @@ class WindowSampler:
         self.seed = seed
         self.num_windows = len(tokens) // seq_len
         if self.num_windows < 1:
-            raise UserError(f"corpus has {len(tokens)} tokens, fewer than one window of seq_len={seq_len}; use more data or a shorter seq_len")
+            raise UserError(
+                f"corpus has {len(tokens)} tokens, fewer than one window of seq_len={seq_len}; use more data or a shorter seq_len"
+            )
         self._perm_epoch, self._perm = -1, None
 
     def _window(self, i: int) -> int:
@@ -291,7 +325,7 @@ class WindowSampler:
     def batch(self, window_ids: list[int]):
         import torch
 
-        rows = [np.asarray(self.tokens[w * self.seq_len:(w + 1) * self.seq_len], dtype=np.int64) for w in window_ids]
+        rows = [np.asarray(self.tokens[w * self.seq_len : (w + 1) * self.seq_len], dtype=np.int64) for w in window_ids]
         return torch.from_numpy(np.stack(rows))
 
 

@@ -44,8 +44,13 @@ def _dims(hf: dict, vocab_size: int | None):
     return d, heads, hf.get("num_key_value_heads") or heads, head_dim, hf.get("vocab_size", vocab_size)
 
 
-def flops_per_token(preset: Preset, seq_len: int | None = None, vocab_size: int | None = None,
-                    projector: str = "swiglu", projector_mult: int = 4) -> FlopsReport:
+def flops_per_token(
+    preset: Preset,
+    seq_len: int | None = None,
+    vocab_size: int | None = None,
+    projector: str = "swiglu",
+    projector_mult: int = 4,
+) -> FlopsReport:
     """Per-token training FLOPs of the NTP baseline and of NITP's extra work for a preset."""
     hf = preset.hf
     seq_len = seq_len or preset.train.get("seq_len", 8192)
@@ -68,7 +73,9 @@ def flops_per_token(preset: Preset, seq_len: int | None = None, vocab_size: int 
     dense_layers = [i for i in range(L) if not moe or i in (hf.get("mlp_only_layers") or [])]
     n_dense = len(dense_layers)
     dense_ffn = 3 * d * hf["intermediate_size"]
-    moe_ffn = 3 * d * (top_k * hf.get("moe_intermediate_size", 0) + shared * hf.get("shared_expert_intermediate_size", 0))
+    moe_ffn = (
+        3 * d * (top_k * hf.get("moe_intermediate_size", 0) + shared * hf.get("shared_expert_intermediate_size", 0))
+    )
     router = d * hf.get("num_experts", 0) + (d if shared else 0)  # router + sigmoid gate of the shared expert
     parts = {
         "attention_projections": 6 * L * attn_proj,
@@ -80,5 +87,12 @@ def flops_per_token(preset: Preset, seq_len: int | None = None, vocab_size: int 
     exact_baseline = float(sum(parts.values()))
     proj_params = {"swiglu": 3 * projector_mult * d * d, "linear": d * d, "none": 0}[projector]
     exact_extra = 6 * proj_params + 18 * d
-    return FlopsReport(preset.name, seq_len, float(paper_baseline), float(paper_extra),
-                       exact_baseline, float(exact_extra), {k_: float(v) for k_, v in parts.items()})
+    return FlopsReport(
+        preset.name,
+        seq_len,
+        float(paper_baseline),
+        float(paper_extra),
+        exact_baseline,
+        float(exact_extra),
+        {k_: float(v) for k_, v in parts.items()},
+    )

@@ -57,29 +57,41 @@ class ObjectiveConfig:
         if self.shift not in SHIFTS:
             raise ValueError(f"objective.shift={self.shift!r} is unknown; choose one of {', '.join(SHIFTS)}")
         if self.projector not in PROJECTORS:
-            raise ValueError(f"objective.projector={self.projector!r} is unknown; choose one of {', '.join(PROJECTORS)}")
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam >= 0:  # also catches NaN
+            raise ValueError(
+                f"objective.projector={self.projector!r} is unknown; choose one of {', '.join(PROJECTORS)}"
+            )
+        if (
+            isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam >= 0
+        ):  # also catches NaN
             raise ValueError(f"objective.lambda={self.lam!r} must be a number >= 0")
         if not isinstance(self.stop_grad, bool):
             raise ValueError(f"objective.stop_grad={self.stop_grad!r} must be true or false")
         if isinstance(self.projector_mult, bool) or not isinstance(self.projector_mult, int) or self.projector_mult < 1:
-            raise ValueError(f"objective.projector_mult={self.projector_mult!r} must be an int >= 1 (SwiGLU width = mult * d)")
+            raise ValueError(
+                f"objective.projector_mult={self.projector_mult!r} must be an int >= 1 (SwiGLU width = mult * d)"
+            )
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"objective.start_step={self.start_step!r} must be an int >= 0")
         if isinstance(self.target_layer, bool) or not isinstance(self.target_layer, (int, float)):
-            raise ValueError(f"objective.target_layer={self.target_layer!r} must be an int layer index or a fraction in (0, 1)")
+            raise ValueError(
+                f"objective.target_layer={self.target_layer!r} must be an int layer index or a fraction in (0, 1)"
+            )
         if isinstance(self.target_layer, float) and not 0.0 < self.target_layer < 1.0:
-            raise ValueError(f"objective.target_layer={self.target_layer} as a fraction must lie in (0, 1); give an int for a layer index")
+            raise ValueError(
+                f"objective.target_layer={self.target_layer} as a fraction must lie in (0, 1); give an int for a layer index"
+            )
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ObjectiveConfig":
+    def from_dict(cls, d: dict) -> ObjectiveConfig:
         d = dict(d)
         if "lambda" in d:
             d["lam"] = d.pop("lambda")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown objective field(s) {unknown}; known: lambda, {', '.join(sorted(known - {'lam'}))}")
+            raise ValueError(
+                f"unknown objective field(s) {unknown}; known: lambda, {', '.join(sorted(known - {'lam'}))}"
+            )
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -99,14 +111,18 @@ def resolve_target_layer(target_layer: int | float, num_layers: int) -> int:
     else:
         k = int(target_layer)
     if not 0 <= k <= num_layers:
-        raise ValueError(f"objective.target_layer={target_layer} is out of range: the model has hidden_states 0..{num_layers}")
+        raise ValueError(
+            f"objective.target_layer={target_layer} is out of range: the model has hidden_states 0..{num_layers}"
+        )
     return k
 
 
 # ---------------------------------------------------------------------------- pure functions
 
 
-def shifted_pairs(h_last: torch.Tensor, z_layer: torch.Tensor, attention_mask: torch.Tensor | None, shift: str = "next"):
+def shifted_pairs(
+    h_last: torch.Tensor, z_layer: torch.Tensor, attention_mask: torch.Tensor | None, shift: str = "next"
+):
     """(sources, targets, valid) aligned per position.
 
     next:    source h_t, target z_{t+1}, valid where t and t+1 are real tokens (last position never).
@@ -205,7 +221,9 @@ class NITPObjective(nn.Module):
         self.num_layers = num_layers
         self.target_layer = resolve_target_layer(config.target_layer, num_layers)
         uses_projector = config.name == "nitp"
-        self.projector = build_projector(config.projector if uses_projector else "none", hidden_size, config.projector_mult)
+        self.projector = build_projector(
+            config.projector if uses_projector else "none", hidden_size, config.projector_mult
+        )
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -217,7 +235,9 @@ class NITPObjective(nn.Module):
             return 0.0
         return self.config.lam
 
-    def forward(self, hidden_states, attention_mask: torch.Tensor | None = None, step: int | None = None) -> ObjectiveOutput:
+    def forward(
+        self, hidden_states, attention_mask: torch.Tensor | None = None, step: int | None = None
+    ) -> ObjectiveOutput:
         cfg = self.config
         if cfg.name == "ntp":
             zero = hidden_states[-1].new_zeros((), dtype=torch.float32)
@@ -227,7 +247,9 @@ class NITPObjective(nn.Module):
             raw = mean_pairwise_cosine(h_last, attention_mask)
             return ObjectiveOutput(self.weight(step) * raw, raw, {"loss_cosine_reg": raw.item()})
         if len(hidden_states) != self.num_layers + 1:
-            raise ValueError(f"expected {self.num_layers + 1} hidden states (embeddings + {self.num_layers} blocks), got {len(hidden_states)}")
+            raise ValueError(
+                f"expected {self.num_layers + 1} hidden states (embeddings + {self.num_layers} blocks), got {len(hidden_states)}"
+            )
         z = hidden_states[self.target_layer]
         if cfg.stop_grad:
             z = z.detach()
@@ -246,15 +268,19 @@ class NITPObjective(nn.Module):
         """Write nitp_projector.safetensors; `state_dict` overrides ours (e.g. gathered from FSDP shards)."""
         from safetensors.torch import save_file
 
-        meta = {"config": json.dumps(self.config.to_dict()), "hidden_size": str(self.hidden_size),
-                "num_layers": str(self.num_layers), "target_layer": str(self.target_layer)}
+        meta = {
+            "config": json.dumps(self.config.to_dict()),
+            "hidden_size": str(self.hidden_size),
+            "num_layers": str(self.num_layers),
+            "target_layer": str(self.target_layer),
+        }
         path = Path(checkpoint_dir) / PROJECTOR_FILE
         state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
         save_file(state, str(path), metadata=meta)
         return path
 
     @classmethod
-    def load(cls, checkpoint_dir: str | Path, map_location: str = "cpu") -> "NITPObjective":
+    def load(cls, checkpoint_dir: str | Path, map_location: str = "cpu") -> NITPObjective:
         from safetensors import safe_open
         from safetensors.torch import load_file
 

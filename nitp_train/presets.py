@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -42,7 +42,7 @@ class Preset:
         return AutoConfig.for_model(model_type, **kwargs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _all_presets() -> dict[str, Preset]:
     raw = yaml.safe_load(PRESETS_FILE.read_text())
     return {name: Preset(name=name, **spec) for name, spec in raw.items()}

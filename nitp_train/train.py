@@ -92,8 +92,13 @@ class TrainModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, step: int):
         kwargs = {"output_router_logits": True} if self.is_moe else {}
-        out = self.model(input_ids=input_ids, labels=input_ids, use_cache=False,
-                         output_hidden_states=self.objective.needs_hidden_states, **kwargs)
+        out = self.model(
+            input_ids=input_ids,
+            labels=input_ids,
+            use_cache=False,
+            output_hidden_states=self.objective.needs_hidden_states,
+            **kwargs,
+        )
         loss_ntp = out.loss
         parts = {}
         if self.is_moe:  # HF adds coef * load-balancing loss to out.loss; log the CE alone
@@ -113,16 +118,24 @@ def build_model(cfg: TrainConfig, tokenizer):
 
     preset = get_preset(cfg.model.preset)
     try:
-        hf_config = preset.hf_config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                     **cfg.model.hf_overrides)
+        hf_config = preset.hf_config(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **cfg.model.hf_overrides,
+        )
     except (TypeError, ValueError) as e:
         raise UserError(f"model.hf_overrides: {e}") from e
     if hf_config.vocab_size < len(tokenizer):
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but preset {preset.name} has vocab_size {hf_config.vocab_size}; use a smaller tokenizer")
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens but preset {preset.name} has vocab_size {hf_config.vocab_size}; use a smaller tokenizer"
+        )
     if cfg.seq_len > hf_config.max_position_embeddings:
-        raise UserError(f"seq_len={cfg.seq_len} exceeds the model's max_position_embeddings={hf_config.max_position_embeddings}; "
-                        f"lower seq_len or --set model.hf_overrides.max_position_embeddings={cfg.seq_len}")
+        raise UserError(
+            f"seq_len={cfg.seq_len} exceeds the model's max_position_embeddings={hf_config.max_position_embeddings}; "
+            f"lower seq_len or --set model.hf_overrides.max_position_embeddings={cfg.seq_len}"
+        )
     torch.manual_seed(cfg.seed)  # the backbone init depends on the seed only: identical in every arm
     model = AutoModelForCausalLM.from_config(hf_config)
     # the projector draws from its own RNG stream, leaving the global one untouched
@@ -150,12 +163,21 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module):
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)  # no decay on norms and biases
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr, betas=cfg.optim.betas)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+    )
     decay_steps = int(round(cfg.steps * cfg.optim.decay_ratio))
     warmup = min(cfg.optim.warmup_steps, cfg.steps - decay_steps)
-    sched = get_wsd_schedule(opt, num_warmup_steps=warmup, num_decay_steps=decay_steps, num_training_steps=cfg.steps,
-                             decay_type=cfg.optim.decay_type, min_lr_ratio=cfg.optim.min_lr_ratio)
+    sched = get_wsd_schedule(
+        opt,
+        num_warmup_steps=warmup,
+        num_decay_steps=decay_steps,
+        num_training_steps=cfg.steps,
+        decay_type=cfg.optim.decay_type,
+        min_lr_ratio=cfg.optim.min_lr_ratio,
+    )
     return opt, sched
 
 
@@ -166,7 +188,7 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and (p / STATE_FILE).exists())
 
 
-def _full_state(module: "TrainModule", opt, fsdp: bool) -> tuple[dict, dict]:
+def _full_state(module: TrainModule, opt, fsdp: bool) -> tuple[dict, dict]:
     """Unsharded model+objective weights and optimizer state (collective under FSDP: every rank calls)."""
     if not fsdp:
         return module.state_dict(), opt.state_dict()
@@ -176,24 +198,41 @@ def _full_state(module: "TrainModule", opt, fsdp: bool) -> tuple[dict, dict]:
     return get_model_state_dict(module, options=options), get_optimizer_state_dict(module, opt, options=options)
 
 
-def save_checkpoint(out: Path, step: int, module: "TrainModule", tokenizer, opt, sched, cfg: TrainConfig, dist: Dist,
-                    consumed_sha: str = "") -> Path:
+def save_checkpoint(
+    out: Path,
+    step: int,
+    module: TrainModule,
+    tokenizer,
+    opt,
+    sched,
+    cfg: TrainConfig,
+    dist: Dist,
+    consumed_sha: str = "",
+) -> Path:
     """Atomic: everything goes to a temp dir that is renamed into place once complete."""
     final = out / "checkpoints" / f"step-{step:06d}"
     weights, opt_state = _full_state(module, opt, fsdp=cfg.parallel == "fsdp" and dist.world > 1)
     if dist.is_main:
         tmp = final.with_name(f".tmp-{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model_sd = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+        model_sd = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
         if module.model.config.tie_word_embeddings:  # gathered copies are no longer tied: store the weight once
             model_sd.pop("lm_head.weight", None)
         module.model.save_pretrained(tmp, state_dict=model_sd)
         tokenizer.save_pretrained(tmp)
         if module.objective.config.name == "nitp":
-            module.objective.save(tmp, {k[len("objective."):]: v for k, v in weights.items() if k.startswith("objective.")})
-        state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
-                 "rng_cpu": torch.get_rng_state(), "config": cfg.to_dict(), "world_size": dist.world,
-                 "consumed_order_sha256": consumed_sha}
+            module.objective.save(
+                tmp, {k[len("objective.") :]: v for k, v in weights.items() if k.startswith("objective.")}
+            )
+        state = {
+            "step": step,
+            "optimizer": opt_state,
+            "scheduler": sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "config": cfg.to_dict(),
+            "world_size": dist.world,
+            "consumed_order_sha256": consumed_sha,
+        }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         torch.save(state, tmp / STATE_FILE)
@@ -215,7 +254,9 @@ def load_weights(ckpt: Path, model, objective) -> None:
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [m for m in missing if not (model.config.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise UserError(f"{ckpt}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); same preset and overrides?")
+        raise UserError(
+            f"{ckpt}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}); same preset and overrides?"
+        )
     if model.config.tie_word_embeddings:
         model.tie_weights()
     if objective.config.name == "nitp":
@@ -244,7 +285,7 @@ def validation_ce(model, windows: torch.Tensor, micro_batch: int, device, amp) -
     model.eval()
     losses = []
     for i in range(0, len(windows), micro_batch):
-        x = windows[i:i + micro_batch].to(device)
+        x = windows[i : i + micro_batch].to(device)
         with _autocast(device, amp):
             losses.append(model(input_ids=x, labels=x, use_cache=False).loss.float().item())
     model.train()
@@ -294,8 +335,18 @@ def prepare_out_dir(out: Path, replace: bool, dist: Dist) -> None:
 
 # Fields a resumed run may change: how long it runs, how often it saves, logs and measures, and
 # where it runs (the global batch, and so the maths, stays the same).
-RESUMABLE_CHANGES = {"steps", "save_every", "log_every", "eval_every", "eval_batches", "probe_every", "probe_batch",
-                     "device", "parallel", "micro_batch"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "save_every",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "probe_every",
+    "probe_batch",
+    "device",
+    "parallel",
+    "micro_batch",
+}
 
 
 def check_resume_config(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
@@ -304,19 +355,29 @@ def check_resume_config(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
     changed = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k))
     if changed:
         diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise UserError(f"--resume from {ckpt} with a different config ({diffs}); give the original settings "
-                        f"(see its config.yaml) or start a new run dir")
+        raise UserError(
+            f"--resume from {ckpt} with a different config ({diffs}); give the original settings "
+            f"(see its config.yaml) or start a new run dir"
+        )
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
-          cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Train one arm; returns a summary (final step, last logged metrics, paths)."""
     out = Path(out)
     dist = Dist(cfg.device)
     per_rank, rem = divmod(cfg.global_batch, dist.world)
     accum, rem2 = divmod(per_rank, min(cfg.micro_batch, per_rank))
     if rem or rem2:
-        raise UserError(f"global_batch={cfg.global_batch} must split evenly over {dist.world} process(es) x micro_batch={cfg.micro_batch}")
+        raise UserError(
+            f"global_batch={cfg.global_batch} must split evenly over {dist.world} process(es) x micro_batch={cfg.micro_batch}"
+        )
     micro = per_rank // accum
     has_content = check_out_dir(out, resume, overwrite)
     ckpts = checkpoint_dirs(out) if resume else []
@@ -353,16 +414,27 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     consumed_sha = resume_state.get("consumed_order_sha256", "") if resume_state else ""
 
     val_windows = fixed_windows(data.val, cfg.seq_len, cfg.eval_batches * micro)
-    probe_windows = fixed_windows(data.val if len(data.val) >= cfg.seq_len else data.train, cfg.seq_len, cfg.probe_batch)
+    probe_windows = fixed_windows(
+        data.val if len(data.val) >= cfg.seq_len else data.train, cfg.seq_len, cfg.probe_batch
+    )
     amp = autocast_dtype(cfg.precision, dist.device)
     if dist.is_main:
         dump_config(cfg, out / "config.yaml")
-        order = hashlib.sha256(json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode())
-        provenance = {"seed": cfg.seed, "init_weights_sha256": init_sha, "data_sha256": data.meta["sha256_train"],
-                      "order_sha256": order.hexdigest(), "data_dir": str(data.dir), "vocab_size": model.config.vocab_size,
-                      "world_size": dist.world,
-                      "parallel": cfg.parallel if dist.world > 1 else "none",
-                      "precision": str(amp).replace("torch.", "") if amp else "fp32", "objective": cfg.objective.to_dict()}
+        order = hashlib.sha256(
+            json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode()
+        )
+        provenance = {
+            "seed": cfg.seed,
+            "init_weights_sha256": init_sha,
+            "data_sha256": data.meta["sha256_train"],
+            "order_sha256": order.hexdigest(),
+            "data_dir": str(data.dir),
+            "vocab_size": model.config.vocab_size,
+            "world_size": dist.world,
+            "parallel": cfg.parallel if dist.world > 1 else "none",
+            "precision": str(amp).replace("torch.", "") if amp else "fp32",
+            "objective": cfg.objective.to_dict(),
+        }
         if start == 0:
             (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
         _truncate_metrics(out / "metrics.jsonl", start)
@@ -372,18 +444,24 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{out.name} ({cfg.objective.name})", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps, initial=start, desc=f"{out.name} ({cfg.objective.name})", unit="step", dynamic_ncols=True
+        )
     last = {}
     t_start = time.perf_counter()
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         global_ids = sampler.sample_ids(step, cfg.global_batch)
         consumed_sha = hashlib.sha256(f"{consumed_sha}:{global_ids}".encode()).hexdigest()
-        ids = global_ids[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+        ids = global_ids[dist.rank * per_rank : (dist.rank + 1) * per_rank]
         sums: dict[str, float] = {}
         for m in range(accum):
-            x = sampler.batch(ids[m * micro:(m + 1) * micro]).to(dist.device)
-            sync = contextlib.nullcontext() if m == accum - 1 or dist.world == 1 or cfg.parallel != "ddp" else wrapped.no_sync()
+            x = sampler.batch(ids[m * micro : (m + 1) * micro]).to(dist.device)
+            sync = (
+                contextlib.nullcontext()
+                if m == accum - 1 or dist.world == 1 or cfg.parallel != "ddp"
+                else wrapped.no_sync()
+            )
             with sync:
                 with _autocast(dist.device, amp):
                     total, parts = wrapped(x, step)
@@ -405,20 +483,35 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
         opt.zero_grad(set_to_none=True)
         done = step + 1
         dt = time.perf_counter() - t0
-        record = {"step": done, "tokens": done * cfg.global_batch * cfg.seq_len, "lr": lr, **means,
-                  "grad_norm": float(grad_norm), "tokens_per_s": cfg.global_batch * cfg.seq_len / dt,
-                  "elapsed_s": time.perf_counter() - t_start}
+        record = {
+            "step": done,
+            "tokens": done * cfg.global_batch * cfg.seq_len,
+            "lr": lr,
+            **means,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": cfg.global_batch * cfg.seq_len / dt,
+            "elapsed_s": time.perf_counter() - t_start,
+        }
         if cfg.eval_every and val_windows is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             record["val_ce"] = validation_ce(model, val_windows, micro, dist.device, amp)
-        if cfg.probe_every and probe_windows is not None and (done % cfg.probe_every == 0 or done == 1 or done == cfg.steps):
+        if (
+            cfg.probe_every
+            and probe_windows is not None
+            and (done % cfg.probe_every == 0 or done == 1 or done == cfg.steps)
+        ):
             record.update(geometry_probe(model, probe_windows, dist.device, amp))
-        if dist.is_main and (done % cfg.log_every == 0 or done == cfg.steps or "val_ce" in record or "probe_erank" in record):
+        if dist.is_main and (
+            done % cfg.log_every == 0 or done == cfg.steps or "val_ce" in record or "probe_erank" in record
+        ):
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         last = record
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{means['loss_ntp']:.3f}", **({"nitp": f"{means['loss_nitp']:.3f}"} if "loss_nitp" in means else {}))
+            bar.set_postfix(
+                loss=f"{means['loss_ntp']:.3f}",
+                **({"nitp": f"{means['loss_nitp']:.3f}"} if "loss_nitp" in means else {}),
+            )
         if done % cfg.save_every == 0 or done == cfg.steps:
             save_checkpoint(out, done, module, data.tokenizer, opt, sched, cfg, dist, consumed_sha)
     if bar is not None:
@@ -433,8 +526,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bo
 
 def _non_finite(what: str, step: int, out: Path) -> UserError:
     kept = checkpoint_dirs(out)
-    return UserError(f"non-finite {what} at step {step + 1}: stopped before the update; "
-                     f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data")
+    return UserError(
+        f"non-finite {what} at step {step + 1}: stopped before the update; "
+        f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data"
+    )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

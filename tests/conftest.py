@@ -14,7 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("NITP_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()  # as results record it
+SHARED_DATA = Path(
+    os.environ.get("NITP_SHARED_DATA", REPO.parent / "shared" / "data")
+).resolve()  # as results record it
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +34,18 @@ def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "gpt2")
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
     model = Qwen2ForCausalLM(cfg)
     out = tmp_path_factory.mktemp("tiny") / "model"
     model.save_pretrained(out)
@@ -44,11 +55,21 @@ def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
 
 # A CPU-second-sized model for trainer tests: tiny-dense shrunk through config overrides.
 TINY_SETS = [
-    "model.hf_overrides.hidden_size=64", "model.hf_overrides.num_hidden_layers=4",
-    "model.hf_overrides.num_attention_heads=2", "model.hf_overrides.num_key_value_heads=1",
-    "model.hf_overrides.intermediate_size=128", "objective.target_layer=1",
-    "seq_len=64", "global_batch=8", "micro_batch=4", "data.tokenizer=train:1024",
-    "optim.warmup_steps=2", "eval_every=3", "eval_batches=2", "probe_every=3", "probe_batch=4",
+    "model.hf_overrides.hidden_size=64",
+    "model.hf_overrides.num_hidden_layers=4",
+    "model.hf_overrides.num_attention_heads=2",
+    "model.hf_overrides.num_key_value_heads=1",
+    "model.hf_overrides.intermediate_size=128",
+    "objective.target_layer=1",
+    "seq_len=64",
+    "global_batch=8",
+    "micro_batch=4",
+    "data.tokenizer=train:1024",
+    "optim.warmup_steps=2",
+    "eval_every=3",
+    "eval_batches=2",
+    "probe_every=3",
+    "probe_batch=4",
     "precision=fp32",
 ]
 
@@ -88,8 +109,14 @@ def tiny_encoder(tmp_path_factory, shared_data) -> Path:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(shared_data / "tokenizers" / "gpt2")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     out = tmp_path_factory.mktemp("tiny-encoder") / "encoder"
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)

@@ -25,11 +25,17 @@ def test_layers_preset_file_options_set(tmp_path):
     assert (paper.objective.target_layer, paper.objective.lam, paper.seq_len) == (5, 0.8, 8192)
 
 
-@pytest.mark.parametrize("sets, needle", [
-    (["stepz=3"], "unknown config field"), (["optim.lr=fast"], "optim.lr='fast' must be a number"),
-    (["save_every=0"], "save_every=0 must be >= 1"), (["eval_every=-1"], "eval_every=-1 must be >= 0"),
-    (["objective=3"], "objective"), (["precision=fp8"], "precision"),
-])
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["stepz=3"], "unknown config field"),
+        (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+        (["save_every=0"], "save_every=0 must be >= 1"),
+        (["eval_every=-1"], "eval_every=-1 must be >= 0"),
+        (["objective=3"], "objective"),
+        (["precision=fp8"], "precision"),
+    ],
+)
 def test_bad_fields(sets, needle):
     with pytest.raises(UserError, match=needle):
         load_config(sets=sets)

@@ -54,7 +54,9 @@ def test_parquet_without_the_text_column_is_a_user_error(tmp_path):
 
 def test_parquet_is_read_a_row_group_at_a_time_in_order(tmp_path):
     docs = [f"document {i}" for i in range(7)]
-    pq.write_table(pa.table({"id": list(range(7)), "text": docs[:3] + [""] + docs[4:]}), tmp_path / "p.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table({"id": list(range(7)), "text": docs[:3] + [""] + docs[4:]}), tmp_path / "p.parquet", row_group_size=2
+    )
     assert pq.ParquetFile(tmp_path / "p.parquet").num_row_groups == 4
     assert list(read_documents(str(tmp_path / "p.parquet"))) == docs[:3] + docs[4:]  # the empty text skipped
 
@@ -66,7 +68,9 @@ def test_hf_dataset_id_goes_through_datasets(monkeypatch):
 
     def fake_load_dataset(name, config=None, split=None, streaming=False):  # the hub is unreachable: serve from memory
         calls.append((name, config, split, streaming))
-        return datasets.Dataset.from_dict({"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]}).to_iterable_dataset()
+        return datasets.Dataset.from_dict(
+            {"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]}
+        ).to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert list(read_documents("someone/corpus:en")) == ["hub doc one", "hub doc two"]  # empty texts skipped
@@ -101,10 +105,12 @@ def test_tokenised_once_and_reused(tiny_corpus, tmp_path, shared_data):
     second = prepare_data(cfg, tmp_path)
     assert second.dir == first.dir and (second.dir / "train.bin").stat().st_mtime_ns == mtime
     # the token stream is the documents tokenised with the tokenizer, EOS-separated; 5 % held out at the tail
-    ids = first.tokenizer(tiny_corpus.read_text(), add_special_tokens=False)["input_ids"] + [first.tokenizer.eos_token_id]
+    ids = first.tokenizer(tiny_corpus.read_text(), add_special_tokens=False)["input_ids"] + [
+        first.tokenizer.eos_token_id
+    ]
     n_val = int(len(ids) * 0.05)
     assert np.array_equal(np.asarray(first.train), ids[: len(ids) - n_val])
-    assert np.array_equal(np.asarray(first.val), ids[len(ids) - n_val:])
+    assert np.array_equal(np.asarray(first.val), ids[len(ids) - n_val :])
     # a different tokenizer is a different cache entry, not a silent reuse
     other = prepare_data(DataConfig(path=str(tiny_corpus), tokenizer="train:300"), tmp_path)
     assert other.dir != first.dir and other.vocab_size <= 300
@@ -130,8 +136,13 @@ def test_moe_preset_trains_with_router_loss(tmp_path, tiny_sets, tiny_corpus):
     from nitp_train.train import train
 
     sets = [s for s in tiny_sets if "hf_overrides" not in s] + [
-        "model.preset=tiny-moe", "model.hf_overrides.hidden_size=32", "model.hf_overrides.num_hidden_layers=3",
-        f"data.path={tiny_corpus}", "steps=2", "save_every=2"]
+        "model.preset=tiny-moe",
+        "model.hf_overrides.hidden_size=32",
+        "model.hf_overrides.num_hidden_layers=3",
+        f"data.path={tiny_corpus}",
+        "steps=2",
+        "save_every=2",
+    ]
     train(load_config(sets=sets), tmp_path / "moe", progress=False)
     records = [json.loads(line) for line in (tmp_path / "moe" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss_router"] > 0 for r in records)

@@ -75,8 +75,21 @@ def test_all_steps_trajectory_and_no_silent_overwrite(tiny_run, tmp_path):
 
 def test_any_hf_model_with_text_file_and_target_layer(tiny_checkpoint, shared_data, tmp_path):
     text = shared_data / "corpus" / "tinystories" / "validation.txt"
-    out = run(tiny_checkpoint, "--text", text, "--tokens", 1500, "--seq-len", 128, "--target-layer", 2,
-              "--n-pairs", 300, "--out", tmp_path)
+    out = run(
+        tiny_checkpoint,
+        "--text",
+        text,
+        "--tokens",
+        1500,
+        "--seq-len",
+        128,
+        "--target-layer",
+        2,
+        "--n-pairs",
+        300,
+        "--out",
+        tmp_path,
+    )
     r = json.loads((tmp_path / "model.json").read_text())
     assert r["arm"] is None and r["settings"]["text"] == str(text) and r["settings"]["text_source"] == "--text"
     assert r["settings"]["seq_len"] == 128 and r["pairs"] == 300
@@ -89,7 +102,10 @@ def test_builtin_fallback_text_for_models_outside_runs(tiny_checkpoint, tmp_path
     r = json.loads((tmp_path / "model.json").read_text())
     assert r["settings"]["text"].endswith("shakespeare-validation.jsonl.gz")
     assert r["settings"]["text_source"].startswith("built-in")
-    assert r["settings"]["target_layer_source"] == "default ceil(0.2 L), the trainer's rule" and r["alignment"]["target_layer"] == 1
+    assert (
+        r["settings"]["target_layer_source"] == "default ceil(0.2 L), the trainer's rule"
+        and r["alignment"]["target_layer"] == 1
+    )
 
 
 def test_states_file(tmp_path):
@@ -104,8 +120,20 @@ def test_states_file(tmp_path):
 
 def test_states_file_notes_rank_cap_short_file_and_ignored_options(tmp_path):
     np.save(tmp_path / "few.npy", np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32))
-    result = CliRunner().invoke(app, ["geometry", str(tmp_path / "few.npy"), "--text", "x.txt", "--seq-len", "8",
-                                      "--bos", "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "geometry",
+            str(tmp_path / "few.npy"),
+            "--text",
+            "x.txt",
+            "--seq-len",
+            "8",
+            "--bos",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "eval" / "few.npy.json").read_text())
     assert r["tokens"] == 40 and r["rank_cap"] == 39
@@ -116,8 +144,21 @@ def test_states_file_notes_rank_cap_short_file_and_ignored_options(tmp_path):
 
 
 def test_rank_cap_note_for_a_model(tiny_checkpoint, tmp_path):
-    result = CliRunner().invoke(app, ["geometry", str(tiny_checkpoint), "--tokens", "60", "--seq-len", "20",
-                                      "--n-pairs", "50", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "geometry",
+            str(tiny_checkpoint),
+            "--tokens",
+            "60",
+            "--seq-len",
+            "20",
+            "--n-pairs",
+            "50",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "model.json").read_text())
     assert r["tokens"] == 60 and r["dim"] == 64 and r["rank_cap"] == 59 and r["pairs"] == 50
@@ -132,7 +173,9 @@ def test_run_without_its_validation_tokens_says_so(tiny_run, tmp_path):
     shutil.copy(tiny_run / "nitp" / "config.yaml", arm / "config.yaml")
     prov = json.loads((tiny_run / "nitp" / "provenance.json").read_text())
     (arm / "provenance.json").write_text(json.dumps({**prov, "data_dir": str(tmp_path / "gone")}))
-    result = CliRunner().invoke(app, ["geometry", str(arm), "--tokens", "300", "--seq-len", "64", "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(
+        app, ["geometry", str(arm), "--tokens", "300", "--seq-len", "64", "--out", str(tmp_path / "eval")]
+    )
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "eval" / "nitp-step-000003.json").read_text())
     assert r["settings"]["text_source"].startswith("built-in")
@@ -150,19 +193,33 @@ def test_hf_dataset_id_is_streamed(tiny_checkpoint, tmp_path, monkeypatch):
         return ({"text": f"Line {i} of a dataset that only exists in this test."} for i in range(100_000))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    run(tiny_checkpoint, "--text", "someone/corpus:en", "--text-split", "test", "--tokens", 700, "--seq-len", 100,
-        "--out", tmp_path)
+    run(
+        tiny_checkpoint,
+        "--text",
+        "someone/corpus:en",
+        "--text-split",
+        "test",
+        "--tokens",
+        700,
+        "--seq-len",
+        100,
+        "--out",
+        tmp_path,
+    )
     r = json.loads((tmp_path / "model.json").read_text())
     assert calls == [("someone/corpus", "en", "test", True)]
     assert r["tokens"] == 700 and r["settings"]["text"] == "someone/corpus:en" and r["settings"]["text_split"] == "test"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{model}", "--target-layer", "7"], "out of range"),
-    (["{model}", "--tokens", "50", "--seq-len", "100"], "2 different sequences"),
-    (["{model}", "--seq-len", "5000"], "max_position_embeddings"),
-    (["{model}", "--device", "cuda:0"], "--device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{model}", "--target-layer", "7"], "out of range"),
+        (["{model}", "--tokens", "50", "--seq-len", "100"], "2 different sequences"),
+        (["{model}", "--seq-len", "5000"], "max_position_embeddings"),
+        (["{model}", "--device", "cuda:0"], "--device"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tiny_checkpoint, tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -183,20 +240,28 @@ def _list_pt(tmp_path, model):
     return tmp_path / "list.pt"
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda tmp, model: [tmp / "nope"], "nope: no such file"),
-    (lambda tmp, model: [tmp], "not a run dir"),
-    (lambda tmp, model: [_no_weights(tmp, model)], "cannot load the model"),
-    (lambda tmp, model: [model, "--layers", "9"], "--layers 9: out of range"),
-    (lambda tmp, model: [model, "--tokens", "1"], "--tokens 1: too few"),
-    (lambda tmp, model: [model, "--dtype", "float8"], "--dtype float8: unknown"),
-    (lambda tmp, model: [_list_pt(tmp, model)], "holds a list, not one tensor"),
-], ids=["missing-path", "not-a-model", "no-weights", "layer-out-of-range", "too-few-tokens", "bad-dtype", "pt-list"])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda tmp, model: [tmp / "nope"], "nope: no such file"),
+        (lambda tmp, model: [tmp], "not a run dir"),
+        (lambda tmp, model: [_no_weights(tmp, model)], "cannot load the model"),
+        (lambda tmp, model: [model, "--layers", "9"], "--layers 9: out of range"),
+        (lambda tmp, model: [model, "--tokens", "1"], "--tokens 1: too few"),
+        (lambda tmp, model: [model, "--dtype", "float8"], "--dtype float8: unknown"),
+        (lambda tmp, model: [_list_pt(tmp, model)], "holds a list, not one tensor"),
+    ],
+    ids=["missing-path", "not-a-model", "no-weights", "layer-out-of-range", "too-few-tokens", "bad-dtype", "pt-list"],
+)
 def test_cli_error_exit_code_and_single_line(tiny_checkpoint, tmp_path, make_args, message):
     (tmp_path / "in").mkdir()
     args = [str(a) for a in make_args(tmp_path / "in", tiny_checkpoint)]
-    proc = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "geometry", *args, "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nitp_eval.cli", "geometry", *args, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr

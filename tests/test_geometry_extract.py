@@ -33,12 +33,12 @@ def tiny(tiny_checkpoint):
 
 def stacked_reference(model, windows, bos_id=None):
     """Every window alone through the model (no padding at all): lists of [n, d] states per layer."""
-    per_layer, pairs = None, []
+    per_layer = None
     with torch.no_grad():
         for w in windows:
             ids = torch.tensor([([bos_id] if bos_id is not None else []) + w.tolist()])
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states
-            hs = [h[0, (1 if bos_id is not None else 0):].double().numpy() for h in hs]
+            hs = [h[0, (1 if bos_id is not None else 0) :].double().numpy() for h in hs]
             per_layer = [[h] for h in hs] if per_layer is None else [a + [h] for a, h in zip(per_layer, hs)]
     return [np.concatenate(a) for a in per_layer]
 
@@ -47,8 +47,9 @@ def test_select_tokens_packs_documents_with_eos(tiny_checkpoint):
     _, tok = load_model(tiny_checkpoint)
     ids = extract.select_tokens(["hello world", "good night"], tok, 100)
     assert ids.dtype == np.int32  # 4 bytes per token, not a Python list
-    assert ids.tolist() == (tok("hello world")["input_ids"] + [tok.eos_token_id]
-                            + tok("good night")["input_ids"] + [tok.eos_token_id])
+    assert ids.tolist() == (
+        tok("hello world")["input_ids"] + [tok.eos_token_id] + tok("good night")["input_ids"] + [tok.eos_token_id]
+    )
     assert extract.select_tokens(["hello world", "good night"], tok, 3).tolist() == ids[:3].tolist()
     windows = extract.make_windows(np.arange(7), 3)
     assert [w.tolist() for w in windows] == [[0, 1, 2], [3, 4, 5], [6]]
@@ -61,15 +62,26 @@ def test_streamed_metrics_match_stacked_reference(tiny, bos):
     L = model.config.num_hidden_layers
     windows = extract.make_windows(ids, 96)  # 450 = 4 x 96 + 66: the last window is padded in its batch
     bos_id = tok.eos_token_id if bos else None
-    res = extract.analyse_model(model, windows, layers=list(range(L + 1)), batch_size=3, n_pairs=2000, seed=0,
-                                pad_id=tok.pad_token_id, bos_id=bos_id, cka_matrix=True, target_layer=1, progress=False)
+    res = extract.analyse_model(
+        model,
+        windows,
+        layers=list(range(L + 1)),
+        batch_size=3,
+        n_pairs=2000,
+        seed=0,
+        pad_id=tok.pad_token_id,
+        bos_id=bos_id,
+        cka_matrix=True,
+        target_layer=1,
+        progress=False,
+    )
     ref = stacked_reference(model, windows, bos_id)
     assert res["tokens"] == 450 and res["layers"] == list(range(L + 1))
     pl = res["per_layer"]
     for i, x in enumerate(ref):
         xc = x - x.mean(0)
         sv = np.linalg.svd(xc, compute_uv=False)
-        assert pl["erank_cov"][i] == pytest.approx(np_erank(sv ** 2), rel=1e-6)
+        assert pl["erank_cov"][i] == pytest.approx(np_erank(sv**2), rel=1e-6)
         assert pl["erank_sv"][i] == pytest.approx(np_erank(sv), rel=1e-6)
         u = x / np.linalg.norm(x, axis=1, keepdims=True)
         c = u @ u.T
@@ -87,8 +99,11 @@ def test_streamed_metrics_match_stacked_reference(tiny, bos):
     # cos(h_t, z_{t+1}) over consecutive positions inside each window
     h, z = ref[-1], ref[1]
     starts = np.cumsum([0] + [len(w) for w in windows])
-    cos = [h[a:b - 1][k] @ z[a + 1:b][k] / np.linalg.norm(h[a:b - 1][k]) / np.linalg.norm(z[a + 1:b][k])
-           for a, b in zip(starts[:-1], starts[1:]) for k in range(b - a - 1)]
+    cos = [
+        h[a : b - 1][k] @ z[a + 1 : b][k] / np.linalg.norm(h[a : b - 1][k]) / np.linalg.norm(z[a + 1 : b][k])
+        for a, b in zip(starts[:-1], starts[1:])
+        for k in range(b - a - 1)
+    ]
     assert res["alignment"]["cos_next"] == pytest.approx(np.mean(cos), abs=1e-5)
     assert res["alignment"]["positions"] == 450 - len(windows)
     assert res["alignment"]["projector_cos"] is None
@@ -104,8 +119,18 @@ def test_projector_cos_is_one_minus_nitp_loss(tiny, loss):
     # the projector's layer (2) differs from the layer asked for cos_next (3): each must use its own
     obj = NITPObjective(ObjectiveConfig(target_layer=2, loss=loss), model.config.hidden_size, L).eval()
     windows = extract.make_windows(ids[:384], 96)  # equal lengths: one batch has no padding
-    res = extract.analyse_model(model, windows, layers=[L], batch_size=len(windows), n_pairs=10, seed=0,
-                                pad_id=tok.pad_token_id, target_layer=3, projector=obj, progress=False)
+    res = extract.analyse_model(
+        model,
+        windows,
+        layers=[L],
+        batch_size=len(windows),
+        n_pairs=10,
+        seed=0,
+        pad_id=tok.pad_token_id,
+        target_layer=3,
+        projector=obj,
+        progress=False,
+    )
     with torch.no_grad():
         hs = model(input_ids=torch.from_numpy(np.stack(windows)).long(), output_hidden_states=True).hidden_states
         out = obj(hs, None)
@@ -229,6 +254,7 @@ def test_read_text_streams_hf_datasets(monkeypatch, gpt2):
             for i in range(10_000):
                 pulled.append(i)
                 yield {"text": f"Record {i} of a large split." if i % 7 else "", "id": i}
+
         return records()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -237,7 +263,7 @@ def test_read_text_streams_hf_datasets(monkeypatch, gpt2):
     assert len(ids) == 300 and len(pulled) < 200  # stopped early, never read the whole split
     first = [f"Record {i} of a large split." for i in range(1, 7)]
     expect = [t for d in first for t in gpt2(d, add_special_tokens=False)["input_ids"] + [gpt2.eos_token_id]]
-    assert ids[:len(expect)].tolist() == expect  # empty records skipped, like the trainer's reader
+    assert ids[: len(expect)].tolist() == expect  # empty records skipped, like the trainer's reader
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: iter([{"content": "no text field"}]))
     from nitp_train.errors import UserError
@@ -256,7 +282,9 @@ def test_read_text_streams_hf_datasets(monkeypatch, gpt2):
 def test_pair_quotas_follow_cross_pairs():
     assert extract.cross_pairs([3, 2]) == 12 and extract.cross_pairs([5]) == 0
     # the last batch holds one window: no cross pairs, so its share goes to the others
-    q = extract.pair_quotas(1000, [extract.cross_pairs([96, 96]), extract.cross_pairs([96, 96]), extract.cross_pairs([66])])
+    q = extract.pair_quotas(
+        1000, [extract.cross_pairs([96, 96]), extract.cross_pairs([96, 96]), extract.cross_pairs([66])]
+    )
     assert q == [500, 500, 0]
     q = extract.pair_quotas(7, [2, 12, 0, 6])
     assert sum(q) == 7 and q[2] == 0
@@ -266,8 +294,9 @@ def test_pair_quotas_follow_cross_pairs():
 def test_requested_pairs_are_honoured_when_a_batch_holds_one_window(tiny):
     model, tok, ids = tiny
     windows = extract.make_windows(ids, 96)  # 5 windows, batches of 2: the last batch is one window
-    res = extract.analyse_model(model, windows, layers=[4], batch_size=2, n_pairs=1000, seed=0,
-                                pad_id=tok.pad_token_id, progress=False)
+    res = extract.analyse_model(
+        model, windows, layers=[4], batch_size=2, n_pairs=1000, seed=0, pad_id=tok.pad_token_id, progress=False
+    )
     assert res["pairs"] == 1000
     x = np.random.default_rng(0).standard_normal((1, 8193, 4)).astype(np.float32)  # last chunk: one row
     assert extract.analyse_states(x, layers=[0], n_pairs=999, seed=0, progress=False)["pairs"] == 999
@@ -283,10 +312,13 @@ def test_bfloat16_states_and_bad_states_files(tmp_path):
     save_file({"hidden_states": x}, str(tmp_path / "s.safetensors"))
     ref = x.double().numpy()  # the bf16 values, exactly
     for name in ("s.pt", "s.safetensors"):
-        res = extract.analyse_states(extract.load_states(tmp_path / name), layers=[0, 1], n_pairs=0, seed=0,
-                                     chunk=256, progress=False)
+        res = extract.analyse_states(
+            extract.load_states(tmp_path / name), layers=[0, 1], n_pairs=0, seed=0, chunk=256, progress=False
+        )
         for i in range(2):
-            assert res["per_layer"]["erank_cov"][i] == pytest.approx(np_erank(np.linalg.eigvalsh(np.cov(ref[i].T))), rel=1e-9)
+            assert res["per_layer"]["erank_cov"][i] == pytest.approx(
+                np_erank(np.linalg.eigvalsh(np.cov(ref[i].T))), rel=1e-9
+            )
             assert res["per_layer"]["mean_norm"][i] == pytest.approx(np.linalg.norm(ref[i], axis=1).mean(), rel=1e-9)
     torch.save([x[0], x[1]], tmp_path / "list.pt")
     with pytest.raises(UserError, match="holds a list, not one tensor"):

@@ -26,8 +26,12 @@ def test_footguns_table_matches_its_code():
     assert acc.anisotropy_sampled() == pytest.approx(0.493, abs=0.0005)
     assert acc.anisotropy_cross_exact() == pytest.approx(0.492, abs=0.0005)
     assert acc.anisotropy_exact() == pytest.approx(0.503, abs=0.0005)
-    seeds = [CovarianceAccumulator(d).update(x, pairs=sample_cross_pairs(groups, 1000, torch.Generator().manual_seed(s)))
-             .anisotropy_sampled() for s in range(20)]
+    seeds = [
+        CovarianceAccumulator(d)
+        .update(x, pairs=sample_cross_pairs(groups, 1000, torch.Generator().manual_seed(s)))
+        .anisotropy_sampled()
+        for s in range(20)
+    ]
     assert np.mean(seeds) == pytest.approx(0.492, abs=0.0005) and np.std(seeds) == pytest.approx(0.004, abs=0.0005)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     same = (groups[:, None] == groups[None, :]) & ~np.eye(len(x), dtype=bool)

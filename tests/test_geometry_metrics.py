@@ -28,7 +28,7 @@ def np_erank(s):
 def accumulate(x, chunk=97, **kw):
     acc = CovarianceAccumulator(x.shape[1])
     for i in range(0, len(x), chunk):
-        acc.update(x[i:i + chunk])
+        acc.update(x[i : i + chunk])
     return acc
 
 
@@ -70,9 +70,10 @@ def test_streaming_matches_numpy_in_memory():
     np.testing.assert_allclose(acc.covariance(center=False), xf.T @ xf / len(xf), rtol=1e-9)
     sv = np.linalg.svd(xc, compute_uv=False)
     assert acc.erank_sv() == pytest.approx(np_erank(sv), rel=1e-9)
-    assert acc.erank_cov() == pytest.approx(np_erank(sv ** 2), rel=1e-9)
+    assert acc.erank_cov() == pytest.approx(np_erank(sv**2), rel=1e-9)
     assert acc.effective_rank("cov", center=False) == pytest.approx(
-        np_erank(np.linalg.svd(xf, compute_uv=False) ** 2), rel=1e-6)
+        np_erank(np.linalg.svd(xf, compute_uv=False) ** 2), rel=1e-6
+    )
     np.testing.assert_allclose(acc.mean(), xf.mean(0), rtol=1e-12)
     assert acc.mean_norm() == pytest.approx(np.linalg.norm(xf, axis=1).mean(), rel=1e-12)
 
@@ -107,7 +108,7 @@ def test_anisotropy_exact_with_zero_rows():
     groups = np.repeat(np.arange(4), 10)
     acc = CovarianceAccumulator(5)
     for s in range(0, 40, 10):  # one sequence per update
-        acc.update(x[s:s + 10], groups=groups[s:s + 10])
+        acc.update(x[s : s + 10], groups=groups[s : s + 10])
     assert acc.anisotropy_exact() == pytest.approx(ref, rel=1e-12)
     cross = groups[:, None] != groups[None, :]
     assert acc.anisotropy_cross_exact() == pytest.approx(c[cross].mean(), rel=1e-12)
@@ -165,7 +166,7 @@ def test_linear_cka_streaming_matches_in_memory_and_numpy():
     assert linear_cka(x, y) == pytest.approx(ref, rel=1e-9)
     ax, ay, xy = CovarianceAccumulator(12), CovarianceAccumulator(20), CrossMomentAccumulator(12, 20)
     for s in range(0, 2000, 300):
-        ax.update(x[s:s + 300]), ay.update(y[s:s + 300]), xy.update(x[s:s + 300], y[s:s + 300])
+        ax.update(x[s : s + 300]), ay.update(y[s : s + 300]), xy.update(x[s : s + 300], y[s : s + 300])
     assert xy.cka(ax, ay) == pytest.approx(ref, rel=1e-9)
     # invariances: orthogonal transform and isotropic scaling leave CKA at 1
     q = np.linalg.qr(rng.standard_normal((12, 12)))[0]

@@ -38,8 +38,19 @@ def test_tiny_bert_encoder_matches_per_window_reference(tiny_encoder, tmp_path):
 
     docs = [f"Story {i}: the little robot counted {i * 7} stars and went to sleep.\n" * (1 + i % 3) for i in range(40)]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    run(tiny_encoder, "--text", tmp_path / "t.jsonl", "--tokens", 400, "--seq-len", 60, "--n-pairs", 0,
-        "--out", tmp_path / "eval")
+    run(
+        tiny_encoder,
+        "--text",
+        tmp_path / "t.jsonl",
+        "--tokens",
+        400,
+        "--seq-len",
+        60,
+        "--n-pairs",
+        0,
+        "--out",
+        tmp_path / "eval",
+    )
     r = json.loads((tmp_path / "eval" / "encoder.json").read_text())
     assert r["num_layers"] == 3 and r["dim"] == 32 and r["tokens"] == 400 and r["settings"]["seq_len"] == 60
 
@@ -47,8 +58,10 @@ def test_tiny_bert_encoder_matches_per_window_reference(tiny_encoder, tmp_path):
     model = BertModel.from_pretrained(tiny_encoder).eval()
     ids = [t for d in docs for t in tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]][:400]
     with torch.no_grad():
-        per_window = [model(input_ids=torch.tensor([ids[s:s + 60]]), output_hidden_states=True).hidden_states
-                      for s in range(0, 400, 60)]
+        per_window = [
+            model(input_ids=torch.tensor([ids[s : s + 60]]), output_hidden_states=True).hidden_states
+            for s in range(0, 400, 60)
+        ]
     layers = [np.concatenate([hs[k][0].double().numpy() for hs in per_window]) for k in range(4)]
     for k, x in enumerate(layers):
         xc = x - x.mean(0)
@@ -59,7 +72,9 @@ def test_tiny_bert_encoder_matches_per_window_reference(tiny_encoder, tmp_path):
         cka = np.linalg.norm(xc.T @ y) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(y.T @ y))
         assert r["per_layer"]["cka_to_last"][k] == pytest.approx(cka, abs=1e-5)
         u = x / np.linalg.norm(x, axis=1, keepdims=True)
-        assert r["per_layer"]["anisotropy_exact"][k] == pytest.approx(((u.sum(0) ** 2).sum() - 400) / (400 * 399), abs=1e-5)
+        assert r["per_layer"]["anisotropy_exact"][k] == pytest.approx(
+            ((u.sum(0) ** 2).sum() - 400) / (400 * 399), abs=1e-5
+        )
 
 
 def test_real_encoder_all_minilm(tmp_path):

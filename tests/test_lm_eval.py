@@ -77,13 +77,19 @@ def test_suite_fewshot_is_written_into_task_configs(tmp_path, lm_data):
     suite = SUITES["paper"]
     write_task_dir(tmp_path, [t.name for t in suite], lm_data, {t.name: t.num_fewshot for t in suite})
     cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in tmp_path.glob("*.yaml")}
-    assert {n for n in cfgs if n.startswith("mmlu_pro_")} == {f"mmlu_pro_{c}" for c in (
-        "biology business chemistry computer_science economics engineering health history law math other "
-        "philosophy physics psychology").split()}
+    assert {n for n in cfgs if n.startswith("mmlu_pro_")} == {
+        f"mmlu_pro_{c}"
+        for c in (
+            "biology business chemistry computer_science economics engineering health history law math other "
+            "philosophy physics psychology"
+        ).split()
+    }
     assert cfgs["gsm8k"]["num_fewshot"] == 5 and cfgs["mmlu_pro_law"]["num_fewshot"] == 5
     assert cfgs["arc_challenge"]["num_fewshot"] == 0 and cfgs["c3"]["include"] == str(TASKS_DIR / "c3.yaml")
     assert cfgs["mmlu_pro_law"]["dataset_kwargs"]["data_files"] == {
-        "test": str(lm_data / "mmlu_pro" / "test.jsonl"), "validation": str(lm_data / "mmlu_pro" / "validation.jsonl")}
+        "test": str(lm_data / "mmlu_pro" / "test.jsonl"),
+        "validation": str(lm_data / "mmlu_pro" / "validation.jsonl"),
+    }
     assert cfgs["gsm8k"]["dataset_path"] == "json" and cfgs["gsm8k"]["dataset_name"] is None
 
 
@@ -123,15 +129,22 @@ def test_paper_suite_results_json(suite_results, lm_data, nitp_ckpt):
         assert all(isinstance(rec["response"], str) for rec in r["samples"][name])
     mmlu = r["tasks"]["mmlu_pro"]
     assert len(mmlu["subtasks"]) == 14 and all(s["n_samples"] == 2 for s in mmlu["subtasks"].values())
-    assert {rec["doc_id"] for rec in r["samples"]["mmlu_pro"]} == {f"{s}:{i}" for s in mmlu["subtasks"] for i in range(2)}
+    assert {rec["doc_id"] for rec in r["samples"]["mmlu_pro"]} == {
+        f"{s}:{i}" for s in mmlu["subtasks"] for i in range(2)
+    }
 
 
 def test_multiple_choice_records_recompute_from_loglikelihoods(suite_results, lm_data):
     """acc = [argmax of the option log-likelihoods == gold]; gold from the raw jsonl, not from lm-eval."""
     rows = {
         "c3": [row["choice"].index(row["answer"]) for row in _jsonl(lm_data / "c3" / "validation.jsonl")[:2]],
-        "arc_challenge": [row["choices"]["label"].index(row["answerKey"]) for row in _jsonl(lm_data / "arc_challenge" / "test.jsonl")[:2]],
-        "commonsense_qa": ["ABCDE".index(row["answerKey"]) for row in _jsonl(lm_data / "commonsense_qa" / "validation.jsonl")[:2]],
+        "arc_challenge": [
+            row["choices"]["label"].index(row["answerKey"])
+            for row in _jsonl(lm_data / "arc_challenge" / "test.jsonl")[:2]
+        ],
+        "commonsense_qa": [
+            "ABCDE".index(row["answerKey"]) for row in _jsonl(lm_data / "commonsense_qa" / "validation.jsonl")[:2]
+        ],
     }
     for name, gold in rows.items():
         recs = sorted(suite_results["samples"][name], key=lambda rec: rec["doc_id"])
@@ -162,8 +175,9 @@ def test_run_dir_evaluates_both_arms_into_its_eval_dir_and_never_overwrites_sile
 def test_several_checkpoints_in_one_call(tiny_run, lm_data, tmp_path):
     """Both arms' checkpoints as two paths (the NITP one named twice: evaluated once)."""
     ntp, nitp = (sorted((tiny_run / arm / "checkpoints").glob("step-*"))[-1] for arm in ("ntp", "nitp"))
-    result = _invoke(ntp, nitp, tiny_run / "nitp", "--tasks", "arc_challenge", "--data-dir", lm_data, "--limit", 2,
-                     "--out", tmp_path)
+    result = _invoke(
+        ntp, nitp, tiny_run / "nitp", "--tasks", "arc_challenge", "--data-dir", lm_data, "--limit", 2, "--out", tmp_path
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     got = {f.name: json.loads(f.read_text()) for f in tmp_path.glob("*.json")}
     assert set(got) == {f"ntp-{ntp.name}.json", f"nitp-{nitp.name}.json"}
@@ -176,8 +190,15 @@ def test_results_path_collision_is_refused_before_any_work(tmp_path):
         (tmp_path / run / "model").mkdir(parents=True)
         (tmp_path / run / "model" / "config.json").write_text("{}")  # never loaded: refused first
     for extra in ((), ("--overwrite",)):
-        result = _invoke(tmp_path / "a" / "model", tmp_path / "b" / "model", "--tasks", "arc_challenge",
-                         "--out", tmp_path / "out", *extra)
+        result = _invoke(
+            tmp_path / "a" / "model",
+            tmp_path / "b" / "model",
+            "--tasks",
+            "arc_challenge",
+            "--out",
+            tmp_path / "out",
+            *extra,
+        )
         assert isinstance(result.exception, UserError), result.output
         assert "would both write" in str(result.exception) and "\n" not in str(result.exception)
     assert not (tmp_path / "out").exists()
@@ -195,8 +216,19 @@ def test_hub_failure_is_one_clear_line(nitp_ckpt, tmp_path):
 
 def test_subtask_reads_its_groups_local_data(nitp_ckpt, lm_data, tmp_path):
     """mmlu_pro_law alone reads <data-dir>/mmlu_pro/ (same hub dataset), 5-shot from validation."""
-    result = _invoke(nitp_ckpt, "--tasks", "mmlu_pro_law", "--data-dir", lm_data, "--limit", 1,
-                     "--gen-kwargs", "max_gen_toks=4", "--out", tmp_path)
+    result = _invoke(
+        nitp_ckpt,
+        "--tasks",
+        "mmlu_pro_law",
+        "--data-dir",
+        lm_data,
+        "--limit",
+        1,
+        "--gen-kwargs",
+        "max_gen_toks=4",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     t = json.loads(next(tmp_path.glob("*.json")).read_text())["tasks"]["mmlu_pro_law"]
     assert t["n_samples"] == 1 and t["n_docs"] == 1101 and t["num_fewshot"] == 5 and t["fewshot_split"] == "validation"
@@ -214,27 +246,58 @@ def test_scores_identical_to_lm_eval_command_line(nitp_ckpt, lm_data, tmp_path):
     assert ours.exit_code == 0, ours.output + repr(ours.exception)
     ours = json.loads(next((tmp_path / "ours").glob("*.json")).read_text())
 
-    cmd = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={nitp_ckpt},dtype=float32",
-           "--tasks", tasks, "--include_path", str(tmp_path / "tasks"), "--num_fewshot", "1", "--gen_kwargs", GEN,
-           "--limit", "4", "--batch_size", "8", "--log_samples", "--output_path", str(tmp_path / "cli")]
+    cmd = [
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={nitp_ckpt},dtype=float32",
+        "--tasks",
+        tasks,
+        "--include_path",
+        str(tmp_path / "tasks"),
+        "--num_fewshot",
+        "1",
+        "--gen_kwargs",
+        GEN,
+        "--limit",
+        "4",
+        "--batch_size",
+        "8",
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "cli"),
+    ]
     lm_eval_bin = Path(sys.executable).with_name("lm_eval")
-    proc = subprocess.run([str(lm_eval_bin), *cmd[1:]], capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    proc = subprocess.run(
+        [str(lm_eval_bin), *cmd[1:]], capture_output=True, text=True, timeout=600, env=dict(os.environ)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     theirs = json.loads(next((tmp_path / "cli").rglob("results_*.json")).read_text())
-    metrics = {"arc_challenge": ("acc", "acc_norm"), "c3": ("acc", "acc_norm"),
-               "gsm8k": ("exact_match,strict-match", "exact_match,flexible-extract")}
+    metrics = {
+        "arc_challenge": ("acc", "acc_norm"),
+        "c3": ("acc", "acc_norm"),
+        "gsm8k": ("exact_match,strict-match", "exact_match,flexible-extract"),
+    }
     for task, names in metrics.items():
-        logged = sorted(_jsonl(next((tmp_path / "cli").rglob(f"samples_{task}_*.jsonl"))), key=lambda s: (s["doc_id"], s["filter"]))
+        logged = sorted(
+            _jsonl(next((tmp_path / "cli").rglob(f"samples_{task}_*.jsonl"))), key=lambda s: (s["doc_id"], s["filter"])
+        )
         recs = sorted(ours["samples"][task], key=lambda rec: rec["doc_id"])
         assert ours["tasks"][task]["num_fewshot"] == theirs["n-shot"][task] == 1 and len(recs) == 4
         for metric in names:
             name, _, filt = metric.partition(",")
             key = f"{name},{filt or 'none'}"
             assert ours["tasks"][task]["metrics"][metric] == theirs["results"][task][key]
-            assert ours["tasks"][task]["metrics"][metric + "_stderr"] == theirs["results"][task][f"{name}_stderr,{filt or 'none'}"]
+            assert (
+                ours["tasks"][task]["metrics"][metric + "_stderr"]
+                == theirs["results"][task][f"{name}_stderr,{filt or 'none'}"]
+            )
             assert [s[name] for s in logged if s["filter"] == (filt or "none")] == [rec[metric] for rec in recs]
         if task == "gsm8k":  # the same generations, not only the same scores
-            assert [s["resps"][0][0] for s in logged if s["filter"] == "strict-match"] == [rec["response"] for rec in recs]
+            assert [s["resps"][0][0] for s in logged if s["filter"] == "strict-match"] == [
+                rec["response"] for rec in recs
+            ]
         else:
             assert [float(s["filtered_resps"][0][0]) for s in logged] == [rec["loglikelihoods"][0] for rec in recs]
 
@@ -292,7 +355,9 @@ def test_c3_test_refuses_a_split_without_answers():
     ok = Dataset.from_list([{"choice": ["甲", "乙"], "answer": "乙"}])
     assert require_answers(ok) is ok
     with pytest.raises(ValueError, match="c3_test: 1 of 2 questions have no answer"):
-        require_answers(Dataset.from_list([{"choice": ["甲", "乙"], "answer": "乙"}, {"choice": ["甲", "乙"], "answer": ""}]))
+        require_answers(
+            Dataset.from_list([{"choice": ["甲", "乙"], "answer": "乙"}, {"choice": ["甲", "乙"], "answer": ""}])
+        )
 
 
 def test_export_overwrite_replaces_only_its_own_configs(tmp_path):
@@ -333,16 +398,41 @@ def test_metric_names_and_record_merging_by_hand():
     assert metric_name("exact_match_stderr,strict-match") == "exact_match,strict-match_stderr"
     long = "x" * (RESPONSE_CHARS + 50)
     logged = [  # lm-eval logs a generative doc once per filter
-        {"doc_id": 7, "filter": "strict-match", "metrics": ["exact_match"], "exact_match": 0.0, "target": "18",
-         "resps": [[long]], "filtered_resps": ["[invalid]"]},
-        {"doc_id": 7, "filter": "flexible-extract", "metrics": ["exact_match"], "exact_match": 1.0, "target": "18",
-         "resps": [[long]], "filtered_resps": ["18"]},
+        {
+            "doc_id": 7,
+            "filter": "strict-match",
+            "metrics": ["exact_match"],
+            "exact_match": 0.0,
+            "target": "18",
+            "resps": [[long]],
+            "filtered_resps": ["[invalid]"],
+        },
+        {
+            "doc_id": 7,
+            "filter": "flexible-extract",
+            "metrics": ["exact_match"],
+            "exact_match": 1.0,
+            "target": "18",
+            "resps": [[long]],
+            "filtered_resps": ["18"],
+        },
     ]
     (rec,) = sample_records(logged, prefix="gsm8k_sub:")
     assert rec["doc_id"] == "gsm8k_sub:7" and rec["subtask"] == "gsm8k_sub"
     assert rec["exact_match,strict-match"] == 0.0 and rec["exact_match,flexible-extract"] == 1.0
     assert rec["extracted"] == {"strict-match": "[invalid]", "flexible-extract": "18"}
     assert rec["response"] == "x" * RESPONSE_CHARS + "..."
-    (mc,) = sample_records([{"doc_id": 0, "filter": "none", "metrics": ["acc"], "acc": 1.0, "target": 1,
-                             "resps": [[(-3.0, False)], [(-1.5, True)]], "filtered_resps": [(-3.0, False), (-1.5, True)]}])
+    (mc,) = sample_records(
+        [
+            {
+                "doc_id": 0,
+                "filter": "none",
+                "metrics": ["acc"],
+                "acc": 1.0,
+                "target": 1,
+                "resps": [[(-3.0, False)], [(-1.5, True)]],
+                "filtered_resps": [(-3.0, False), (-1.5, True)],
+            }
+        ]
+    )
     assert mc == {"doc_id": 0, "acc": 1.0, "target": 1, "loglikelihoods": [-3.0, -1.5]}

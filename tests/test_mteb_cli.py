@@ -26,11 +26,20 @@ main()
 
 
 def _cli(args, home: Path, cwd: Path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MTEB_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRANSFORMERS_CACHE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MTEB_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "TRANSFORMERS_CACHE")
+    }
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-c", RUNNER, "mteb", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, "mteb", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=900,
+    )
 
 
 def _files(root: Path) -> list[str]:
@@ -50,7 +59,9 @@ def test_run_dir_offline(tiny_run, shared_data, tmp_path):
     written = sorted(str(p.relative_to(run_dir / "eval")) for p in (run_dir / "eval").rglob("mteb/*"))
     assert written == ["mteb/nitp-step-000006.json", "mteb/ntp-step-000006.json"]
 
-    res = {arm: json.loads((run_dir / "eval" / "mteb" / f"{arm}-step-000006.json").read_text()) for arm in ("ntp", "nitp")}
+    res = {
+        arm: json.loads((run_dir / "eval" / "mteb" / f"{arm}-step-000006.json").read_text()) for arm in ("ntp", "nitp")
+    }
     ntp = res["ntp"]
     assert ntp["schema"] == "nitp.mteb" and ntp["arm"] == "ntp" and ntp["step"] == 6
     assert ntp["settings"]["limit"] == 60 and ntp["settings"]["layer"] == -1
@@ -58,8 +69,10 @@ def test_run_dir_offline(tiny_run, shared_data, tmp_path):
     assert sorted(ntp["tasks"]) == ["AmazonCounterfactualClassification", "STSBenchmark", "TwitterURLCorpus"]
     assert ntp["missing"] == ["BIOSSES"] and ntp["failed"] == []
     assert list(ntp["tasks"]["AmazonCounterfactualClassification"]["local_files"]) == [
-        "AmazonCounterfactualClassification/en/test.jsonl", "AmazonCounterfactualClassification/en/train.jsonl"]
-    for name, t in ntp["tasks"].items():
+        "AmazonCounterfactualClassification/en/test.jsonl",
+        "AmazonCounterfactualClassification/en/train.jsonl",
+    ]
+    for t in ntp["tasks"].values():
         assert set(t) >= {"group", "main_score_name", "main_score", "scores", "version"}
         assert 0.0 <= t["main_score"] <= 1.0 or t["main_score_name"] == "cosine_spearman"
     assert ntp["tasks"]["AmazonCounterfactualClassification"]["group"] == "Classification"
@@ -72,12 +85,27 @@ def test_run_dir_offline(tiny_run, shared_data, tmp_path):
     # a checkpoint dir as PATH, --out elsewhere; the same model and settings give the same scores
     # (mteb seeds its classifiers and undersampling, --limit is seeded)
     ckpt = run_dir / "nitp" / "checkpoints" / "step-000006"
-    r = _cli([ckpt, "--tasks", "AmazonCounterfactualClassification", "--data-dir", shared_data / "mteb",
-              "--limit", 60, "--out", tmp_path / "again"], home, cwd)
+    r = _cli(
+        [
+            ckpt,
+            "--tasks",
+            "AmazonCounterfactualClassification",
+            "--data-dir",
+            shared_data / "mteb",
+            "--limit",
+            60,
+            "--out",
+            tmp_path / "again",
+        ],
+        home,
+        cwd,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "again" / "nitp-step-000006.json").read_text())
-    assert again["tasks"]["AmazonCounterfactualClassification"]["main_score"] == \
-        res["nitp"]["tasks"]["AmazonCounterfactualClassification"]["main_score"]
+    assert (
+        again["tasks"]["AmazonCounterfactualClassification"]["main_score"]
+        == res["nitp"]["tasks"]["AmazonCounterfactualClassification"]["main_score"]
+    )
 
     # no silent overwrite; bad input is one line and exit code 2
     r = _cli([run_dir, "--tasks", "STSBenchmark", "--data-dir", shared_data / "mteb"], home, cwd)
@@ -111,8 +139,9 @@ def _write_jsonl(path: Path, rows) -> Path:
 
 def test_nothing_scored_writes_nothing(tiny_checkpoint, shared_data, tmp_path, capsys):
     """An empty results file would only block the real run later: exit non-zero, write nothing."""
-    code, out, err = _main([tiny_checkpoint, "--tasks", "BIOSSES", "--data-dir", shared_data / "mteb",
-                            "--out", tmp_path / "out"], capsys)
+    code, out, err = _main(
+        [tiny_checkpoint, "--tasks", "BIOSSES", "--data-dir", shared_data / "mteb", "--out", tmp_path / "out"], capsys
+    )
     assert code == 2 and "BIOSSES: missing" in out
     last = err.strip().splitlines()[-1]  # earlier stderr lines are progress bars
     assert last.startswith("error:") and "no task was scored" in last
@@ -125,8 +154,20 @@ def test_failed_task_is_recorded_and_the_run_exits_non_zero(tiny_checkpoint, sha
     with open(shared_data / "mteb" / "SICK-R" / "test.jsonl") as f:
         _write_jsonl(data / "SICK-R" / "test.jsonl", [json.loads(next(f)) for _ in range(40)])
     # the tiny checkpoint has 512 positions: --max-length 600 is capped, with a note
-    code, out, err = _main([tiny_checkpoint, "--tasks", "STSBenchmark,SICK-R", "--data-dir", data,
-                            "--max-length", 600, "--out", tmp_path / "out"], capsys)
+    code, out, err = _main(
+        [
+            tiny_checkpoint,
+            "--tasks",
+            "STSBenchmark,SICK-R",
+            "--data-dir",
+            data,
+            "--max-length",
+            600,
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert code == 1, err[-2000:]
     assert "STSBenchmark: FAILED" in out and "FAILED (1): STSBenchmark" in out
     assert "--max-length 600 exceeds the 512 positions" in out

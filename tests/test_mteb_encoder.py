@@ -21,9 +21,13 @@ TEXTS = [
 def test_mean_pool_hand_cases():
     from nitp_eval.mteb_eval.encoder import mean_pool
 
-    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [float("nan"), 0.0]],
-                           [[float("nan"), 9.0], [5.0, 6.0], [7.0, 10.0]],
-                           [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])
+    hidden = torch.tensor(
+        [
+            [[1.0, 2.0], [3.0, 4.0], [float("nan"), 0.0]],
+            [[float("nan"), 9.0], [5.0, 6.0], [7.0, 10.0]],
+            [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]],
+        ]
+    )
     mask = torch.tensor([[1, 1, 0], [0, 1, 1], [0, 0, 0]])
     out = mean_pool(hidden, mask).numpy()
     # right padding, left padding (a NaN at the padded position must not leak), no token at all
@@ -104,8 +108,7 @@ def test_padding_side_does_not_change_embeddings(gpt2, side):
 
     model, tok = gpt2
     enc = MeanPoolEncoder(model, tok, padding_side=side, batch_size=len(TEXTS))  # one padded batch
-    np.testing.assert_allclose(enc.embed(TEXTS, show_progress_bar=False), _gpt2_reference(model, tok, TEXTS),
-                               atol=2e-5)
+    np.testing.assert_allclose(enc.embed(TEXTS, show_progress_bar=False), _gpt2_reference(model, tok, TEXTS), atol=2e-5)
     if side == "left":  # the check has teeth: without position ids, left padding shifts the positions
         enc._takes_positions = False
         shifted = enc.embed(TEXTS, show_progress_bar=False)
@@ -131,8 +134,11 @@ def test_max_length_is_capped_at_the_position_limit(gpt2):
     assert enc.max_length == 32 and enc.mteb_model_meta.max_tokens == 32
     long = TEXTS[2] * 3
     assert len(tok(long)["input_ids"]) > 32
-    np.testing.assert_allclose(enc.embed([long, "x"], show_progress_bar=False),
-                               _gpt2_reference(model, tok, [long, "x"], max_length=32), atol=2e-5)
+    np.testing.assert_allclose(
+        enc.embed([long, "x"], show_progress_bar=False),
+        _gpt2_reference(model, tok, [long, "x"], max_length=32),
+        atol=2e-5,
+    )
     assert MeanPoolEncoder(model, tok, max_length=20).max_length == 20  # below the limit: as given
 
 
@@ -165,8 +171,14 @@ def test_encode_follows_mteb_protocol(encoder):
     from types import SimpleNamespace
 
     batches = [{"text": TEXTS[:3]}, {"text": TEXTS[3:]}]
-    got = encoder.encode(batches, task_metadata=SimpleNamespace(name="X"), hf_split="test", hf_subset="default",
-                         batch_size=4, show_progress_bar=False)
+    got = encoder.encode(
+        batches,
+        task_metadata=SimpleNamespace(name="X"),
+        hf_split="test",
+        hf_subset="default",
+        batch_size=4,
+        show_progress_bar=False,
+    )
     assert got.shape == (len(TEXTS), encoder.model.config.hidden_size)
     np.testing.assert_allclose(got, encoder.embed(TEXTS, show_progress_bar=False), atol=1e-6)
     assert encoder.mteb_model_meta.similarity_fn_name.value == "cosine"

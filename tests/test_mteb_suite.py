@@ -14,8 +14,11 @@ def _paper_notes_tasks(shared_data):
     text = (shared_data.parent / "paper-notes.md").read_text()
     section = text.split("The 25 MTEB tasks:")[1]
     out = {}
-    for label, group in (("Classification", "Classification"), ("STS", "STS"),
-                         ("Retrieval / duplicate detection", "Retrieval/Dup")):
+    for label, group in (
+        ("Classification", "Classification"),
+        ("STS", "STS"),
+        ("Retrieval / duplicate detection", "Retrieval/Dup"),
+    ):
         line = re.search(rf"^- {re.escape(label)}: (.*)$", section, re.M).group(1)
         out[group] = [t.strip() for t in line.split(",")]
     return out
@@ -34,8 +37,11 @@ def test_summary_means_say_what_they_cover():
     from nitp_eval.mteb_eval.run import summarize
     from nitp_eval.mteb_eval.suite import PAPER
 
-    tasks = {"Banking77Classification": {"main_score": 0.8}, "EmotionClassification": {"main_score": 0.4},
-             "STSBenchmark": {"main_score": 0.3}}
+    tasks = {
+        "Banking77Classification": {"main_score": 0.8},
+        "EmotionClassification": {"main_score": 0.4},
+        "STSBenchmark": {"main_score": 0.3},
+    }
     s = summarize(PAPER, tasks)
     assert s["groups"]["Classification"] == {"mean": pytest.approx(0.6), "n": 2, "of": 10}
     assert s["groups"]["STS"] == {"mean": pytest.approx(0.3), "n": 1, "of": 9}
@@ -70,8 +76,12 @@ def test_tasks_are_restricted_to_english_test_splits():
     from nitp_eval.mteb_eval.suite import PAPER, load_task
 
     by_name = {t.name: t for t in PAPER}
-    for name, subsets in [("AmazonCounterfactualClassification", ["en"]), ("STS17", ["en-en"]),
-                          ("MassiveIntentClassification", ["en"]), ("STSBenchmark", ["default"])]:
+    for name, subsets in [
+        ("AmazonCounterfactualClassification", ["en"]),
+        ("STS17", ["en-en"]),
+        ("MassiveIntentClassification", ["en"]),
+        ("STSBenchmark", ["default"]),
+    ]:
         task = load_task(by_name[name])
         assert list(task.hf_subsets) == subsets, name
         assert list(task.eval_splits) == ["test"], name

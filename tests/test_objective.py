@@ -157,7 +157,9 @@ def _np_reference(h, z, mask, shift, loss):
             if u >= h.shape[1] or not (mask[b, t] and mask[b, u]):
                 continue
             p, q = h[b, t], z[b, u]
-            terms.append(1 - p @ q / (np.linalg.norm(p) * np.linalg.norm(q)) if loss == "cosine" else np.mean((p - q) ** 2))
+            terms.append(
+                1 - p @ q / (np.linalg.norm(p) * np.linalg.norm(q)) if loss == "cosine" else np.mean((p - q) ** 2)
+            )
     return float(np.mean(terms)) if terms else 0.0
 
 
@@ -268,8 +270,10 @@ def test_target_layer_ints():
             NITPObjective(ObjectiveConfig(target_layer=bad), 4, 6)
 
 
-@pytest.mark.parametrize("frac, layers, want", [(0.2, 24, 5), (0.2, 28, 6), (0.2, 17, 4), (0.2, 16, 4), (0.2, 25, 5),
-                                                 (0.2, 10, 2), (0.01, 12, 1), (0.99, 12, 12)])
+@pytest.mark.parametrize(
+    "frac, layers, want",
+    [(0.2, 24, 5), (0.2, 28, 6), (0.2, 17, 4), (0.2, 16, 4), (0.2, 25, 5), (0.2, 10, 2), (0.01, 12, 1), (0.99, 12, 12)],
+)
 def test_target_layer_fractions(frac, layers, want):
     # ceil: 0.2 x 24 = 4.8 -> 5; x 28 = 5.6 -> 6; x 17 = 3.4 -> 4 (the paper's 4/17); x 16 = 3.2 -> 4 (the paper
     # uses 3/16, given as an int); x 25 = 5.000000000000001 -> 5, not 6; never the embeddings (index 0)
@@ -284,8 +288,15 @@ def test_paper_targets_are_explicit_ints():
 
 @pytest.mark.parametrize(
     "preset, k, layers, lam",
-    [("moe-1.9b-a0.3b", 3, 16, 1.0), ("moe-3b-a0.5b", 4, 17, 1.0), ("moe-9b-a1b", 5, 24, 0.8), ("dense-0.5b", 5, 24, 1.0),
-     ("dense-2b", 6, 28, 1.0), ("dense-3b", 6, 28, 0.8), ("moe-45b-a5.5b", 5, 24, 0.6)],
+    [
+        ("moe-1.9b-a0.3b", 3, 16, 1.0),
+        ("moe-3b-a0.5b", 4, 17, 1.0),
+        ("moe-9b-a1b", 5, 24, 0.8),
+        ("dense-0.5b", 5, 24, 1.0),
+        ("dense-2b", 6, 28, 1.0),
+        ("dense-3b", 6, 28, 0.8),
+        ("moe-45b-a5.5b", 5, 24, 0.6),
+    ],
 )
 def test_paper_presets_carry_table4_targets(preset, k, layers, lam):
     from nitp_train.presets import get_preset
@@ -335,7 +346,9 @@ def _np_mean_pairwise_cosine(h, mask):
     per_seq = []
     for b in range(h.shape[0]):
         idx = [t for t in range(h.shape[1]) if mask[b, t]]
-        cos = [h[b, i] @ h[b, j] / (np.linalg.norm(h[b, i]) * np.linalg.norm(h[b, j])) for i in idx for j in idx if i != j]
+        cos = [
+            h[b, i] @ h[b, j] / (np.linalg.norm(h[b, i]) * np.linalg.norm(h[b, j])) for i in idx for j in idx if i != j
+        ]
         if cos:
             per_seq.append(np.mean(cos))
     return float(np.mean(per_seq))
@@ -372,11 +385,20 @@ def test_non_cosine_losses_log_the_cosine():
 
 @pytest.mark.parametrize(
     "field, value, key",
-    [("loss", "l2", "objective.loss"), ("projector", "mlp", "objective.projector"), ("shift", "prev", "objective.shift"),
-     ("name", "mtp", "objective.name"), ("lam", -0.1, "objective.lambda"), ("lam", float("nan"), "objective.lambda"),
-     ("start_step", -1, "objective.start_step"), ("projector_mult", 0, "objective.projector_mult"),
-     ("projector_mult", 1.5, "objective.projector_mult"), ("stop_grad", "maybe", "objective.stop_grad"),
-     ("lam", "0.5", "objective.lambda"), ("start_step", 1.5, "objective.start_step")],
+    [
+        ("loss", "l2", "objective.loss"),
+        ("projector", "mlp", "objective.projector"),
+        ("shift", "prev", "objective.shift"),
+        ("name", "mtp", "objective.name"),
+        ("lam", -0.1, "objective.lambda"),
+        ("lam", float("nan"), "objective.lambda"),
+        ("start_step", -1, "objective.start_step"),
+        ("projector_mult", 0, "objective.projector_mult"),
+        ("projector_mult", 1.5, "objective.projector_mult"),
+        ("stop_grad", "maybe", "objective.stop_grad"),
+        ("lam", "0.5", "objective.lambda"),
+        ("start_step", 1.5, "objective.start_step"),
+    ],
 )
 def test_config_validation(field, value, key):
     with pytest.raises(ValueError, match=key):

@@ -25,7 +25,15 @@ def _sizes_from_name(name: str) -> tuple[float, float]:
 
 
 def test_all_paper_models_are_presets():
-    assert set(PAPER) == {"dense-0.5b", "dense-2b", "dense-3b", "moe-1.9b-a0.3b", "moe-3b-a0.5b", "moe-9b-a1b", "moe-45b-a5.5b"}
+    assert set(PAPER) == {
+        "dense-0.5b",
+        "dense-2b",
+        "dense-3b",
+        "moe-1.9b-a0.3b",
+        "moe-3b-a0.5b",
+        "moe-9b-a1b",
+        "moe-45b-a5.5b",
+    }
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -37,8 +45,15 @@ def test_paper_presets_match_their_names_within_10_percent(name):
 
 
 def test_paper_target_layers_and_lambdas():
-    expect = {"moe-1.9b-a0.3b": (3, 16, 1.0), "moe-3b-a0.5b": (4, 17, 1.0), "moe-9b-a1b": (5, 24, 0.8),
-              "dense-0.5b": (5, 24, 1.0), "dense-2b": (6, 28, 1.0), "dense-3b": (6, 28, 0.8), "moe-45b-a5.5b": (5, 24, 0.6)}
+    expect = {
+        "moe-1.9b-a0.3b": (3, 16, 1.0),
+        "moe-3b-a0.5b": (4, 17, 1.0),
+        "moe-9b-a1b": (5, 24, 0.8),
+        "dense-0.5b": (5, 24, 1.0),
+        "dense-2b": (6, 28, 1.0),
+        "dense-3b": (6, 28, 0.8),
+        "moe-45b-a5.5b": (5, 24, 0.6),
+    }
     for name, (k, layers, lam) in expect.items():
         p = get_preset(name)
         assert (p.nitp["target_layer"], p.num_layers, p.nitp["lambda"]) == (k, layers, lam)
@@ -85,11 +100,17 @@ def test_exact_count_is_six_times_the_weights_a_token_touches():
 
 
 def test_cli_presets_and_flops_json():
-    res = subprocess.run([sys.executable, "-m", "nitp_train", "presets", "--json"], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "nitp_train", "presets", "--json"], capture_output=True, text=True, check=True
+    )
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["moe-3b-a0.5b"]["target_layer"] == 4 and rows["moe-3b-a0.5b"]["layers"] == 17
-    res = subprocess.run([sys.executable, "-m", "nitp_train", "flops", "--preset", "moe-9b-a1b", "--json"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "nitp_train", "flops", "--preset", "moe-9b-a1b", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert 100 * json.loads(res.stdout)["paper_overhead"] == pytest.approx(2.33, abs=0.01)
 
 

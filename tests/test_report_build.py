@@ -15,8 +15,13 @@ from nitp_eval.report.spec import load_spec, spec_from_paths
 from nitp_train.errors import UserError
 
 HEADER = {"schema_version": 1, "settings": {}, "versions": {}, "git": None}
-MTEB = {"STS12": "STS", "STSBenchmark": "STS", "Banking77Classification": "Classification",
-        "EmotionClassification": "Classification", "TwitterURLCorpus": "Retrieval/Dup"}
+MTEB = {
+    "STS12": "STS",
+    "STSBenchmark": "STS",
+    "Banking77Classification": "Classification",
+    "EmotionClassification": "Classification",
+    "TwitterURLCorpus": "Retrieval/Dup",
+}
 OF = {"Classification": 10, "STS": 9, "Retrieval/Dup": 6}
 
 
@@ -31,11 +36,23 @@ def _lm(arm: str, step: int, correct: dict[str, list[int]]) -> dict:
     for task, v in correct.items():
         metric = "exact_match" if task == "gsm8k" else "acc_norm"
         m = float(np.mean(v))
-        tasks[task] = {"metrics": {metric: m, metric + "_stderr": float(np.std(v) / math.sqrt(len(v)))},
-                       "primary": metric, "version": "1.0", "n_samples": len(v), "num_fewshot": 0}
+        tasks[task] = {
+            "metrics": {metric: m, metric + "_stderr": float(np.std(v) / math.sqrt(len(v)))},
+            "primary": metric,
+            "version": "1.0",
+            "n_samples": len(v),
+            "num_fewshot": 0,
+        }
         samples[task] = [{"doc_id": i, metric: x} for i, x in enumerate(v)]
-    return {"schema": "nitp.lm", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step,
-            "tasks": tasks, "samples": samples}
+    return {
+        "schema": "nitp.lm",
+        **HEADER,
+        "checkpoint": f"x/{arm}",
+        "arm": arm,
+        "step": step,
+        "tasks": tasks,
+        "samples": samples,
+    }
 
 
 def _mean(xs):
@@ -44,31 +61,70 @@ def _mean(xs):
 
 def _mteb(arm: str, step: int, scores: dict[str, float | None], missing=()) -> dict:
     """An mteb results file in the schema nitp_eval/mteb_eval writes (run.evaluate_suite + results header)."""
-    tasks = {t: {"group": MTEB[t], "main_score_name": "accuracy", "main_score": s, "scores": {"test": {"default": {}}},
-                 "version": "1", "hf_subsets": ["default"], "n_eval": {"test": 100}, "limited": False, "source": "local",
-                 "evaluation_time": 1.0} for t, s in scores.items()}
-    groups = {g: {"mean": _mean([s for t, s in scores.items() if MTEB[t] == g and s is not None]),
-                  "n": sum(MTEB[t] == g and s is not None for t, s in scores.items()), "of": of} for g, of in OF.items()}
-    return {"schema": "nitp.mteb", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step, "tasks": tasks,
-            "missing": list(missing), "missing_reasons": {t: "no local data" for t in missing}, "failed": [],
-            "failed_reasons": {}, "groups": groups,
-            "overall": {"mean": _mean([s for s in scores.values() if s is not None]),
-                        "n": sum(s is not None for s in scores.values()), "of": 25}}
+    tasks = {
+        t: {
+            "group": MTEB[t],
+            "main_score_name": "accuracy",
+            "main_score": s,
+            "scores": {"test": {"default": {}}},
+            "version": "1",
+            "hf_subsets": ["default"],
+            "n_eval": {"test": 100},
+            "limited": False,
+            "source": "local",
+            "evaluation_time": 1.0,
+        }
+        for t, s in scores.items()
+    }
+    groups = {
+        g: {
+            "mean": _mean([s for t, s in scores.items() if MTEB[t] == g and s is not None]),
+            "n": sum(MTEB[t] == g and s is not None for t, s in scores.items()),
+            "of": of,
+        }
+        for g, of in OF.items()
+    }
+    return {
+        "schema": "nitp.mteb",
+        **HEADER,
+        "checkpoint": f"x/{arm}",
+        "arm": arm,
+        "step": step,
+        "tasks": tasks,
+        "missing": list(missing),
+        "missing_reasons": {t: "no local data" for t in missing},
+        "failed": [],
+        "failed_reasons": {},
+        "groups": groups,
+        "overall": {
+            "mean": _mean([s for s in scores.values() if s is not None]),
+            "n": sum(s is not None for s in scores.values()),
+            "of": 25,
+        },
+    }
 
 
 def _geometry(arm: str, step: int, scale: float) -> dict:
     L = 4
-    return {"schema": "nitp.geometry", **HEADER, "checkpoint": f"x/{arm}", "arm": arm, "step": step, "tokens": 4096,
-            "layers": list(range(L + 1)),
-            "per_layer": {"erank_cov": [scale * (10 + i) for i in range(L + 1)],
-                          "erank_sv": [scale * (12 + i) for i in range(L + 1)],
-                          "anisotropy": [0.1 + 0.05 * i / scale for i in range(L + 1)],
-                          "anisotropy_exact": [0.11 + 0.05 * i / scale for i in range(L + 1)],
-                          "cka_to_last": [0.2 + 0.2 * i for i in range(L + 1)],
-                          "mean_norm": [1.0 + i for i in range(L + 1)]},
-            "cka_matrix": [[1.0 - 0.15 * abs(i - j) * scale / 2 for j in range(L + 1)] for i in range(L + 1)],
-            "alignment": {"target_layer": 1, "cos_next": 0.3 * scale,
-                          "projector_cos": 0.9 if arm == "nitp" else None}}
+    return {
+        "schema": "nitp.geometry",
+        **HEADER,
+        "checkpoint": f"x/{arm}",
+        "arm": arm,
+        "step": step,
+        "tokens": 4096,
+        "layers": list(range(L + 1)),
+        "per_layer": {
+            "erank_cov": [scale * (10 + i) for i in range(L + 1)],
+            "erank_sv": [scale * (12 + i) for i in range(L + 1)],
+            "anisotropy": [0.1 + 0.05 * i / scale for i in range(L + 1)],
+            "anisotropy_exact": [0.11 + 0.05 * i / scale for i in range(L + 1)],
+            "cka_to_last": [0.2 + 0.2 * i for i in range(L + 1)],
+            "mean_norm": [1.0 + i for i in range(L + 1)],
+        },
+        "cka_matrix": [[1.0 - 0.15 * abs(i - j) * scale / 2 for j in range(L + 1)] for i in range(L + 1)],
+        "alignment": {"target_layer": 1, "cos_next": 0.3 * scale, "projector_cos": 0.9 if arm == "nitp" else None},
+    }
 
 
 def make_run(root: Path, name: str = "tiny", seed: int = 0) -> Path:
@@ -79,14 +135,22 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0) -> Path:
     for arm in ("ntp", "nitp"):
         (run / arm).mkdir(parents=True)
         (run / arm / "config.yaml").write_text(
-            f"model:\n  preset: tiny-dense\nobjective:\n  name: {arm}\n  lambda: {1.0 if arm == 'nitp' else 0.0}\n  target_layer: 1\n")
+            f"model:\n  preset: tiny-dense\nobjective:\n  name: {arm}\n  lambda: {1.0 if arm == 'nitp' else 0.0}\n  target_layer: 1\n"
+        )
         lines = []
         for step in range(0, 201, 10):
-            r = {"step": step, "tokens": step * 512, "lr": 1e-3, "loss_ntp": 8 - step / 50 + (0.01 if arm == "nitp" else 0),
-                 "loss_total": 8.0, "grad_norm": 1.0, "tokens_per_s": 1000.0 if arm == "ntp" else 950.0,
-                 "elapsed_s": step * 0.5 * (1 if arm == "ntp" else 1.05)}
+            r = {
+                "step": step,
+                "tokens": step * 512,
+                "lr": 1e-3,
+                "loss_ntp": 8 - step / 50 + (0.01 if arm == "nitp" else 0),
+                "loss_total": 8.0,
+                "grad_norm": 1.0,
+                "tokens_per_s": 1000.0 if arm == "ntp" else 950.0,
+                "elapsed_s": step * 0.5 * (1 if arm == "ntp" else 1.05),
+            }
             if arm == "nitp":
-                r["loss_nitp"] = 0.2 + 0.6 * math.exp(-step / 5) + 0.1 * math.exp(-((step - 60) / 30) ** 2)
+                r["loss_nitp"] = 0.2 + 0.6 * math.exp(-step / 5) + 0.1 * math.exp(-(((step - 60) / 30) ** 2))
             if step % 50 == 0:
                 r["val_ce"] = 7.5 - step / 60 + (0.002 if arm == "nitp" else 0)
                 r["probe_erank"] = (30 if arm == "nitp" else 20) + 40 * math.exp(-step / 80)
@@ -96,8 +160,13 @@ def make_run(root: Path, name: str = "tiny", seed: int = 0) -> Path:
         for step, scale in ((100, 1.0), (200, 1.5 if arm == "nitp" else 0.8)):
             _write(run / "eval" / "geometry" / f"{arm}-step-{step:06d}.json", _geometry(arm, step, scale))
     p = {"arc_challenge": 0.30, "gsm8k": 0.05, "commonsense_qa": 0.25}
-    correct = {arm: {t: (rng.random(300 if t != "gsm8k" else 200) < p[t] + (0.08 if arm == "nitp" else 0)).astype(int).tolist()
-                     for t in p} for arm in ("ntp", "nitp")}
+    correct = {
+        arm: {
+            t: (rng.random(300 if t != "gsm8k" else 200) < p[t] + (0.08 if arm == "nitp" else 0)).astype(int).tolist()
+            for t in p
+        }
+        for arm in ("ntp", "nitp")
+    }
     for arm in ("ntp", "nitp"):
         _write(run / "eval" / "lm" / f"{arm}-step-000200.json", _lm(arm, 200, correct[arm]))
         scores = {t: 0.3 + 0.01 * i + (0.02 if arm == "nitp" and t != "STS12" else 0) for i, t in enumerate(MTEB)}
@@ -193,7 +262,9 @@ def test_bold_marks_the_better_arm(report):
     # CIs on a row of their own in small type, so the LaTeX table is as wide as the scores
     lines = tex.splitlines()
     d = next(i for i, line in enumerate(lines) if line.startswith("$\\Delta$"))
-    assert "[" not in lines[d] and lines[d + 1].startswith(" & {\\scriptsize [") and lines[d + 1].count("scriptsize") == 4
+    assert (
+        "[" not in lines[d] and lines[d + 1].startswith(" & {\\scriptsize [") and lines[d + 1].count("scriptsize") == 4
+    )
 
 
 def _mteb_run(tmp_path, ntp: dict, nitp: dict):
@@ -210,8 +281,9 @@ def _mteb_run(tmp_path, ntp: dict, nitp: dict):
 def test_bold_delta_and_count_agree_at_the_shown_rounding(tmp_path):
     # 30.0049 and 30.0051 show as 30.00 and 30.01: NITP bold, Δ +0.01, counted improved;
     # 30.001 and 30.004 both show as 30.00: a tie (both bold, Δ +0.00, not improved)
-    out = _mteb_run(tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001},
-                    {"STS12": 0.300051, "STSBenchmark": 0.30004})
+    out = _mteb_run(
+        tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001}, {"STS12": 0.300051, "STSBenchmark": 0.30004}
+    )
     md = (out / "tables" / "mteb_tasks.md").read_text()
     assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 |" in md
     assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 |" in md
@@ -228,7 +300,9 @@ def test_mteb_tables(report):
     for g in ("Classification", "STS", "Retrieval/Dup"):
         n, of = res["ntp"]["groups"][g]["n"], res["ntp"]["groups"][g]["of"]
         assert by_name[g][0] == f"{g} ({n} of {of})"
-        assert [num(c) for c in by_name[g][1:3]] == [round(100 * res[a]["groups"][g]["mean"], 2) for a in ("ntp", "nitp")]
+        assert [num(c) for c in by_name[g][1:3]] == [
+            round(100 * res[a]["groups"][g]["mean"], 2) for a in ("ntp", "nitp")
+        ]
     assert by_name["Overall"][0] == "Overall (5 of 25)"
     assert num(by_name["Overall"][2]) == round(100 * res["nitp"]["overall"]["mean"], 2)
     tasks = read_csv(out / "tables" / "mteb_tasks.csv")
@@ -251,7 +325,7 @@ def test_geometry_cost_ce_tables(report):
     assert float(row[4]) == round(nitp["per_layer"]["erank_cov"][-1], 2)
     assert float(row[5]) == round(nitp["per_layer"]["erank_sv"][-1], 2)
     assert float(row[6]) == round(nitp["per_layer"]["anisotropy"][-1], 4)
-    assert row[8] == f'{nitp["alignment"]["cos_next"]:.4f} (k=1)'
+    assert row[8] == f"{nitp['alignment']['cos_next']:.4f} (k=1)"
     assert row[-1] == "0.9000" and geo[1][-1] == "n/a"
     cost = read_csv(out / "tables" / "cost.csv")
     assert cost[1][2] == "1000.0" and cost[2][2] == "950.0"
@@ -298,14 +372,21 @@ def test_tables_are_byte_deterministic(tmp_path):
     assert len(files) == 3 * 5
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    assert (a / "report.md").read_text() == (b / "report.md").read_text().replace(str(tmp_path / "b"), str(tmp_path / "a"))
+    assert (a / "report.md").read_text() == (b / "report.md").read_text().replace(
+        str(tmp_path / "b"), str(tmp_path / "a")
+    )
 
 
 def test_flops_overhead_from_the_config_recorded_in_pair_json(tmp_path):
     run = make_run(tmp_path)
     pair = json.loads((run / "pair.json").read_text())
-    hf = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
-          "intermediate_size": 128}
+    hf = {
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 128,
+    }
     pair["shared"] = {"model": {"preset": "tiny-dense", "hf_overrides": hf}, "seq_len": 64}
     pair["arms"] = {"ntp": {"name": "ntp"}, "nitp": {"name": "nitp", "projector": "swiglu", "projector_mult": 4}}
     (run / "pair.json").write_text(json.dumps(pair))
@@ -320,7 +401,12 @@ def test_flops_overhead_from_the_config_recorded_in_pair_json(tmp_path):
     (tmp_path / "tokens" / "meta.json").write_text(json.dumps({"vocab_size": 1024}))
     (run / "nitp" / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "tokens")}))
     md = build_report(spec, tmp_path / "b", progress=False).read_text()
-    d, L, d_e, V = 64, 4, 128, 1024  # Appendix G for a dense model: L (18 d² + 18 d d_e) + 6 V d; NITP adds 72 d² + 18 d
+    d, L, d_e, V = (
+        64,
+        4,
+        128,
+        1024,
+    )  # Appendix G for a dense model: L (18 d² + 18 d d_e) + 6 V d; NITP adds 72 d² + 18 d
     paper = (72 * d**2 + 18 * d) / (L * (18 * d**2 + 18 * d * d_e) + 6 * V * d)
     row = read_csv(tmp_path / "b" / "tables" / "cost.csv")[2]
     assert row[5] == f"{100 * paper:+.2f}%" == "+23.17%"
@@ -376,8 +462,12 @@ def test_out_never_the_working_dir_a_parent_or_a_run_dir(tmp_path, monkeypatch):
     (work / "report.md").write_text("an old report")
     (work / "thesis.tex").write_text("years of work")
     monkeypatch.chdir(work)
-    for out, match in ((".", "working directory"), ("..", "working directory"), (run, "run dir"),
-                       (tmp_path / "runs", "run dir")):
+    for out, match in (
+        (".", "working directory"),
+        ("..", "working directory"),
+        (run, "run dir"),
+        (tmp_path / "runs", "run dir"),
+    ):
         with pytest.raises(UserError, match=match):
             build_report(spec, out, overwrite=True, progress=False)
     assert (work / "thesis.tex").read_text() == "years of work" and (work / "report.md").exists()
@@ -395,8 +485,12 @@ def test_cli_out_dot_with_overwrite_is_refused_and_deletes_nothing(tmp_path):
     run = make_run(tmp_path / "runs")
     (tmp_path / "report.md").write_text("old")
     (tmp_path / "data.csv").write_text("1,2")
-    r = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "report", str(run), "--out", ".", "--overwrite",
-                        "--sections", "cost"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "nitp_eval.cli", "report", str(run), "--out", ".", "--overwrite", "--sections", "cost"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "working directory" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "report.md", "runs"]
 
@@ -420,8 +514,14 @@ variants:
     spec = load_spec(spec_file)
     out = build_report(spec, tmp_path / "out", progress=False).parent
     rows = read_csv(out / "tables" / "downstream.csv")
-    assert [r[0] for r in rows[1:]] == ["Small NTP", "Small NITP", "Δ Small NITP − NTP", "Large NTP", "Large NITP",
-                                        "Δ Large NITP − NTP"]
+    assert [r[0] for r in rows[1:]] == [
+        "Small NTP",
+        "Small NITP",
+        "Δ Small NITP − NTP",
+        "Large NTP",
+        "Large NITP",
+        "Δ Large NITP − NTP",
+    ]
     assert rows[0] == ["Model", "ARC-C", "CSQA", "Avg."]
     abl = read_csv(out / "tables" / "ablation.csv")
     assert [r[0] for r in abl[1:]] == ["Baseline", "NITP small", "NITP large"]
@@ -444,17 +544,20 @@ def test_spec_given_fewer_runs_labels_by_dir_and_says_what_was_dropped(tmp_path)
     assert "- **my-run**: " in md and "**MoE 1.9B-A0.3B**" not in md
 
 
-@pytest.mark.parametrize("text,match", [
-    ("runs: [x]\nsections: [tables]\n", "unknown section"),
-    ("runs: [x]\ncolour: red\n", "unknown key"),
-    ("sections: [cost]\n", "no runs"),
-    ("runs: [x]\nbootstrap: {ci: 95}\n", "bootstrap.ci"),
-    ("runs: [x]\nstep: latest\n", "step: 'latest' is not a checkpoint step"),
-    ("runs: [x]\nstep: 1.5\n", "not a checkpoint step"),
-    ("runs: [x]\nstep: true\n", "not a checkpoint step"),
-    ("runs: [x]\nbootstrap: {n: 10}\n", "at least 100"),
-    ("runs: [x]\narms: ntp\n", "arms: give a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("runs: [x]\nsections: [tables]\n", "unknown section"),
+        ("runs: [x]\ncolour: red\n", "unknown key"),
+        ("sections: [cost]\n", "no runs"),
+        ("runs: [x]\nbootstrap: {ci: 95}\n", "bootstrap.ci"),
+        ("runs: [x]\nstep: latest\n", "step: 'latest' is not a checkpoint step"),
+        ("runs: [x]\nstep: 1.5\n", "not a checkpoint step"),
+        ("runs: [x]\nstep: true\n", "not a checkpoint step"),
+        ("runs: [x]\nbootstrap: {n: 10}\n", "at least 100"),
+        ("runs: [x]\narms: ntp\n", "arms: give a non-empty list"),
+    ],
+)
 def test_bad_specs_are_user_errors(tmp_path, text, match):
     f = tmp_path / "s.yaml"
     f.write_text(text)
@@ -482,11 +585,19 @@ def test_not_a_run_dir(tmp_path):
 SPECS = sorted((Path(__file__).resolve().parent.parent / "analyses").glob("*.yaml"))
 
 
-SECTION_OUTPUTS = {"downstream": ["tables/downstream.csv"], "mteb": ["tables/mteb_groups.csv", "tables/mteb_tasks.csv"],
-                   "geometry": ["tables/geometry.csv", "figures/geometry_profiles.png", "figures/cka.png"],
-                   "dynamics": ["figures/dynamics.png", "figures/aux_loss.png", "figures/cross_entropy.png",
-                                "tables/cross_entropy.csv"],
-                   "cost": ["tables/cost.csv"], "ablation": ["tables/ablation.csv"]}
+SECTION_OUTPUTS = {
+    "downstream": ["tables/downstream.csv"],
+    "mteb": ["tables/mteb_groups.csv", "tables/mteb_tasks.csv"],
+    "geometry": ["tables/geometry.csv", "figures/geometry_profiles.png", "figures/cka.png"],
+    "dynamics": [
+        "figures/dynamics.png",
+        "figures/aux_loss.png",
+        "figures/cross_entropy.png",
+        "tables/cross_entropy.csv",
+    ],
+    "cost": ["tables/cost.csv"],
+    "ablation": ["tables/ablation.csv"],
+}
 
 
 @pytest.mark.parametrize("spec_file", SPECS, ids=[p.stem for p in SPECS])
@@ -519,8 +630,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "report", str(tmp_path / "nope")],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "nitp_eval.cli", "report", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such run dir" in r.stderr
     assert not (tmp_path / "reports").exists()
@@ -558,21 +673,26 @@ def test_nulls_and_nans_render_as_na(tmp_path):
         d["cka_matrix"][0][1] = None
         d["alignment"].update(cos_next=None, projector_cos=None)
         d["tokens"] = None
+
     _edit(geo, null_geometry)
 
     def null_lm(d):
         d["tasks"]["gsm8k"]["metrics"]["exact_match"] = None  # the whole task: no score
         for r in d["samples"]["arc_challenge"][:10]:  # ten documents: no value
             r["acc_norm"] = None
+
     _edit(run / "eval" / "lm" / "nitp-step-000200.json", null_lm)
 
     def null_mteb(d):
         d["tasks"]["STS12"]["main_score"] = None
         d["groups"]["STS"]["mean"] = None
+
     _edit(run / "eval" / "mteb" / "ntp-step-000200.json", null_mteb)
     m = run / "nitp" / "metrics.jsonl"
-    m.write_text(m.read_text().replace('"tokens_per_s": 950.0', '"tokens_per_s": NaN', 3)
-                 + '{"step": 201, "loss_ntp": NaN, "val_ce": NaN, "tokens_per_s": NaN}\n')
+    m.write_text(
+        m.read_text().replace('"tokens_per_s": 950.0', '"tokens_per_s": NaN', 3)
+        + '{"step": 201, "loss_ntp": NaN, "val_ce": NaN, "tokens_per_s": NaN}\n'
+    )
     spec = spec_from_paths([run])
     spec.n_boot = 200
     out = build_report(spec, tmp_path / "out", progress=False).parent
@@ -583,7 +703,9 @@ def test_nulls_and_nans_render_as_na(tmp_path):
     down = read_csv(out / "tables" / "downstream.csv")
     assert down[2][3] == "n/a" and down[3][3] == "n/a" and down[2][4].endswith("(2/3)")  # GSM8k, Avg.
     md = (out / "report.md").read_text()
-    assert "task gsm8k missing in nitp-step-000200.json" in md or "task gsm8k has no score in nitp-step-000200.json" in md
+    assert (
+        "task gsm8k missing in nitp-step-000200.json" in md or "task gsm8k has no score in nitp-step-000200.json" in md
+    )
     assert "arc_challenge: 290 documents scored by both arms" in md
     tasks = read_csv(out / "tables" / "mteb_tasks.csv")
     assert "STS12" not in [r[0] for r in tasks] and "no main_score (null) for STS12" in md
@@ -601,8 +723,10 @@ def test_ablation_says_why_a_task_is_left_out(tmp_path):
     run = make_run(tmp_path)
     _edit(run / "eval" / "lm" / "nitp-step-000200.json", lambda d: d["tasks"].pop("gsm8k"))
     f = tmp_path / "s.yaml"
-    f.write_text(f"runs: [{run}]\nsections: [ablation]\ntasks: [arc_challenge, gsm8k, lcbench]\nbootstrap: {{n: 200}}\n"
-                 "variants:\n  - {run: tiny, arm: ntp, label: NTP}\n  - {run: tiny, arm: nitp, label: NITP}\n")
+    f.write_text(
+        f"runs: [{run}]\nsections: [ablation]\ntasks: [arc_challenge, gsm8k, lcbench]\nbootstrap: {{n: 200}}\n"
+        "variants:\n  - {run: tiny, arm: ntp, label: NTP}\n  - {run: tiny, arm: nitp, label: NITP}\n"
+    )
     md = build_report(load_spec(f), tmp_path / "out", progress=False).read_text()
     assert "no variant has a score for lcbench" in md
     assert "gsm8k left out because 1 of 2 variants lack it: NITP" in md
@@ -694,9 +818,15 @@ def test_long_run_zooms_on_the_end_and_smooths(tmp_path, drawn):
     run = make_run(tmp_path)
     rng = np.random.default_rng(0)
     for arm, shift in (("ntp", 0.0), ("nitp", 0.003)):
-        recs = [{"step": s, "loss_ntp": 2 + 8 * math.exp(-s / 100) + shift + 0.05 * rng.normal(),
-                 "loss_nitp": 0.05 + 0.9 * math.exp(-s / 8) + 0.01 * rng.normal(), **({"val_ce": 2 + shift} if s % 100 == 0 else {})}
-                for s in range(1, 1001)]
+        recs = [
+            {
+                "step": s,
+                "loss_ntp": 2 + 8 * math.exp(-s / 100) + shift + 0.05 * rng.normal(),
+                "loss_nitp": 0.05 + 0.9 * math.exp(-s / 8) + 0.01 * rng.normal(),
+                **({"val_ce": 2 + shift} if s % 100 == 0 else {}),
+            }
+            for s in range(1, 1001)
+        ]
         (run / arm / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     spec = spec_from_paths([run])
     spec.sections = ["dynamics"]
@@ -742,8 +872,18 @@ def test_panels_without_data_say_so(tmp_path, drawn):
 def test_short_run_has_integer_step_ticks(tmp_path, drawn):
     run = make_run(tmp_path)
     for arm in ("ntp", "nitp"):
-        recs = [{"step": s, "loss_ntp": 7 - 0.1 * s, "loss_nitp": 0.9 - 0.1 * s, "val_ce": 7 - 0.1 * s,
-                 "probe_erank": 10 + s, "probe_cosine": 0.1 * s, "tokens_per_s": 100.0} for s in range(1, 7)]
+        recs = [
+            {
+                "step": s,
+                "loss_ntp": 7 - 0.1 * s,
+                "loss_nitp": 0.9 - 0.1 * s,
+                "val_ce": 7 - 0.1 * s,
+                "probe_erank": 10 + s,
+                "probe_cosine": 0.1 * s,
+                "tokens_per_s": 100.0,
+            }
+            for s in range(1, 7)
+        ]
         (run / arm / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     spec = spec_from_paths([run])
     spec.sections = ["dynamics"]

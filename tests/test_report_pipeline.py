@@ -19,8 +19,14 @@ ARMS = ("ntp", "nitp")
 
 def nitp_eval(*args, cwd: Path) -> str:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "nitp_eval.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env, cwd=cwd, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "nitp_eval.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -52,8 +58,8 @@ def check_downstream(run: Path, out: Path, step: int) -> None:
     pairs = [paired(res["ntp"], res["nitp"], t) for t in tasks]
     for i, cell in enumerate(table[3][1:]):
         assert num(cell) == pytest.approx(num(table[2][1 + i]) - num(table[1][1 + i]), abs=1e-9)
-        ref = reference_ci(pairs[i:i + 1] if i < len(tasks) else pairs)
-        tol = 100 / min(len(a) for a, _ in (pairs[i:i + 1] if i < len(tasks) else pairs)) + 0.01
+        ref = reference_ci(pairs[i : i + 1] if i < len(tasks) else pairs)
+        tol = 100 / min(len(a) for a, _ in (pairs[i : i + 1] if i < len(tasks) else pairs)) + 0.01
         lo, hi = ci_of(cell)  # the real command keeps per-sample records: every delta has a CI
         assert lo == pytest.approx(ref[0], abs=tol) and hi == pytest.approx(ref[1], abs=tol), (cell, ref)
         assert cell.split()[0].endswith("*") == (lo > 0 or hi < 0)
@@ -66,8 +72,12 @@ def check_geometry(run: Path, out: Path, step: int) -> None:
         assert row[1] == str(step) and row[2] == str(g["tokens"])
         pl = g["per_layer"]
         assert row[3] == str(g["layers"][-1])
-        assert [float(x) for x in row[4:8]] == [round(pl["erank_cov"][-1], 2), round(pl["erank_sv"][-1], 2),
-                                                round(pl["anisotropy"][-1], 4), round(pl["anisotropy_exact"][-1], 4)]
+        assert [float(x) for x in row[4:8]] == [
+            round(pl["erank_cov"][-1], 2),
+            round(pl["erank_sv"][-1], 2),
+            round(pl["anisotropy"][-1], 4),
+            round(pl["anisotropy_exact"][-1], 4),
+        ]
         assert num(row[8]) == round(g["alignment"]["cos_next"], 4)
     assert table[2][9] == f"{results(run, 'geometry', 'nitp', step)['alignment']['projector_cos']:.4f}"
 
@@ -106,24 +116,52 @@ def write_mteb(run: Path, step: int) -> dict:
     missing = {"STS13", "SciDocsRR"}
     # four decimals, so the shown (two-decimal percent) differences are exact
     base = {t.name: round(float(rng.uniform(0.2, 0.7)), 4) for t in PAPER if t.name not in missing}
-    scores = {"ntp": base, "nitp": {t: round(s + (-0.004 if t == "STS12" else 0.01 + round(0.02 * rng.random(), 4)), 4)
-                                    for t, s in base.items()}}
+    scores = {
+        "ntp": base,
+        "nitp": {
+            t: round(s + (-0.004 if t == "STS12" else 0.01 + round(0.02 * rng.random(), 4)), 4) for t, s in base.items()
+        },
+    }
     out = {}
     for arm in ARMS:
-        tasks = {t.name: {"group": t.group, "main_score_name": "cosine_spearman" if t.group == "STS" else "accuracy",
-                          "main_score": scores[arm][t.name], "scores": {}, "version": "1", "hf_subsets": ["default"],
-                          "n_eval": {"test": 50}, "limited": True, "source": "local", "evaluation_time": 0.1}
-                 for t in PAPER if t.name in scores[arm]}
+        tasks = {
+            t.name: {
+                "group": t.group,
+                "main_score_name": "cosine_spearman" if t.group == "STS" else "accuracy",
+                "main_score": scores[arm][t.name],
+                "scores": {},
+                "version": "1",
+                "hf_subsets": ["default"],
+                "n_eval": {"test": 50},
+                "limited": True,
+                "source": "local",
+                "evaluation_time": 0.1,
+            }
+            for t in PAPER
+            if t.name in scores[arm]
+        }
         groups = {}
         for g in ("Classification", "STS", "Retrieval/Dup"):
             members = [t.name for t in PAPER if t.group == g]
             got = [scores[arm][n] for n in members if n in scores[arm]]
             groups[g] = {"mean": float(np.mean(got)), "n": len(got), "of": len(members)}
-        data = {"schema": "nitp.mteb", "schema_version": 1, "checkpoint": str(run / arm / "checkpoints" / f"step-{step:06d}"),
-                "arm": arm, "step": step, "settings": {"limit": 50}, "versions": {}, "git": None, "tasks": tasks,
-                "missing": sorted(missing), "missing_reasons": {t: "no local data" for t in missing},
-                "failed": [], "failed_reasons": {}, "groups": groups,
-                "overall": {"mean": float(np.mean(list(scores[arm].values()))), "n": len(scores[arm]), "of": len(PAPER)}}
+        data = {
+            "schema": "nitp.mteb",
+            "schema_version": 1,
+            "checkpoint": str(run / arm / "checkpoints" / f"step-{step:06d}"),
+            "arm": arm,
+            "step": step,
+            "settings": {"limit": 50},
+            "versions": {},
+            "git": None,
+            "tasks": tasks,
+            "missing": sorted(missing),
+            "missing_reasons": {t: "no local data" for t in missing},
+            "failed": [],
+            "failed_reasons": {},
+            "groups": groups,
+            "overall": {"mean": float(np.mean(list(scores[arm].values()))), "n": len(scores[arm]), "of": len(PAPER)},
+        }
         (run / "eval" / "mteb").mkdir(parents=True, exist_ok=True)
         (run / "eval" / "mteb" / f"{arm}-step-{step:06d}.json").write_text(json.dumps(data))
         out[arm] = data
@@ -193,10 +231,28 @@ def test_report_from_real_commands(tiny_run, shared_data, tmp_path):
 def test_full_pipeline_with_mteb(tiny_run, shared_data, tmp_path):
     run = copy_run(tiny_run, tmp_path)
     nitp_eval("geometry", run, "--all-steps", "--tokens", 2048, "--seq-len", 64, cwd=tmp_path)
-    nitp_eval("lm", run, "--tasks", "arc_challenge,commonsense_qa", "--data-dir", shared_data / "lm", "--limit", 30,
-              cwd=tmp_path)
-    nitp_eval("mteb", run, "--tasks", "STSBenchmark,TwitterURLCorpus,EmotionClassification", "--data-dir",
-              shared_data / "mteb", "--limit", 60, cwd=tmp_path)
+    nitp_eval(
+        "lm",
+        run,
+        "--tasks",
+        "arc_challenge,commonsense_qa",
+        "--data-dir",
+        shared_data / "lm",
+        "--limit",
+        30,
+        cwd=tmp_path,
+    )
+    nitp_eval(
+        "mteb",
+        run,
+        "--tasks",
+        "STSBenchmark,TwitterURLCorpus,EmotionClassification",
+        "--data-dir",
+        shared_data / "mteb",
+        "--limit",
+        60,
+        cwd=tmp_path,
+    )
     nitp_eval("report", run, "--out", tmp_path / "report", cwd=tmp_path)
     out = tmp_path / "report"
     check_downstream(run, out, 6)

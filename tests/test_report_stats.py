@@ -55,8 +55,10 @@ def test_pairing_removes_shared_variance():
 
 def test_average_of_tasks_and_independent_streams():
     rng = np.random.default_rng(2)
-    pairs = {t: ((rng.random(n) < 0.3).astype(float), (rng.random(n) < 0.35).astype(float))
-             for t, n in (("x", 300), ("y", 800), ("z", 120))}
+    pairs = {
+        t: ((rng.random(n) < 0.3).astype(float), (rng.random(n) < 0.35).astype(float))
+        for t, n in (("x", 300), ("y", 800), ("z", 120))
+    }
     per, avg = mean_delta(pairs, n_boot=20_000, seed=5)
     assert avg.value == pytest.approx(np.mean([(b - a).mean() for a, b in pairs.values()]))
     # tasks resampled independently: variance of the average = sum of task variances / T^2

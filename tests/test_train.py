@@ -157,15 +157,40 @@ def test_resume_refuses_a_changed_config_but_may_run_longer(tmp_path, tiny_sets,
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=3", "micro_batch=2", "eval_every=0",
-                        "probe_every=0", f"parallel={parallel}", "optim.warmup_steps=0"]
+    sets = tiny_sets + [
+        f"data.path={tiny_corpus}",
+        "steps=3",
+        "save_every=3",
+        "micro_batch=2",
+        "eval_every=0",
+        "probe_every=0",
+        f"parallel={parallel}",
+        "optim.warmup_steps=0",
+    ]
     flags = [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one" / "nitp", tmp_path / "two" / "nitp"
     train(load_config(sets=sets), one, progress=False)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(29533 + (parallel == "fsdp")), "-m", "nitp_train", "run", "--out", str(two), *flags],
-                         env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29533 + (parallel == "fsdp")),
+            "-m",
+            "nitp_train",
+            "run",
+            "--out",
+            str(two),
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((two / "provenance.json").read_text())["world_size"] == 2
     for key in ("loss_total", "loss_ntp", "loss_nitp"):
@@ -183,18 +208,21 @@ def test_existing_run_dir_needs_resume_or_overwrite(tiny_run, tiny_sets, tiny_co
     assert sorted(p.name for p in (tiny_run / "nitp" / "checkpoints").iterdir()) == before
 
 
-@pytest.mark.parametrize("sets, needle", [
-    (["data.path={empty}"], "empty corpus"),
-    (["data.path={tmp}/missing.txt"], "not a local path"),
-    (["seq_len=100000"], "max_position_embeddings"),
-    (["model.preset=nope"], "unknown preset"),
-    (["objective.lambda=-1"], "lambda"),
-    (["objective.target_layer=99"], "target_layer"),
-    (["objective.loss=l3"], "objective.loss"),
-    (["global_batch=7"], "split evenly"),
-    (["save_every=0"], "save_every"),
-    (["objective.lambda=1e-3", "objective.stop_grad=maybe"], "stop_grad"),
-])
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["data.path={empty}"], "empty corpus"),
+        (["data.path={tmp}/missing.txt"], "not a local path"),
+        (["seq_len=100000"], "max_position_embeddings"),
+        (["model.preset=nope"], "unknown preset"),
+        (["objective.lambda=-1"], "lambda"),
+        (["objective.target_layer=99"], "target_layer"),
+        (["objective.loss=l3"], "objective.loss"),
+        (["global_batch=7"], "split evenly"),
+        (["save_every=0"], "save_every"),
+        (["objective.lambda=1e-3", "objective.stop_grad=maybe"], "stop_grad"),
+    ],
+)
 def test_bad_input_raises_a_clear_error(tmp_path, tiny_sets, tiny_corpus, sets, needle):
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")
@@ -205,8 +233,10 @@ def test_bad_input_raises_a_clear_error(tmp_path, tiny_sets, tiny_corpus, sets, 
 
 
 def test_cli_bad_input_is_one_line_on_stderr(tmp_path):
-    for args, needle in [(["run", "--out", str(tmp_path / "a"), "--preset", "nope"], "unknown preset"),
-                         (["flops", "--preset", "moe-9b-a1b", "--projector", "mlp"], "--projector")]:
+    for args, needle in [
+        (["run", "--out", str(tmp_path / "a"), "--preset", "nope"], "unknown preset"),
+        (["flops", "--preset", "moe-9b-a1b", "--projector", "mlp"], "--projector"),
+    ]:
         res = subprocess.run([sys.executable, "-m", "nitp_train", *args], capture_output=True, text=True)
         assert res.returncode == 2
         assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:") and needle in res.stderr
@@ -214,8 +244,16 @@ def test_cli_bad_input_is_one_line_on_stderr(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_corpus):
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=40", "save_every=1", "optim.lr=1e12", "optim.grad_clip=1e30",
-                        "optim.warmup_steps=0", "eval_every=0", "probe_every=0"]
+    sets = tiny_sets + [
+        f"data.path={tiny_corpus}",
+        "steps=40",
+        "save_every=1",
+        "optim.lr=1e12",
+        "optim.grad_clip=1e30",
+        "optim.warmup_steps=0",
+        "eval_every=0",
+        "probe_every=0",
+    ]
     with pytest.raises(UserError, match="non-finite loss .* last good checkpoint"):
         train(load_config(sets=sets), tmp_path / "nan", progress=False)
     kept = sorted((tmp_path / "nan" / "checkpoints").glob("step-*"))
@@ -227,8 +265,16 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_
 def test_infinite_gradient_norm_stops_before_the_update(tmp_path, tiny_sets, tiny_corpus):
     """A finite loss with an infinite gradient norm: lambda=1e30 keeps L_total near 1e30 (finite in fp32),
     but the squared gradients overflow. The auxiliary loss starts at step 2, so step 1 is saved first."""
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "objective.name=nitp", "objective.lambda=1e30",
-                        "objective.start_step=1", "steps=3", "save_every=1", "eval_every=0", "probe_every=0"]
+    sets = tiny_sets + [
+        f"data.path={tiny_corpus}",
+        "objective.name=nitp",
+        "objective.lambda=1e30",
+        "objective.start_step=1",
+        "steps=3",
+        "save_every=1",
+        "eval_every=0",
+        "probe_every=0",
+    ]
     out = tmp_path / "inf"
     with pytest.raises(UserError, match=r"non-finite gradient norm at step 2: .*last good checkpoint: .*step-000001"):
         train(load_config(sets=sets), out, progress=False)
@@ -236,13 +282,38 @@ def test_infinite_gradient_norm_stops_before_the_update(tmp_path, tiny_sets, tin
     assert all(torch.isfinite(t).all() for t in _weights(out / "checkpoints" / "step-000001").values())
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
 
+
 def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):
     """`torchrun ... -m nitp_train pair`: one process writes pair.json, both arms train on 2 processes."""
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "micro_batch=2", "eval_every=0", "probe_every=0"]
+    sets = tiny_sets + [
+        f"data.path={tiny_corpus}",
+        "steps=2",
+        "save_every=2",
+        "micro_batch=2",
+        "eval_every=0",
+        "probe_every=0",
+    ]
     out = tmp_path / "pair"
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                          "-m", "nitp_train", "pair", "--out", str(out), *[a for s in sets for a in ("--set", s)]],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            "-m",
+            "nitp_train",
+            "pair",
+            "--out",
+            str(out),
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert all(json.loads((out / "pair.json").read_text())["paired"].values())
     for arm in ("ntp", "nitp"):

@@ -12,29 +12,54 @@ DEFAULT_SEQ_LEN = 512
 
 
 def command(
-    path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir, any HF model dir, or a states file "
-                                          "(.npy/.pt/.safetensors holding tokens x dim or layers x tokens x dim)."),
-    text: str = typer.Option(None, help="Text to analyse: .txt, .jsonl[.gz] with a 'text' field, or an HF dataset id "
-                                        "('name' or 'name:config'). Default for a run: its own tokenised validation split "
-                                        "(provenance.json data_dir/val.bin), else config.yaml data.validation; otherwise "
-                                        "the built-in Shakespeare validation split."),
+    path: Path = typer.Argument(
+        ...,
+        help="Run dir, arm dir, checkpoint dir, any HF model dir, or a states file "
+        "(.npy/.pt/.safetensors holding tokens x dim or layers x tokens x dim).",
+    ),
+    text: str = typer.Option(
+        None,
+        help="Text to analyse: .txt, .jsonl[.gz] with a 'text' field, or an HF dataset id "
+        "('name' or 'name:config'). Default for a run: its own tokenised validation split "
+        "(provenance.json data_dir/val.bin), else config.yaml data.validation; otherwise "
+        "the built-in Shakespeare validation split.",
+    ),
     text_split: str = typer.Option("validation", help="Split to read when --text is an HF dataset id."),
     tokens: int = typer.Option(100_000, help="Tokens to analyse (the first N of the packed text)."),
-    seq_len: int = typer.Option(None, help="Window length in tokens. Default: the run's seq_len, else 512 "
-                                           "(capped by the model's max_position_embeddings)."),
-    batch_size: int = typer.Option(8, help="Windows per forward pass; sampled anisotropy pairs come from different "
-                                           "windows of one batch, so at least 2."),
-    layers: str = typer.Option("all", help="hidden_states indices to report: all, last, or e.g. 0,4,-1 "
-                                           "(0 = embeddings, last = after the final norm)."),
-    n_pairs: int = typer.Option(10_000, help="Random token pairs (from different sequences) for the sampled anisotropy."),
+    seq_len: int = typer.Option(
+        None,
+        help="Window length in tokens. Default: the run's seq_len, else 512 "
+        "(capped by the model's max_position_embeddings).",
+    ),
+    batch_size: int = typer.Option(
+        8,
+        help="Windows per forward pass; sampled anisotropy pairs come from different "
+        "windows of one batch, so at least 2.",
+    ),
+    layers: str = typer.Option(
+        "all",
+        help="hidden_states indices to report: all, last, or e.g. 0,4,-1 "
+        "(0 = embeddings, last = after the final norm).",
+    ),
+    n_pairs: int = typer.Option(
+        10_000, help="Random token pairs (from different sequences) for the sampled anisotropy."
+    ),
     seed: int = typer.Option(0, help="Seed of the batch order and of the anisotropy pairs."),
-    cka_matrix: bool = typer.Option(False, "--cka-matrix", help="Also the full layer x layer linear-CKA matrix "
-                                                                "(memory O(layers^2 dim^2))."),
-    target_layer: int = typer.Option(None, help="Layer k for cos(h_t, z_{t+1}). Default: the checkpoint's NITP projector, "
-                                                "else the run's objective.target_layer, else ceil(0.2 L) (the trainer's default)."),
+    cka_matrix: bool = typer.Option(
+        False, "--cka-matrix", help="Also the full layer x layer linear-CKA matrix (memory O(layers^2 dim^2))."
+    ),
+    target_layer: int = typer.Option(
+        None,
+        help="Layer k for cos(h_t, z_{t+1}). Default: the checkpoint's NITP projector, "
+        "else the run's objective.target_layer, else ceil(0.2 L) (the trainer's default).",
+    ),
     bos: bool = typer.Option(False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted)."),
-    all_steps: bool = typer.Option(False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."),
-    out: Path = typer.Option(None, help="Results dir. Default: <run>/eval/geometry/ (./eval/geometry/ for a model from elsewhere)."),
+    all_steps: bool = typer.Option(
+        False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."
+    ),
+    out: Path = typer.Option(
+        None, help="Results dir. Default: <run>/eval/geometry/ (./eval/geometry/ for a model from elsewhere)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
     device: str = typer.Option(None, help="torch device. Default: cuda if available, else cpu."),
     dtype: str = typer.Option("float32", help="Model weights dtype (statistics are always accumulated in float64)."),
@@ -46,32 +71,85 @@ def command(
     if tokens < 2:
         raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
     if batch_size < 1 or (batch_size < 2 and n_pairs > 0):
-        raise UserError(f"--batch-size {batch_size}: sampled anisotropy pairs come from different windows of one batch; use --batch-size 2 or more")
+        raise UserError(
+            f"--batch-size {batch_size}: sampled anisotropy pairs come from different windows of one batch; use --batch-size 2 or more"
+        )
     if n_pairs < 0:
         raise UserError(f"--n-pairs {n_pairs}: must be >= 0")
     if seq_len is not None and seq_len < 2:
         raise UserError(f"--seq-len {seq_len}: must be at least 2 (cos_next pairs t with t+1)")
-    common = {"tokens_requested": tokens, "batch_size": batch_size, "layers_option": layers, "n_pairs": n_pairs,
-              "seed": seed, "cka_matrix": cka_matrix, "bos": bos, "dtype": dtype}
+    common = {
+        "tokens_requested": tokens,
+        "batch_size": batch_size,
+        "layers_option": layers,
+        "n_pairs": n_pairs,
+        "seed": seed,
+        "cka_matrix": cka_matrix,
+        "bos": bos,
+        "dtype": dtype,
+    }
 
     if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
-        ignored = [name for name, given in (("--text", text is not None), ("--text-split", text_split != "validation"),
-                                            ("--seq-len", seq_len is not None), ("--bos", bos),
-                                            ("--target-layer", target_layer is not None), ("--all-steps", all_steps),
-                                            ("--device", device is not None), ("--dtype", dtype != "float32")) if given]
-        _finish([_analyse_states_file(path, out, overwrite, ignored, tokens=tokens, layers=layers, n_pairs=n_pairs,
-                                      seed=seed, cka_matrix=cka_matrix, common=common)])
+        ignored = [
+            name
+            for name, given in (
+                ("--text", text is not None),
+                ("--text-split", text_split != "validation"),
+                ("--seq-len", seq_len is not None),
+                ("--bos", bos),
+                ("--target-layer", target_layer is not None),
+                ("--all-steps", all_steps),
+                ("--device", device is not None),
+                ("--dtype", dtype != "float32"),
+            )
+            if given
+        ]
+        _finish(
+            [
+                _analyse_states_file(
+                    path,
+                    out,
+                    overwrite,
+                    ignored,
+                    tokens=tokens,
+                    layers=layers,
+                    n_pairs=n_pairs,
+                    seed=seed,
+                    cka_matrix=cka_matrix,
+                    common=common,
+                )
+            ]
+        )
         return
 
     targets = resolve_targets(path, all_steps)
     dests = check_destinations(targets, "geometry", out, overwrite)  # every results path, before any work
     written = []
     for target, dest in zip(targets, dests):
-        written.append((target, _analyse_checkpoint(target, dest, text=text, text_split=text_split, tokens=tokens,
-                                                    seq_len=seq_len, batch_size=batch_size, layers=layers,
-                                                    n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix,
-                                                    target_layer=target_layer, bos=bos, device=device,
-                                                    dtype=dtype, overwrite=overwrite, common=common)))
+        written.append(
+            (
+                target,
+                _analyse_checkpoint(
+                    target,
+                    dest,
+                    text=text,
+                    text_split=text_split,
+                    tokens=tokens,
+                    seq_len=seq_len,
+                    batch_size=batch_size,
+                    layers=layers,
+                    n_pairs=n_pairs,
+                    seed=seed,
+                    cka_matrix=cka_matrix,
+                    target_layer=target_layer,
+                    bos=bos,
+                    device=device,
+                    dtype=dtype,
+                    overwrite=overwrite,
+                    common=common,
+                ),
+            )
+        )
     _finish(written)
 
 
@@ -93,14 +171,37 @@ def _analyse_states_file(path, out, overwrite, ignored, *, tokens, layers, n_pai
         _note(f"{path.name} holds only {n} token states (asked for --tokens {tokens}); analysing all of them", notes)
     _check_rank_cap(n, x.shape[2], notes)
     res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
-    settings = {**common, "text": None, "text_source": "states file", "layers": chosen,
-                "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
-                                   "two distinct tokens of one chunk of 8192 rows"}
+    settings = {
+        **common,
+        "text": None,
+        "text_source": "states file",
+        "layers": chosen,
+        "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
+        "two distinct tokens of one chunk of 8192 rows",
+    }
     return target, _write(target, dest, settings, res, x.shape[2], x.shape[0] - 1, notes, overwrite)
 
 
-def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batch_size, layers, n_pairs, seed,
-                        cka_matrix, target_layer, bos, device, dtype, overwrite, common) -> dict:
+def _analyse_checkpoint(
+    target,
+    dest,
+    *,
+    text,
+    text_split,
+    tokens,
+    seq_len,
+    batch_size,
+    layers,
+    n_pairs,
+    seed,
+    cka_matrix,
+    target_layer,
+    bos,
+    device,
+    dtype,
+    overwrite,
+    common,
+) -> dict:
     from nitp_eval.geometry import extract
     from nitp_eval.models import load_model
 
@@ -118,8 +219,11 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
     else:
         spec, source = _text_spec(text, run_cfg)
         if text is None and target.arm is not None:  # the run's own tokenised validation split is gone
-            _note(f"{target.label}: the run's validation tokens (provenance.json data_dir/val.bin) were not found; "
-                  f"analysing {spec} ({source})", notes)
+            _note(
+                f"{target.label}: the run's validation tokens (provenance.json data_dir/val.bin) were not found; "
+                f"analysing {spec} ({source})",
+                notes,
+            )
         split = text_split if source == "--text" else "validation"
         ids = extract.select_tokens(extract.read_text(spec, split), tok, tokens)
     if len(ids) < 2:
@@ -134,27 +238,51 @@ def _analyse_checkpoint(target, dest, *, text, text_split, tokens, seq_len, batc
         if max_pos:
             seq_len = min(seq_len, int(max_pos) - int(bos))
     elif max_pos and seq_len + int(bos) > max_pos:
-        raise UserError(f"--seq-len {seq_len}: longer than the model's max_position_embeddings={max_pos}; use --seq-len {max_pos - int(bos)} or less")
+        raise UserError(
+            f"--seq-len {seq_len}: longer than the model's max_position_embeddings={max_pos}; use --seq-len {max_pos - int(bos)} or less"
+        )
     windows = extract.make_windows(ids, seq_len)
     if n_pairs > 0 and len(windows) < 2:
-        raise UserError(f"{len(ids)} tokens make one window of --seq-len {seq_len}: the sampled anisotropy needs tokens from "
-                        f"2 different sequences; give more text, a smaller --seq-len or --n-pairs 0")
+        raise UserError(
+            f"{len(ids)} tokens make one window of --seq-len {seq_len}: the sampled anisotropy needs tokens from "
+            f"2 different sequences; give more text, a smaller --seq-len or --n-pairs 0"
+        )
     bos_id = None
     if bos:
         bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         if bos_id is None:
             raise UserError(f"{target.checkpoint}: the tokenizer has no BOS (or CLS) token; drop --bos")
 
-    res = extract.analyse_model(model, windows, layers=chosen, batch_size=batch_size, n_pairs=n_pairs, seed=seed,
-                                pad_id=tok.pad_token_id, bos_id=bos_id, cka_matrix=cka_matrix,
-                                target_layer=k, projector=projector)
-    settings = {**common, "text": spec, "text_source": source, "text_split": split if source == "--text" else None,
-                "seq_len": seq_len, "layers": chosen, "target_layer": k, "target_layer_source": k_source,
-                "device": str(next(model.parameters()).device),
-                "token_selection": ("documents tokenised without special tokens, joined by EOS (the trainer's packing); "
-                                    f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
-                                    "padded (padding excluded); windows batched in a seeded random order"
-                                    + ("; BOS prepended to each window and excluded" if bos else "; no BOS"))}
+    res = extract.analyse_model(
+        model,
+        windows,
+        layers=chosen,
+        batch_size=batch_size,
+        n_pairs=n_pairs,
+        seed=seed,
+        pad_id=tok.pad_token_id,
+        bos_id=bos_id,
+        cka_matrix=cka_matrix,
+        target_layer=k,
+        projector=projector,
+    )
+    settings = {
+        **common,
+        "text": spec,
+        "text_source": source,
+        "text_split": split if source == "--text" else None,
+        "seq_len": seq_len,
+        "layers": chosen,
+        "target_layer": k,
+        "target_layer_source": k_source,
+        "device": str(next(model.parameters()).device),
+        "token_selection": (
+            "documents tokenised without special tokens, joined by EOS (the trainer's packing); "
+            f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
+            "padded (padding excluded); windows batched in a seeded random order"
+            + ("; BOS prepended to each window and excluded" if bos else "; no BOS")
+        ),
+    }
     return _write(target, dest, settings, res, extract.hidden_size(model), last, notes, overwrite)
 
 
@@ -167,8 +295,11 @@ def _note(message: str, notes: list[str] | None = None) -> None:
 
 def _check_rank_cap(n: int, dim: int, notes: list[str]) -> None:
     if n - 1 < dim:
-        _note(f"{n} tokens for dim {dim}: the effective ranks are capped at tokens - 1 = {n - 1} < dim; "
-              f"compare them only at equal token counts, or analyse more than {dim} tokens", notes)
+        _note(
+            f"{n} tokens for dim {dim}: the effective ranks are capped at tokens - 1 = {n - 1} < dim; "
+            f"compare them only at equal token counts, or analyse more than {dim} tokens",
+            notes,
+        )
 
 
 def _write(target, dest, settings, res, dim, last, notes, overwrite) -> dict:
@@ -176,9 +307,18 @@ def _write(target, dest, settings, res, dim, last, notes, overwrite) -> dict:
     from nitp_eval.runs import results_header, write_json
 
     if res["pairs"] < settings["n_pairs"]:  # only when no batch holds two sequences
-        _note(f"{res['pairs']} anisotropy pairs sampled of --n-pairs {settings['n_pairs']} (too few sequences per batch)", notes)
-    payload = {**results_header("geometry", target, settings), **res, "dim": dim, "num_layers": last,
-               "rank_cap": rank_cap(res["tokens"], dim), "notes": notes}
+        _note(
+            f"{res['pairs']} anisotropy pairs sampled of --n-pairs {settings['n_pairs']} (too few sequences per batch)",
+            notes,
+        )
+    payload = {
+        **results_header("geometry", target, settings),
+        **res,
+        "dim": dim,
+        "num_layers": last,
+        "rank_cap": rank_cap(res["tokens"], dim),
+        "notes": notes,
+    }
     write_json(dest, payload, overwrite)
     payload["_path"] = str(dest)
     return payload
@@ -246,7 +386,9 @@ def _target_layer(target, run_cfg, option, last):
     if (target.checkpoint / PROJECTOR_FILE).exists():
         projector = NITPObjective.load(target.checkpoint)
         if projector.num_layers != last:
-            raise UserError(f"{target.checkpoint / PROJECTOR_FILE}: made for {projector.num_layers} layers, the model has {last}")
+            raise UserError(
+                f"{target.checkpoint / PROJECTOR_FILE}: made for {projector.num_layers} layers, the model has {last}"
+            )
     if option is not None:
         if not 0 <= option <= last:
             raise UserError(f"--target-layer {option}: out of range; this model has hidden_states 0..{last}")
@@ -273,19 +415,32 @@ def _finish(written) -> None:
     for target, r in written:
         pl = r["per_layer"]
         typer.echo(f"\n{target.label}: {r['tokens']} tokens, dim {r['dim']}, rank cap {r['rank_cap']}  -> {r['_path']}")
-        typer.echo(f"{'layer':>5} {'erank_cov':>9} {'erank_sv':>9} {'aniso':>9} {'aniso_ex':>9} {'cka_last':>9} {'norm':>9}")
+        typer.echo(
+            f"{'layer':>5} {'erank_cov':>9} {'erank_sv':>9} {'aniso':>9} {'aniso_ex':>9} {'cka_last':>9} {'norm':>9}"
+        )
         for i, layer in enumerate(r["layers"]):
-            typer.echo(f"{layer:>5} {_fmt(pl['erank_cov'][i], digits=1)} {_fmt(pl['erank_sv'][i], digits=1)} "
-                       f"{_fmt(pl['anisotropy'][i])} {_fmt(pl['anisotropy_exact'][i])} {_fmt(pl['cka_to_last'][i])} "
-                       f"{_fmt(pl['mean_norm'][i], digits=2)}")
+            typer.echo(
+                f"{layer:>5} {_fmt(pl['erank_cov'][i], digits=1)} {_fmt(pl['erank_sv'][i], digits=1)} "
+                f"{_fmt(pl['anisotropy'][i])} {_fmt(pl['anisotropy_exact'][i])} {_fmt(pl['cka_to_last'][i])} "
+                f"{_fmt(pl['mean_norm'][i], digits=2)}"
+            )
         a = r["alignment"]
         if a.get("target_layer") is not None:
-            typer.echo(f"cos(h_t, layer {a['target_layer']} at t+1) = {_fmt(a['cos_next'], 0, 4)}"
-                       + (f"; through the NITP projector, cos(P(h_t), z) = {_fmt(a['projector_cos'], 0, 4)}"
-                          if a.get("projector_cos") is not None else ""))
+            typer.echo(
+                f"cos(h_t, layer {a['target_layer']} at t+1) = {_fmt(a['cos_next'], 0, 4)}"
+                + (
+                    f"; through the NITP projector, cos(P(h_t), z) = {_fmt(a['projector_cos'], 0, 4)}"
+                    if a.get("projector_cos") is not None
+                    else ""
+                )
+            )
     if len(written) > 1:
-        typer.echo(f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (erank, aniso: last reported layer)")
+        typer.echo(
+            f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (erank, aniso: last reported layer)"
+        )
         for target, r in written:
             pl, a = r["per_layer"], r["alignment"]
-            typer.echo(f"{target.label:24} {r['tokens']:>8} {_fmt(pl['erank_cov'][-1], digits=1)} {_fmt(pl['anisotropy'][-1])} "
-                       f"{_fmt(a['cos_next'], digits=4)} {_fmt(a['projector_cos'], digits=4)}")
+            typer.echo(
+                f"{target.label:24} {r['tokens']:>8} {_fmt(pl['erank_cov'][-1], digits=1)} {_fmt(pl['anisotropy'][-1])} "
+                f"{_fmt(a['cos_next'], digits=4)} {_fmt(a['projector_cos'], digits=4)}"
+            )

@@ -113,13 +113,13 @@ def select_tokens(docs, tokenizer, tokens: int) -> np.ndarray:
 
 def make_windows(ids, seq_len: int) -> list:
     """Consecutive windows of `seq_len` tokens (slices: views of an array); the last one keeps the remainder."""
-    return [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
+    return [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
 
 
 def batch_rows(n_windows: int, batch_size: int, seed: int) -> list[list[int]]:
     """Window indices of each batch: the windows in a seeded random order, `batch_size` at a time."""
     order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[s:s + batch_size] for s in range(0, n_windows, batch_size)]
+    return [order[s : s + batch_size] for s in range(0, n_windows, batch_size)]
 
 
 def batches(windows, batch_size: int, seed: int, pad_id: int, bos_id: int | None = None):
@@ -134,8 +134,8 @@ def batches(windows, batch_size: int, seed: int, pad_id: int, bos_id: int | None
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for b, i in enumerate(rows):
             w = windows[i]
-            input_ids[b, extra:extra + len(w)] = torch.from_numpy(np.asarray(w, dtype=np.int64))
-            attention[b, :extra + len(w)] = 1
+            input_ids[b, extra : extra + len(w)] = torch.from_numpy(np.asarray(w, dtype=np.int64))
+            attention[b, : extra + len(w)] = 1
         if extra:
             input_ids[:, 0] = bos_id
         valid = attention.bool().clone()
@@ -186,10 +186,15 @@ class GeometryStats:
     def __post_init__(self):
         tracked = sorted(set(self.layers) | {self.last})
         self.acc = {layer: CovarianceAccumulator(self.dim) for layer in tracked}
-        self.to_last = {layer: CrossMomentAccumulator(self.dim, self.dim) for layer in self.layers if layer != self.last}
+        self.to_last = {
+            layer: CrossMomentAccumulator(self.dim, self.dim) for layer in self.layers if layer != self.last
+        }
         if self.cka_matrix:
-            self.pairwise = {(a, b): CrossMomentAccumulator(self.dim, self.dim)
-                             for i, a in enumerate(self.layers) for b in self.layers[i + 1:]}
+            self.pairwise = {
+                (a, b): CrossMomentAccumulator(self.dim, self.dim)
+                for i, a in enumerate(self.layers)
+                for b in self.layers[i + 1 :]
+            }
 
     def update(self, states, groups: torch.Tensor, pairs) -> None:
         """`states`: layer index -> [n, d] rows of the counted tokens, same rows for every layer."""
@@ -261,9 +266,21 @@ class GeometryStats:
         }
 
 
-def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs: int, seed: int,
-                  pad_id: int, bos_id: int | None = None, cka_matrix: bool = False,
-                  target_layer: int | None = None, projector=None, progress: bool = True) -> dict:
+def analyse_model(
+    model,
+    windows,
+    *,
+    layers: list[int],
+    batch_size: int,
+    n_pairs: int,
+    seed: int,
+    pad_id: int,
+    bos_id: int | None = None,
+    cka_matrix: bool = False,
+    target_layer: int | None = None,
+    projector=None,
+    progress: bool = True,
+) -> dict:
     """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats)."""
     from tqdm.auto import tqdm
 
@@ -275,16 +292,21 @@ def analyse_model(model, windows, *, layers: list[int], batch_size: int, n_pairs
         projector.to(device).eval()
     gen = torch.Generator().manual_seed(seed)
     # pairs per batch by its cross-window pairs: a batch of one window (often the last) has none to give
-    quotas = pair_quotas(n_pairs, [cross_pairs([len(windows[i]) for i in rows])
-                                   for rows in batch_rows(len(windows), batch_size, seed)])
+    quotas = pair_quotas(
+        n_pairs, [cross_pairs([len(windows[i]) for i in rows]) for rows in batch_rows(len(windows), batch_size, seed)]
+    )
     bar = tqdm(total=total, desc="geometry", unit="tok", disable=not progress, leave=False)
     backbone = getattr(model, "base_model", model)  # no LM head: the logits would dwarf everything else
     with torch.no_grad():
         for (input_ids, attention, valid), quota in zip(batches(windows, batch_size, seed, pad_id, bos_id), quotas):
-            out = backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True)
+            out = backbone(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True
+            )
             hs = out.hidden_states
             if len(hs) != last + 1:
-                raise UserError(f"model returned {len(hs)} hidden states, expected {last + 1}; unsupported architecture")
+                raise UserError(
+                    f"model returned {len(hs)} hidden states, expected {last + 1}; unsupported architecture"
+                )
             valid_d = valid.to(device)
             n = int(valid.sum())
             groups = torch.arange(len(valid)).unsqueeze(1).expand_as(valid)[valid]
@@ -319,8 +341,10 @@ def load_states(path: Path):
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         raise UserError(f"{path}: unreadable states file ({e.__class__.__name__}: {e})") from e
     if not isinstance(x, (np.ndarray, torch.Tensor)):  # e.g. torch.save(list_of_tensors)
-        raise UserError(f"{path}: holds a {type(x).__name__}, not one tensor; save a single [tokens, dim] or "
-                        "[layers, tokens, dim] tensor (e.g. torch.save(torch.stack(states), path))")
+        raise UserError(
+            f"{path}: holds a {type(x).__name__}, not one tensor; save a single [tokens, dim] or "
+            "[layers, tokens, dim] tensor (e.g. torch.save(torch.stack(states), path))"
+        )
     if x.ndim not in (2, 3):
         raise UserError(f"{path}: states have shape {tuple(x.shape)}; expected [tokens, dim] or [layers, tokens, dim]")
     return x if x.ndim == 3 else x[None]
@@ -343,8 +367,9 @@ def _rows(x, layer: int, s: int, e: int) -> torch.Tensor:
     return torch.from_numpy(np.array(x[layer, s:e]))  # a copy: memmaps are read-only
 
 
-def analyse_states(x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192,
-                   cka_matrix: bool = False, progress: bool = True) -> dict:
+def analyse_states(
+    x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192, cka_matrix: bool = False, progress: bool = True
+) -> dict:
     """Geometry of saved states x [layers, tokens, dim]. No sequence ids: pairs are any two distinct tokens of a chunk."""
     from tqdm.auto import tqdm
 
@@ -354,8 +379,9 @@ def analyse_states(x, *, layers: list[int], n_pairs: int, seed: int, chunk: int 
     starts = range(0, n, chunk)
     # every row its own group: a chunk of m rows holds m (m - 1) ordered pairs
     quotas = pair_quotas(n_pairs, [cross_pairs([1] * (min(n, s + chunk) - s)) for s in starts])
-    for s, quota in tqdm(zip(starts, quotas), total=len(starts), desc="geometry", unit="chunk",
-                         disable=not progress, leave=False):
+    for s, quota in tqdm(
+        zip(starts, quotas), total=len(starts), desc="geometry", unit="chunk", disable=not progress, leave=False
+    ):
         e = min(n, s + chunk)
         states = {layer: _rows(x, layer, s, e) for layer in stats.acc}
         groups = torch.arange(s, e)
@@ -392,7 +418,9 @@ def parse_layers(spec: str, last: int) -> list[int]:
         try:
             i = int(part)
         except ValueError:
-            raise UserError(f"--layers {spec!r}: not 'all', 'last' or comma-separated integers; e.g. --layers 0,4,8") from None
+            raise UserError(
+                f"--layers {spec!r}: not 'all', 'last' or comma-separated integers; e.g. --layers 0,4,8"
+            ) from None
         if not -(last + 1) <= i <= last:
             raise UserError(f"--layers {i}: out of range; this model has hidden_states 0..{last} (0 = embeddings)")
         out.append(i % (last + 1))
@@ -404,6 +432,19 @@ def rank_cap(tokens: int, dim: int) -> int:
     return max(0, min(tokens - 1, dim))
 
 
-__all__ = ["read_text", "text_pieces", "select_tokens", "make_windows", "batch_rows", "batches", "pair_quotas",
-           "cross_pairs", "GeometryStats", "analyse_model", "load_states", "analyse_states", "parse_layers",
-           "rank_cap"]
+__all__ = [
+    "read_text",
+    "text_pieces",
+    "select_tokens",
+    "make_windows",
+    "batch_rows",
+    "batches",
+    "pair_quotas",
+    "cross_pairs",
+    "GeometryStats",
+    "analyse_model",
+    "load_states",
+    "analyse_states",
+    "parse_layers",
+    "rank_cap",
+]

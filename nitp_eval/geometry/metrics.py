@@ -19,8 +19,6 @@ the token count.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -109,7 +107,7 @@ class CovarianceAccumulator:
     def __init__(self, dim: int):
         self.dim = dim
 
-    def update(self, x, groups=None, pairs=None) -> "CovarianceAccumulator":
+    def update(self, x, groups=None, pairs=None) -> CovarianceAccumulator:
         x_in = torch.as_tensor(x)
         x = _as_float64(x_in)
         x_is_copy = x.data_ptr() != x_in.data_ptr()
@@ -205,7 +203,7 @@ class CovarianceAccumulator:
         """
         if self.n_grouped_ != self.n_:
             return float("nan")
-        n_cross = self.n_ ** 2 - self.group_n_sq_
+        n_cross = self.n_**2 - self.group_n_sq_
         if n_cross <= 0:
             return float("nan")
         return float((self.unit_sum_.pow(2).sum() - self.group_unit_sq_) / n_cross)
@@ -225,7 +223,7 @@ class CrossMomentAccumulator:
         self.dim_x = dim_x
         self.dim_y = dim_y
 
-    def update(self, x, y) -> "CrossMomentAccumulator":
+    def update(self, x, y) -> CrossMomentAccumulator:
         x, y = _as_float64(x), _as_float64(y)
         if not hasattr(self, "n_"):
             self.n_ = 0
@@ -250,8 +248,9 @@ class CrossMomentAccumulator:
         return float(cxy.pow(2).sum()) / den if den > 0 else float("nan")
 
 
-def probe_metrics(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  n_pairs: int = 4096, seed: int = 0) -> dict:
+def probe_metrics(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, n_pairs: int = 4096, seed: int = 0
+) -> dict:
     """In-training probe on one batch (paper Fig. 1): all valid tokens of hidden [B, T, d].
 
     Returns floats `erank_cov` (centred covariance spectrum), `anisotropy` (mean cosine of
@@ -270,8 +269,14 @@ def probe_metrics(hidden: torch.Tensor, attention_mask: torch.Tensor | None = No
         acc = CovarianceAccumulator(d).update(x, pairs=pairs)
         if acc.n_ == 0:
             nan = float("nan")
-            return {"erank_cov": nan, "anisotropy": nan, "erank_sv": nan, "anisotropy_exact": nan,
-                    "mean_norm": nan, "tokens": 0}
+            return {
+                "erank_cov": nan,
+                "anisotropy": nan,
+                "erank_sv": nan,
+                "anisotropy_exact": nan,
+                "mean_norm": nan,
+                "tokens": 0,
+            }
         return {
             "erank_cov": acc.erank_cov(),
             "anisotropy": acc.anisotropy_sampled(),

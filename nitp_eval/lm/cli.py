@@ -12,26 +12,49 @@ from nitp_train.errors import UserError
 
 
 def command(
-    paths: list[Path] = typer.Argument(None, show_default=False,
-                                       help="Run dir(s) (all arms), arm dir(s), checkpoint(s) or any HF causal-LM dir(s)."),
-    suite: str = typer.Option("paper", help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k."),
-    tasks: str = typer.Option(None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."),
-    data_dir: Path = typer.Option(None, envvar=DATA_DIR_ENV, show_envvar=True,
-                                  help="Offline: read every task from <DATA_DIR>/<task>/<split>.jsonl (datasets' own schema; subtasks and "
-                                       "variants use the dir of the task reading the same dataset); nothing touches the hub."),
-    limit: float = typer.Option(None, help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs."),
+    paths: list[Path] = typer.Argument(
+        None, show_default=False, help="Run dir(s) (all arms), arm dir(s), checkpoint(s) or any HF causal-LM dir(s)."
+    ),
+    suite: str = typer.Option(
+        "paper",
+        help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k.",
+    ),
+    tasks: str = typer.Option(
+        None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."
+    ),
+    data_dir: Path = typer.Option(
+        None,
+        envvar=DATA_DIR_ENV,
+        show_envvar=True,
+        help="Offline: read every task from <DATA_DIR>/<task>/<split>.jsonl (datasets' own schema; subtasks and "
+        "variants use the dir of the task reading the same dataset); nothing touches the hub.",
+    ),
+    limit: float = typer.Option(
+        None, help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs."
+    ),
     num_fewshot: int = typer.Option(None, help="Few-shot count for all tasks (default: the suite's / task's own)."),
     batch_size: str = typer.Option("8", help="Batch size, or auto / auto:N as in lm_eval."),
     device: str = typer.Option(None, help="Torch device (default: cuda if available, else cpu)."),
-    dtype: str = typer.Option("float32", help="Weights dtype when loading the checkpoint (float32, bfloat16, float16)."),
-    gen_kwargs: str = typer.Option(None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."),
-    bootstrap_iters: int = typer.Option(100_000, min=0, help="lm-eval bootstrap iterations for the stderr of non-mean metrics "
-                                        "(mean metrics, i.e. the whole suite, use a closed form); 0: no stderr for any metric."),
+    dtype: str = typer.Option(
+        "float32", help="Weights dtype when loading the checkpoint (float32, bfloat16, float16)."
+    ),
+    gen_kwargs: str = typer.Option(
+        None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."
+    ),
+    bootstrap_iters: int = typer.Option(
+        100_000,
+        min=0,
+        help="lm-eval bootstrap iterations for the stderr of non-mean metrics "
+        "(mean metrics, i.e. the whole suite, use a closed form); 0: no stderr for any metric.",
+    ),
     all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
-    export_tasks: Path = typer.Option(None, help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands; "
-                                      "--overwrite replaces only configs written here before."),
+    export_tasks: Path = typer.Option(
+        None,
+        help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands; "
+        "--overwrite replaces only configs written here before.",
+    ),
 ) -> None:
     """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records."""
     from tqdm import tqdm
@@ -43,7 +66,9 @@ def command(
     from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
 
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory; give the dir holding <task>/<split>.jsonl (e.g. ../shared/data/lm)")
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory; give the dir holding <task>/<split>.jsonl (e.g. ../shared/data/lm)"
+        )
     if limit is not None and limit <= 0:
         raise UserError(f"--limit {limit}: must be > 0 (a count, or a fraction below 1)")
     limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
@@ -59,7 +84,9 @@ def command(
     else:
         fewshot = {n: known_task(n).num_fewshot for n in names if known_task(n)}
     primary = {n: known_task(n).primary for n in names if known_task(n)}
-    run_kw = dict(limit=limit, batch_size=batch_size, device=device, dtype=dtype, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs)
+    run_kw = dict(
+        limit=limit, batch_size=batch_size, device=device, dtype=dtype, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs
+    )
 
     if export_tasks is not None:
         _export(export_tasks, names, data_dir, fewshot, overwrite, paths, run_kw)
@@ -76,15 +103,25 @@ def command(
     with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
         task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot)
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        for target, dest in tqdm(list(zip(targets, dests)), desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2):
+        for target, dest in tqdm(
+            list(zip(targets, dests)), desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2
+        ):
             results = _run(target.checkpoint, manager, names, bootstrap_iters, run_kw, data_dir)
             task_records, samples = ev.collect(results, names, primary)
             settings = {
-                "suite": suite, "tasks": names, "task_num_fewshot": fewshot, **run_kw,
-                "bootstrap_iters": bootstrap_iters, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                "suite": suite,
+                "tasks": names,
+                "task_num_fewshot": fewshot,
+                **run_kw,
+                "bootstrap_iters": bootstrap_iters,
+                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                 "max_length": results.get("max_length"),
-                "seeds": {k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
-                "lm_eval_command": ev.lm_eval_command(target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw),
+                "seeds": {
+                    k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
+                },
+                "lm_eval_command": ev.lm_eval_command(
+                    target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw
+                ),
                 "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
             }
             payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
@@ -119,8 +156,10 @@ def _run(checkpoint, manager, names, bootstrap_iters, run_kw, data_dir):
     except (DatasetNotFoundError, ConnectionError) as e:
         if data_dir is not None:
             raise
-        raise UserError(f"{','.join(names)}: a dataset could not be loaded from the Hugging Face hub ({e.__class__.__name__}); "
-                        f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies") from e
+        raise UserError(
+            f"{','.join(names)}: a dataset could not be loaded from the Hugging Face hub ({e.__class__.__name__}); "
+            f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies"
+        ) from e
 
 
 def _export_command(names, data_dir, suite, num_fewshot) -> str:
@@ -143,13 +182,19 @@ def _export(out_dir: Path, names, data_dir, fewshot, overwrite, paths, run_kw) -
     old = sorted(out_dir.glob("*.yaml")) if out_dir.is_dir() else []
     foreign = [f.name for f in old if not written_by_us(f)]
     if foreign:  # never delete a user's own task configs; lm_eval would index them alongside ours
-        raise UserError(f"--export-tasks {out_dir}: holds YAML files not written by nitp-eval lm ({', '.join(foreign[:3])}); choose another dir")
+        raise UserError(
+            f"--export-tasks {out_dir}: holds YAML files not written by nitp-eval lm ({', '.join(foreign[:3])}); choose another dir"
+        )
     if old and not overwrite:
-        raise UserError(f"--export-tasks {out_dir}: already holds task configs; pass --overwrite to replace them or choose an empty dir")
+        raise UserError(
+            f"--export-tasks {out_dir}: already holds task configs; pass --overwrite to replace them or choose an empty dir"
+        )
     write_task_dir(out_dir, names, data_dir, fewshot, replace=True)
     ckpt = paths[0] if paths else "CKPT"
     cmd = lm_eval_command(ckpt, names, out_dir.resolve(), **run_kw)
-    typer.echo(f"wrote {len(list(out_dir.glob('*.yaml')))} task configs to {out_dir}\n"
-               f"single process:   {cmd}\n"
-               f"data parallel:    accelerate launch -m {cmd}\n"
-               f"vLLM:             {cmd.replace('--model hf', '--model vllm', 1)}")
+    typer.echo(
+        f"wrote {len(list(out_dir.glob('*.yaml')))} task configs to {out_dir}\n"
+        f"single process:   {cmd}\n"
+        f"data parallel:    accelerate launch -m {cmd}\n"
+        f"vLLM:             {cmd.replace('--model hf', '--model vllm', 1)}"
+    )

@@ -18,9 +18,19 @@ from pathlib import Path
 RESPONSE_CHARS = 300  # generations are kept shortened in per-sample records (mmlu_pro CoT can be 2k tokens)
 
 
-def run_harness(checkpoint: Path, task_manager, names: list[str], *, limit=None, batch_size="8",
-                device: str | None = None, dtype: str = "float32", num_fewshot: int | None = None,
-                gen_kwargs: str | None = None, bootstrap_iters: int = 100_000) -> dict:
+def run_harness(
+    checkpoint: Path,
+    task_manager,
+    names: list[str],
+    *,
+    limit=None,
+    batch_size="8",
+    device: str | None = None,
+    dtype: str = "float32",
+    num_fewshot: int | None = None,
+    gen_kwargs: str | None = None,
+    bootstrap_iters: int = 100_000,
+) -> dict:
     """lm-eval's results dict (with per-sample logs) for one HF checkpoint dir."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -30,8 +40,14 @@ def run_harness(checkpoint: Path, task_manager, names: list[str], *, limit=None,
     model, tokenizer = load_model(checkpoint, device=device, dtype=dtype)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(batch_size))
     return lm_eval.simple_evaluate(
-        model=lm, tasks=list(names), task_manager=task_manager, limit=limit, num_fewshot=num_fewshot,
-        gen_kwargs=gen_kwargs, log_samples=True, bootstrap_iters=bootstrap_iters,
+        model=lm,
+        tasks=list(names),
+        task_manager=task_manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        gen_kwargs=gen_kwargs,
+        log_samples=True,
+        bootstrap_iters=bootstrap_iters,
     )
 
 
@@ -86,19 +102,26 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
             "output_type": cfg.get("output_type"),
         }
         # lm-eval draws shots from fewshot_split, else the training split, else validation; 0-shot: none
-        entry["fewshot_split"] = None if entry["num_fewshot"] == 0 else (
-            cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split"))
+        entry["fewshot_split"] = (
+            None
+            if entry["num_fewshot"] == 0
+            else (cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split"))
+        )
         if cfg.get("output_type") == "generate_until":
             entry["generation_kwargs"] = cfg.get("generation_kwargs")
         if is_group:
             entry["subtasks"] = {
-                leaf: {"metrics": _metrics(results["results"][leaf]), "version": results["versions"].get(leaf),
-                       "n_samples": results["n-samples"][leaf]["effective"]}
+                leaf: {
+                    "metrics": _metrics(results["results"][leaf]),
+                    "version": results["versions"].get(leaf),
+                    "n_samples": results["n-samples"][leaf]["effective"],
+                }
                 for leaf in leaves
             }
         tasks[name] = entry
         samples[name] = [
-            rec for leaf in leaves
+            rec
+            for leaf in leaves
             for rec in sample_records(results["samples"].get(leaf, []), prefix=f"{leaf}:" if is_group else None)
         ]
     return tasks, samples
@@ -136,15 +159,37 @@ def _short(x):
 LM_EVAL_BOOTSTRAP_ITERS = 100_000  # what the lm_eval command line always uses (it has no option for it)
 
 
-def lm_eval_command(checkpoint, names, task_dir, *, limit=None, batch_size="8", dtype="float32", device=None,
-                    num_fewshot=None, gen_kwargs=None, bootstrap_iters=LM_EVAL_BOOTSTRAP_ITERS) -> str:
+def lm_eval_command(
+    checkpoint,
+    names,
+    task_dir,
+    *,
+    limit=None,
+    batch_size="8",
+    dtype="float32",
+    device=None,
+    num_fewshot=None,
+    gen_kwargs=None,
+    bootstrap_iters=LM_EVAL_BOOTSTRAP_ITERS,
+) -> str:
     """The `lm_eval` command line that gives the same scores (task_dir from `nitp-eval lm --export-tasks`).
 
     lm_eval's command line has no --bootstrap_iters: another value is noted in a trailing shell comment
     (it changes only the stderr: all of them for 0, bootstrapped ones otherwise).
     """
-    args = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint},dtype={dtype}",
-            "--tasks", ",".join(names), "--include_path", str(task_dir), "--batch_size", str(batch_size)]
+    args = [
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={checkpoint},dtype={dtype}",
+        "--tasks",
+        ",".join(names),
+        "--include_path",
+        str(task_dir),
+        "--batch_size",
+        str(batch_size),
+    ]
     if device:
         args += ["--device", device]
     if limit is not None:

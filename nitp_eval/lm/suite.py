@@ -30,14 +30,27 @@ class SuiteTask:
 
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
     "paper": (
-        SuiteTask("mmlu_pro", 5, "exact_match,custom-extract",
-                  "group of 14 per-category generative CoT tasks, first 5 validation questions of the category as shots"),
-        SuiteTask("c3", 0, "acc", "shipped here (nitp_eval/lm/tasks/c3.yaml); OpenCompass-style prompt, whole dev set "
-                  "(OpenCompass scores its dialogue part only, as far as known: task c3_dialogue)"),
+        SuiteTask(
+            "mmlu_pro",
+            5,
+            "exact_match,custom-extract",
+            "group of 14 per-category generative CoT tasks, first 5 validation questions of the category as shots",
+        ),
+        SuiteTask(
+            "c3",
+            0,
+            "acc",
+            "shipped here (nitp_eval/lm/tasks/c3.yaml); OpenCompass-style prompt, whole dev set "
+            "(OpenCompass scores its dialogue part only, as far as known: task c3_dialogue)",
+        ),
         SuiteTask("commonsense_qa", 0, "acc", "validation split, lettered options A-E"),
         SuiteTask("arc_challenge", 0, "acc_norm", "test split"),
-        SuiteTask("gsm8k", 5, "exact_match,flexible-extract",
-                  "5-shot from train; flexible-extract (last number) is closest to OpenCompass's GSM8k post-processing"),
+        SuiteTask(
+            "gsm8k",
+            5,
+            "exact_match,flexible-extract",
+            "5-shot from train; flexible-extract (last number) is closest to OpenCompass's GSM8k post-processing",
+        ),
     ),
 }
 

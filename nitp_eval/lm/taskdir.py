@@ -31,8 +31,10 @@ def _kind():
     except ImportError:
         from importlib.metadata import version
 
-        raise UserError(f"lm-eval {version('lm_eval')} is too old for nitp-eval lm (no lm_eval.tasks._index); "
-                        "pip install 'lm-eval[hf]>=0.4.12,<0.5'") from None
+        raise UserError(
+            f"lm-eval {version('lm_eval')} is too old for nitp-eval lm (no lm_eval.tasks._index); "
+            "pip install 'lm-eval[hf]>=0.4.12,<0.5'"
+        ) from None
     return Kind
 
 
@@ -56,8 +58,13 @@ def expand_tags(names: list[str]) -> list[str]:
     return out
 
 
-def write_task_dir(out_dir: Path, names: list[str], data_dir: Path | None = None,
-                   fewshot: dict[str, int] | None = None, replace: bool = False) -> Path:
+def write_task_dir(
+    out_dir: Path,
+    names: list[str],
+    data_dir: Path | None = None,
+    fewshot: dict[str, int] | None = None,
+    replace: bool = False,
+) -> Path:
     """Write the derived configs of `names` (tasks, groups or tags) into `out_dir`; returns it.
 
     `fewshot` maps a requested name to its few-shot count (applied to all its subtasks).
@@ -92,18 +99,24 @@ def _derive(name, index, configs, data_dir, local, num_fewshot) -> None:
     kind = _kind()
     entry = index.get(name)
     if entry is None:
-        raise UserError(f"--tasks: unknown lm-eval task or group {name!r}; list them with `lm_eval ls tasks` "
-                        "(nitp ships c3, c3_dialogue and c3_test)")
+        raise UserError(
+            f"--tasks: unknown lm-eval task or group {name!r}; list them with `lm_eval ls tasks` "
+            "(nitp ships c3, c3_dialogue and c3_test)"
+        )
     if entry.kind == kind.TAG:
         for child in sorted(entry.tags):
             _derive(child, index, configs, data_dir, local, num_fewshot)
         return
     if entry.yaml_path is None:
-        raise UserError(f"{name}: defined inline in another config; nitp-eval lm cannot derive it, run it with lm_eval directly")
+        raise UserError(
+            f"{name}: defined inline in another config; nitp-eval lm cannot derive it, run it with lm_eval directly"
+        )
     if entry.kind == kind.GROUP:
         children = entry.cfg.get("task") or []
         if not all(isinstance(c, str) for c in children):
-            raise UserError(f"{name}: group with inline task definitions; nitp-eval lm cannot derive it, run it with lm_eval directly")
+            raise UserError(
+                f"{name}: group with inline task definitions; nitp-eval lm cannot derive it, run it with lm_eval directly"
+            )
         configs[f"group-{name}"] = {"include": str(entry.yaml_path), "group": name}
         for child in children:
             _derive(child, index, configs, data_dir, local, num_fewshot)
@@ -119,8 +132,11 @@ def _derive(name, index, configs, data_dir, local, num_fewshot) -> None:
         if entry.kind != kind.TASK:
             raise UserError(f"{name}: a Python-defined lm-eval task; --data-dir supports YAML tasks only")
         sub = name if (Path(data_dir) / name).is_dir() else local.get(_dataset(entry.cfg), name)
-        cfg.update(dataset_path="json", dataset_name=None,
-                   dataset_kwargs={"data_files": local_files(name, entry.cfg, Path(data_dir) / sub)})
+        cfg.update(
+            dataset_path="json",
+            dataset_name=None,
+            dataset_kwargs={"data_files": local_files(name, entry.cfg, Path(data_dir) / sub)},
+        )
     configs[name] = cfg
 
 
@@ -154,7 +170,9 @@ def local_files(task: str, cfg: dict, task_data: Path) -> dict[str, str]:
             continue
         path = task_data / f"{split}.jsonl"
         if not path.is_file():
-            raise UserError(f"{task}: local data for split '{split}' not found at {path}; put that split there as jsonl "
-                            f"in the dataset's own column schema, or drop --data-dir/{DATA_DIR_ENV} to load it from the hub")
+            raise UserError(
+                f"{task}: local data for split '{split}' not found at {path}; put that split there as jsonl "
+                f"in the dataset's own column schema, or drop --data-dir/{DATA_DIR_ENV} to load it from the hub"
+            )
         files[split] = str(path.resolve())
     return files

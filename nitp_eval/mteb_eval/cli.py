@@ -11,16 +11,25 @@ from nitp_train.errors import UserError
 
 def command(
     path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir or any HF model dir."),
-    tasks: str = typer.Option("paper", help="Suite name (paper = the 25 tasks of the paper's Table 6) "
-                                            "or comma-separated mteb task names."),
-    data_dir: Path = typer.Option(None, help="Offline: read task data only from <data-dir>/<Task>/[<subset>/]<split>.jsonl; "
-                                             "tasks without a local copy are reported missing. Default: the hub."),
+    tasks: str = typer.Option(
+        "paper", help="Suite name (paper = the 25 tasks of the paper's Table 6) or comma-separated mteb task names."
+    ),
+    data_dir: Path = typer.Option(
+        None,
+        help="Offline: read task data only from <data-dir>/<Task>/[<subset>/]<split>.jsonl; "
+        "tasks without a local copy are reported missing. Default: the hub.",
+    ),
     layer: int = typer.Option(-1, help="hidden_states index to pool: -1 = last layer (the paper), 0 = embeddings."),
     batch_size: int = typer.Option(32, help="Texts per forward pass."),
-    max_length: int = typer.Option(512, help="Truncate texts to this many tokens (capped at the model's position limit)."),
+    max_length: int = typer.Option(
+        512, help="Truncate texts to this many tokens (capped at the model's position limit)."
+    ),
     padding_side: str = typer.Option("right", help="right | left (pooling and positions are correct under both)."),
-    limit: int = typer.Option(None, help="Evaluate at most this many rows per evaluation split (seeded subsample): "
-                                         "for quick checks only, scores are then NOT comparable to published ones."),
+    limit: int = typer.Option(
+        None,
+        help="Evaluate at most this many rows per evaluation split (seeded subsample): "
+        "for quick checks only, scores are then NOT comparable to published ones.",
+    ),
     seed: int = typer.Option(0, help="Seed of the --limit subsample."),
     all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/mteb/, or ./eval/mteb/ for a bare model)."),
@@ -32,8 +41,10 @@ def command(
     from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
 
     if data_dir is not None and not data_dir.is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory; give the folder holding one sub-folder per task "
-                        "(e.g. ../shared/data/mteb)")
+        raise UserError(
+            f"--data-dir {data_dir}: no such directory; give the folder holding one sub-folder per task "
+            "(e.g. ../shared/data/mteb)"
+        )
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1 (or leave it out to evaluate whole splits)")
     if batch_size < 1:
@@ -50,36 +61,60 @@ def command(
     # model's position limit (a longer text would otherwise fail mid-run with an IndexError)
     lengths = {}
     for t in targets:
-        lengths[t] = check_settings(_config(t.checkpoint), layer=layer, max_length=max_length,
-                                    padding_side=padding_side)
+        lengths[t] = check_settings(
+            _config(t.checkpoint), layer=layer, max_length=max_length, padding_side=padding_side
+        )
         if lengths[t] < max_length:
-            typer.echo(f"note: --max-length {max_length} exceeds the {lengths[t]} positions of {t.checkpoint}; "
-                       f"texts are truncated to {lengths[t]} tokens")
+            typer.echo(
+                f"note: --max-length {max_length} exceeds the {lengths[t]} positions of {t.checkpoint}; "
+                f"texts are truncated to {lengths[t]} tokens"
+            )
 
     from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
     from nitp_eval.mteb_eval.run import evaluate_suite
 
-    settings = {"suite": tasks, "tasks": [t.name for t in suite], "data_dir": str(data_dir) if data_dir else None,
-                "pooling": "mean", "normalize": True, "layer": layer, "max_length": max_length,
-                "batch_size": batch_size, "padding_side": padding_side, "limit": limit, "seed": seed,
-                "dtype": dtype, "prompts": None}
+    settings = {
+        "suite": tasks,
+        "tasks": [t.name for t in suite],
+        "data_dir": str(data_dir) if data_dir else None,
+        "pooling": "mean",
+        "normalize": True,
+        "layer": layer,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "padding_side": padding_side,
+        "limit": limit,
+        "seed": seed,
+        "dtype": dtype,
+        "prompts": None,
+    }
     failed = []
     for t, dest in zip(targets, dests):
         typer.echo(f"mteb: {t.checkpoint}")
-        encoder = MeanPoolEncoder.from_pretrained(t.checkpoint, device=device, dtype=dtype, layer=layer,
-                                                  max_length=lengths[t], batch_size=batch_size,
-                                                  padding_side=padding_side, name=f"nitp/{t.label}")
+        encoder = MeanPoolEncoder.from_pretrained(
+            t.checkpoint,
+            device=device,
+            dtype=dtype,
+            layer=layer,
+            max_length=lengths[t],
+            batch_size=batch_size,
+            padding_side=padding_side,
+            name=f"nitp/{t.label}",
+        )
         results = evaluate_suite(encoder, suite, data_dir=data_dir, limit=limit, seed=seed, batch_size=batch_size)
         if results["overall"]["n"] == 0:  # an empty file would only block the real run (--overwrite)
-            raise UserError(f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
-                            f"{len(results['failed'])} failed: see above); no results written")
+            raise UserError(
+                f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
+                f"{len(results['failed'])} failed: see above); no results written"
+            )
         payload = {**results_header("mteb", t, {**settings, "max_length": lengths[t]}, ("mteb",)), **results}
         write_json(dest, payload, overwrite)
         typer.echo(_summary(results) + f"\nwrote {dest}")
         failed += [f"{t.label}/{name}" for name in results["failed"]]
     if failed:  # the other tasks' results are written, but the run did not fully succeed
-        typer.echo(f"error: {len(failed)} task(s) failed: {', '.join(failed)} (reasons above and in failed_reasons)",
-                   err=True)
+        typer.echo(
+            f"error: {len(failed)} task(s) failed: {', '.join(failed)} (reasons above and in failed_reasons)", err=True
+        )
         raise typer.Exit(1)
 
 

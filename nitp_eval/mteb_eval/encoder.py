@@ -62,8 +62,10 @@ def check_settings(config, *, layer: int, max_length: int, padding_side: str) ->
         return max_length
     n_states = config.get_text_config().num_hidden_layers + 1
     if not -n_states <= layer < n_states:
-        raise UserError(f"--layer {layer}: out of range for a model with {n_states - 1} layers; "
-                        f"give 0..{n_states - 1} (0 = embeddings) or -1 for the last layer")
+        raise UserError(
+            f"--layer {layer}: out of range for a model with {n_states - 1} layers; "
+            f"give 0..{n_states - 1} (0 = embeddings) or -1 for the last layer"
+        )
     limit = position_limit(config)
     return min(max_length, limit) if limit else max_length
 
@@ -83,10 +85,19 @@ class MeanPoolEncoder(AbsEncoder):
         name: the model name recorded in mteb's metadata.
     """
 
-    def __init__(self, model, tokenizer, *, layer: int = -1, max_length: int = 512, batch_size: int = 32,
-                 padding_side: str = "right", normalize: bool = True, name: str = "nitp/model"):
-        self.max_length = check_settings(model.config, layer=layer, max_length=max_length,
-                                         padding_side=padding_side)
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        layer: int = -1,
+        max_length: int = 512,
+        batch_size: int = 32,
+        padding_side: str = "right",
+        normalize: bool = True,
+        name: str = "nitp/model",
+    ):
+        self.max_length = check_settings(model.config, layer=layer, max_length=max_length, padding_side=padding_side)
         self.model = model
         self.tokenizer = tokenizer
         self.layer = layer
@@ -96,10 +107,16 @@ class MeanPoolEncoder(AbsEncoder):
         # The backbone alone: a causal LM's head would compute (B, T, vocab) logits for nothing.
         self.backbone = model.base_model
         self._takes_positions = "position_ids" in inspect.signature(self.backbone.forward).parameters
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-            "name": name, "revision": "local", "embed_dim": model.config.get_text_config().hidden_size,
-            "max_tokens": self.max_length, "similarity_fn_name": ScoringFunction.COSINE, "framework": ["PyTorch"],
-        })
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites={
+                "name": name,
+                "revision": "local",
+                "embed_dim": model.config.get_text_config().hidden_size,
+                "max_tokens": self.max_length,
+                "similarity_fn_name": ScoringFunction.COSINE,
+                "framework": ["PyTorch"],
+            }
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | None = None, dtype: str = "float32", **kwargs):
@@ -111,8 +128,9 @@ class MeanPoolEncoder(AbsEncoder):
         return cls(model, tokenizer, **kwargs)
 
     @torch.no_grad()
-    def embed(self, texts: list[str], batch_size: int | None = None, show_progress_bar: bool = True,
-              desc: str = "encoding") -> np.ndarray:
+    def embed(
+        self, texts: list[str], batch_size: int | None = None, show_progress_bar: bool = True, desc: str = "encoding"
+    ) -> np.ndarray:
         """(len(texts), d) float32 embeddings, in the order of `texts`."""
         batch_size = batch_size or self.batch_size
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
@@ -123,15 +141,17 @@ class MeanPoolEncoder(AbsEncoder):
         out = np.zeros((len(ids), self.mteb_model_meta.embed_dim), dtype=np.float32)
         starts = range(0, len(order), batch_size)
         for s in tqdm(starts, desc=desc, disable=not show_progress_bar, leave=False):
-            idx = order[s:s + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True,
-                                       padding_side=self.padding_side, return_tensors="pt")
+            idx = order[s : s + batch_size]
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[i] for i in idx]}, padding=True, padding_side=self.padding_side, return_tensors="pt"
+            )
             input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             kwargs: dict[str, Any] = {}
             if self._takes_positions:  # count positions over valid tokens only (matters under left padding)
                 kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = self.backbone(input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
-                                   **kwargs).hidden_states[self.layer]
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=mask, output_hidden_states=True, **kwargs
+            ).hidden_states[self.layer]
             pooled = mean_pool(hidden.float(), mask)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
@@ -141,6 +161,9 @@ class MeanPoolEncoder(AbsEncoder):
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
         """mteb's EncoderProtocol: no prompts or instructions, the texts as they are."""
         texts = [t for batch in inputs for t in batch["text"]]
-        return self.embed(texts, batch_size=kwargs.get("batch_size"),
-                          show_progress_bar=kwargs.get("show_progress_bar", True),
-                          desc=f"{task_metadata.name} {hf_split}")
+        return self.embed(
+            texts,
+            batch_size=kwargs.get("batch_size"),
+            show_progress_bar=kwargs.get("show_progress_bar", True),
+            desc=f"{task_metadata.name} {hf_split}",
+        )

@@ -54,11 +54,15 @@ def attach_local(task, data_dir: str | Path) -> dict[str, dict]:
     if not root.is_dir():
         raise MissingData(f"no folder {root}")
     if _is_retrieval(task):
-        raise MissingData(f"{root}: local copies of {task.metadata.type} tasks are not supported yet "
-                          "(classification, STS, pair classification are)")
+        raise MissingData(
+            f"{root}: local copies of {task.metadata.type} tasks are not supported yet "
+            "(classification, STS, pair classification are)"
+        )
     folders = {s: root / s for s in task.hf_subsets} if task.metadata.is_multilingual else {None: root}
-    files = {subset: {split: folder / f"{split}.jsonl" for split in needed_splits(task)}
-             for subset, folder in folders.items()}
+    files = {
+        subset: {split: folder / f"{split}.jsonl" for split in needed_splits(task)}
+        for subset, folder in folders.items()
+    }
     absent = [str(p) for per_split in files.values() for p in per_split.values() if not p.is_file()]
     if absent:
         raise MissingData(f"missing {', '.join(absent)}")
@@ -124,7 +128,7 @@ def limit_eval_splits(task, limit: int | None, seed: int = 0) -> dict[str, int]:
                 if data.get("top_ranked"):  # reranking: only the candidates of kept queries are encoded
                     data["top_ranked"] = {q: d for q, d in data["top_ranked"].items() if q in kept}
                     docs = {d for ds in data["top_ranked"].values() for d in ds}
-                    data["corpus"] = data["corpus"].filter(lambda row: row["id"] in docs)
+                    data["corpus"] = data["corpus"].filter(lambda row, docs=docs: row["id"] in docs)
                 counts[split] = counts.get(split, 0) + len(data["queries"])
         return counts
     per_subset = task.dataset.values() if task.metadata.is_multilingual else [task.dataset]

@@ -55,12 +55,21 @@ def _one_line(e: Exception) -> str:
 def _evaluate_task(mteb, encoder, st: SuiteTask, task, batch_size: int, show_progress_bar: bool) -> dict:
     # cache=None: mteb writes no results folder; co2_tracker=False: no codecarbon side effects.
     # raise_error=True: a failure reaches evaluate_suite, which records it and goes on with the other tasks.
-    result = mteb.evaluate(encoder, task, cache=None, co2_tracker=False, overwrite_strategy="always",
-                           encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-                           show_progress_bar=False, raise_error=True)
+    result = mteb.evaluate(
+        encoder,
+        task,
+        cache=None,
+        co2_tracker=False,
+        overwrite_strategy="always",
+        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+        show_progress_bar=False,
+        raise_error=True,
+    )
     (tr,) = result.task_results
-    scores = {split: {s["hf_subset"]: {k: v for k, v in s.items() if k not in ("hf_subset", "languages")}
-                      for s in per_subset} for split, per_subset in tr.scores.items()}
+    scores = {
+        split: {s["hf_subset"]: {k: v for k, v in s.items() if k not in ("hf_subset", "languages")} for s in per_subset}
+        for split, per_subset in tr.scores.items()
+    }
     return {
         "group": st.group,
         "main_score_name": task.metadata.main_score,
@@ -72,9 +81,16 @@ def _evaluate_task(mteb, encoder, st: SuiteTask, task, batch_size: int, show_pro
     }
 
 
-def evaluate_suite(encoder, suite: tuple[SuiteTask, ...], *, data_dir: str | Path | None = None,
-                   limit: int | None = None, seed: int = 0, batch_size: int = 32,
-                   show_progress_bar: bool = True) -> dict:
+def evaluate_suite(
+    encoder,
+    suite: tuple[SuiteTask, ...],
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    show_progress_bar: bool = True,
+) -> dict:
     """Evaluate `encoder` on every task of `suite`.
 
     Returns {"tasks": {...}, "missing": [...], "missing_reasons": {...}, "failed": [...],
@@ -105,5 +121,11 @@ def evaluate_suite(encoder, suite: tuple[SuiteTask, ...], *, data_dir: str | Pat
         tasks[st.name] = {**record, "n_eval": counts, "limited": limit is not None, **provenance}
         tqdm.write(f"mteb: {st.name}: {task.metadata.main_score} = {record['main_score']:.4f}")
         task.unload_data()
-    return {"tasks": tasks, "missing": list(missing), "missing_reasons": missing,
-            "failed": list(failed), "failed_reasons": failed, **summarize(suite, tasks)}
+    return {
+        "tasks": tasks,
+        "missing": list(missing),
+        "missing_reasons": missing,
+        "failed": list(failed),
+        "failed_reasons": failed,
+        **summarize(suite, tasks),
+    }

@@ -26,21 +26,32 @@ def _tasks(group: str, names: str, **subsets: tuple[str, ...]) -> tuple[SuiteTas
 
 
 PAPER = (
-    _tasks("Classification", """
+    _tasks(
+        "Classification",
+        """
         AmazonCounterfactualClassification AmazonReviewsClassification Banking77Classification
         EmotionClassification MTOPDomainClassification MTOPIntentClassification
         MassiveIntentClassification MassiveScenarioClassification ToxicConversationsClassification
-        TweetSentimentExtractionClassification""", AmazonCounterfactualClassification=("en",))
+        TweetSentimentExtractionClassification""",
+        AmazonCounterfactualClassification=("en",),
+    )
     + _tasks("STS", "BIOSSES SICK-R STS12 STS13 STS14 STS15 STS16 STS17 STSBenchmark", STS17=("en-en",))
-    + _tasks("Retrieval/Dup", """
+    + _tasks(
+        "Retrieval/Dup",
+        """
         AskUbuntuDupQuestions SciDocsRR SprintDuplicateQuestions StackOverflowDupQuestions
-        TwitterSemEval2015 TwitterURLCorpus""")
+        TwitterSemEval2015 TwitterURLCorpus""",
+    )
 )
 SUITES = {"paper": PAPER}
 
 # Group of a task outside the paper's suite, from its mteb type.
-TYPE_GROUPS = {"Classification": "Classification", "STS": "STS",
-               "PairClassification": "Retrieval/Dup", "Reranking": "Retrieval/Dup"}
+TYPE_GROUPS = {
+    "Classification": "Classification",
+    "STS": "STS",
+    "PairClassification": "Retrieval/Dup",
+    "Reranking": "Retrieval/Dup",
+}
 
 
 def resolve_suite(spec: str) -> tuple[SuiteTask, ...]:
@@ -49,7 +60,9 @@ def resolve_suite(spec: str) -> tuple[SuiteTask, ...]:
         return SUITES[spec]
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
-        raise UserError(f"--tasks {spec!r}: empty; give a suite ({', '.join(SUITES)}) or comma-separated mteb task names")
+        raise UserError(
+            f"--tasks {spec!r}: empty; give a suite ({', '.join(SUITES)}) or comma-separated mteb task names"
+        )
     known = {t.name: t for t in PAPER}
     out = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
@@ -61,8 +74,10 @@ def resolve_suite(spec: str) -> tuple[SuiteTask, ...]:
         try:
             task_type = import_mteb().get_task(name).metadata.type
         except KeyError as e:
-            raise UserError(f"--tasks: {e.args[0]}; give mteb task names (e.g. STSBenchmark,SICK-R) or a suite "
-                            f"({', '.join(SUITES)})") from None
+            raise UserError(
+                f"--tasks: {e.args[0]}; give mteb task names (e.g. STSBenchmark,SICK-R) or a suite "
+                f"({', '.join(SUITES)})"
+            ) from None
         out.append(SuiteTask(name, TYPE_GROUPS.get(task_type, task_type)))
     return tuple(out)
 
@@ -71,5 +86,6 @@ def load_task(st: SuiteTask):
     """The mteb task object, restricted to the suite's split and English subsets."""
     from nitp_eval.mteb_eval import import_mteb
 
-    return import_mteb().get_task(st.name, languages=["eng"], eval_splits=[st.split], hf_subsets=st.hf_subsets,
-                         exclusive_language_filter=True)
+    return import_mteb().get_task(
+        st.name, languages=["eng"], eval_splits=[st.split], hf_subsets=st.hf_subsets, exclusive_language_filter=True
+    )

@@ -83,7 +83,9 @@ def check_out(out: Path, run_paths: list[Path], overwrite: bool) -> Path:
     out = out.resolve()
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
-        raise UserError(f"--out {out} is the working directory or one of its parents; give a dir of its own, e.g. reports/x")
+        raise UserError(
+            f"--out {out} is the working directory or one of its parents; give a dir of its own, e.g. reports/x"
+        )
     for run in run_paths:
         run = run.resolve()
         if out == run or out in run.parents:
@@ -95,9 +97,11 @@ def check_out(out: Path, run_paths: list[Path], overwrite: bool) -> Path:
             raise UserError(f"{out} exists; pass --overwrite to replace it or --out to write elsewhere")
         foreign = foreign_files(out)
         if foreign:
-            raise UserError(f"{out} is not a report dir: it holds {', '.join(foreign[:3])}"
-                            f"{' ...' if len(foreign) > 3 else ''}, which a report does not write; "
-                            "refusing to replace it; choose another --out")
+            raise UserError(
+                f"{out} is not a report dir: it holds {', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}, which a report does not write; "
+                "refusing to replace it; choose another --out"
+            )
     return out
 
 
@@ -134,9 +138,13 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     w.text(f"# {spec.title}\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")
-    w.text("Built by `nitp-eval report` from results files only (list at the end)"
-           + (f", spec `{spec.source}`" if spec.source else "") + ".\n\n"
-           + "\n".join(f"- **{r.label}**: `{r.path}` (arms: {', '.join(r.arms) or 'none'})" for r in runs) + "\n")
+    w.text(
+        "Built by `nitp-eval report` from results files only (list at the end)"
+        + (f", spec `{spec.source}`" if spec.source else "")
+        + ".\n\n"
+        + "\n".join(f"- **{r.label}**: `{r.path}` (arms: {', '.join(r.arms) or 'none'})" for r in runs)
+        + "\n"
+    )
     many = len(runs) > 1
     for section in tqdm(spec.sections, desc="report", unit="section", disable=not progress):
         _SECTIONS[section](spec, runs, w, notes, many)
@@ -147,7 +155,11 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     w.text("\n## Sources\n\nFiles read (sha256 prefix):\n")
     sources = [p for r in runs for p in r.sources] + ([spec.source] if spec.source else [])
     w.text("\n".join(f"- `{p}` {file_digest(p)}" for p in sources) or "- none")
-    w.text("\nOutputs: " + ", ".join(f"`{o}`" for o in w.outputs) if w.outputs else "\nNo tables or figures could be built.")
+    w.text(
+        "\nOutputs: " + ", ".join(f"`{o}`" for o in w.outputs)
+        if w.outputs
+        else "\nNo tables or figures could be built."
+    )
     (w.root / REPORT_FILE).write_text("\n".join(w.md))
 
 
@@ -178,12 +190,17 @@ def _geometry(spec, runs, w, notes, many):
     for run in runs:
         arms = T.run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
-        w.figure(F.geometry_profiles(run, arms, spec.step, notes), f"geometry_profiles{sfx}",
-                 f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer")
+        w.figure(
+            F.geometry_profiles(run, arms, spec.step, notes),
+            f"geometry_profiles{sfx}",
+            f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer",
+        )
         fig = F.cka_heatmaps(run, arms, spec.step)
         if fig is None:
-            notes.append(f"{run.label}: geometry results have no cka_matrix: no CKA heat map "
-                         f"(run `nitp-eval geometry {run.path} --cka-matrix`)")
+            notes.append(
+                f"{run.label}: geometry results have no cka_matrix: no CKA heat map "
+                f"(run `nitp-eval geometry {run.path} --cka-matrix`)"
+            )
         w.figure(fig, f"cka{sfx}", f"{run.label}: linear CKA between layers, per arm")
 
 
@@ -194,14 +211,24 @@ def _dynamics(spec, runs, w, notes, many):
         sfx = f"-{slug(run.label)}" if many else ""
         fig = F.dynamics(run, arms, notes)
         if fig is None:
-            notes.append(f"{run.label}: no geometry probes in metrics.jsonl (probe_erank, probe_cosine) and no geometry "
-                         "checkpoint series: no dynamics figure (paper Fig. 1)")
-        w.figure(fig, f"dynamics{sfx}", f"{run.label}: last-layer effective rank and cosine similarity vs step (paper Fig. 1)")
+            notes.append(
+                f"{run.label}: no geometry probes in metrics.jsonl (probe_erank, probe_cosine) and no geometry "
+                "checkpoint series: no dynamics figure (paper Fig. 1)"
+            )
+        w.figure(
+            fig,
+            f"dynamics{sfx}",
+            f"{run.label}: last-layer effective rank and cosine similarity vs step (paper Fig. 1)",
+        )
         fig = F.aux_loss(run, arms, notes)
         if fig is None:
             notes.append(f"{run.label}: no loss_nitp in any metrics.jsonl: no auxiliary-loss figure (paper Fig. 5)")
         w.figure(fig, f"aux_loss{sfx}", f"{run.label}: auxiliary (NITP) loss vs step (paper Fig. 5)")
-        w.figure(F.cross_entropy(run, arms, notes), f"cross_entropy{sfx}", f"{run.label}: train NTP loss and validation CE vs step")
+        w.figure(
+            F.cross_entropy(run, arms, notes),
+            f"cross_entropy{sfx}",
+            f"{run.label}: train NTP loss and validation CE vs step",
+        )
     w.table(T.ce_table(runs, spec, notes))
 
 
@@ -217,5 +244,11 @@ def _ablation(spec, runs, w, notes, many):
     w.table(t) if t else w.text("No lm results for the ablation variants.\n")
 
 
-_SECTIONS = {"downstream": _downstream, "mteb": _mteb, "geometry": _geometry, "dynamics": _dynamics,
-             "cost": _cost, "ablation": _ablation}
+_SECTIONS = {
+    "downstream": _downstream,
+    "mteb": _mteb,
+    "geometry": _geometry,
+    "dynamics": _dynamics,
+    "cost": _cost,
+    "ablation": _ablation,
+}

@@ -10,12 +10,39 @@ from nitp_train.errors import UserError
 
 
 def command(
-    runs: list[Path] = typer.Argument(None, help="Pair dir(s) such as runs/x; with --spec they replace the spec's runs, in order.", show_default=False),
-    spec: Path = typer.Option(None, "--spec", help="An analysis spec (analyses/*.yaml): which runs, sections and settings.", show_default=False),
-    out: Path = typer.Option(None, "--out", help="Report dir to write. Default: reports/<run dir name>, or reports/<spec name>.", show_default=False),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated sections to build, overriding the spec: downstream,mteb,geometry,dynamics,cost,ablation.", show_default=False),
-    step: int = typer.Option(None, "--step", help="Checkpoint step the tables compare. Default: each arm's latest evaluated step.", show_default=False),
-    n_boot: int = typer.Option(None, "--n-boot", help="Bootstrap resamples for the confidence intervals (default: 10000, or the spec's).", show_default=False),
+    runs: list[Path] = typer.Argument(
+        None, help="Pair dir(s) such as runs/x; with --spec they replace the spec's runs, in order.", show_default=False
+    ),
+    spec: Path = typer.Option(
+        None,
+        "--spec",
+        help="An analysis spec (analyses/*.yaml): which runs, sections and settings.",
+        show_default=False,
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Report dir to write. Default: reports/<run dir name>, or reports/<spec name>.",
+        show_default=False,
+    ),
+    sections: str = typer.Option(
+        None,
+        "--sections",
+        help="Comma-separated sections to build, overriding the spec: downstream,mteb,geometry,dynamics,cost,ablation.",
+        show_default=False,
+    ),
+    step: int = typer.Option(
+        None,
+        "--step",
+        help="Checkpoint step the tables compare. Default: each arm's latest evaluated step.",
+        show_default=False,
+    ),
+    n_boot: int = typer.Option(
+        None,
+        "--n-boot",
+        help="Bootstrap resamples for the confidence intervals (default: 10000, or the spec's).",
+        show_default=False,
+    ),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0, or the spec's).", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir."),
 ) -> None:
@@ -29,7 +56,9 @@ def command(
     elif runs:
         s = spec_from_paths(runs)
     else:
-        raise UserError("report: nothing to report on; give a run dir (nitp-eval report runs/x) or --spec analyses/<name>.yaml")
+        raise UserError(
+            "report: nothing to report on; give a run dir (nitp-eval report runs/x) or --spec analyses/<name>.yaml"
+        )
     if sections:
         chosen = [x.strip() for x in sections.split(",") if x.strip()]
         bad = [x for x in chosen if x not in SECTIONS]
@@ -40,7 +69,9 @@ def command(
         s.step = step
     if n_boot is not None:
         if n_boot < 100:
-            raise UserError(f"--n-boot {n_boot}: too few resamples for a 95% interval; give at least 100 (default 10000)")
+            raise UserError(
+                f"--n-boot {n_boot}: too few resamples for a 95% interval; give at least 100 (default 10000)"
+            )
         s.n_boot = n_boot
     if seed is not None:
         s.seed = seed

@@ -49,8 +49,16 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 10,
-                         "svg.hashsalt": "nitp", "pdf.fonttype": 42})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.size": 10,
+            "svg.hashsalt": "nitp",
+            "pdf.fonttype": 42,
+        }
+    )
     return plt
 
 
@@ -66,6 +74,7 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
 
 # --- shared pieces ----------------------------------------------------------------------------------
 
+
 def _floats(values) -> np.ndarray:
     """Results files write NaN as null: None becomes NaN, which matplotlib leaves as a gap."""
     return np.array([v if finite(v) else np.nan for v in values], dtype=float)
@@ -79,8 +88,17 @@ def _integer_ticks(ax, axis: str = "x") -> None:
 
 
 def _no_data(ax, why: str) -> None:
-    ax.text(0.5, 0.5, f"no data:\n{why}", ha="center", va="center", transform=ax.transAxes, color="#555555",
-            fontsize=9, wrap=True)
+    ax.text(
+        0.5,
+        0.5,
+        f"no data:\n{why}",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        color="#555555",
+        fontsize=9,
+        wrap=True,
+    )
     # hide ticks without changing locators, which a shared axis would pass on to its data panels
     ax.tick_params(bottom=False, left=False, labelbottom=False, labelleft=False)
     ax.grid(False)
@@ -90,8 +108,17 @@ def _legend(fig, arms: list[str], all_arms: list[str], labels: dict[str, str] | 
     """One legend for the whole figure, below the axes: an entry per arm, then grey style keys."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=arm_color(a, all_arms), ls=arm_style(a, all_arms), lw=2,
-                      label=(labels or {}).get(a, arm_name(a))) for a in arms]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=arm_color(a, all_arms),
+            ls=arm_style(a, all_arms),
+            lw=2,
+            label=(labels or {}).get(a, arm_name(a)),
+        )
+        for a in arms
+    ]
     handles += [Line2D([], [], color="#555555", label=label, **style) for label, style in keys]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
 
@@ -145,6 +172,7 @@ def _zoom_limits(ax, x0: float, curves: list[tuple[np.ndarray, np.ndarray]]) -> 
 
 # --- geometry ---------------------------------------------------------------------------------------
 
+
 def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes: list[str] | None = None):
     """Effective rank, anisotropy and CKA to the last layer vs layer index, every arm on each panel."""
     picked = {a: pick(run, "geometry", a, step) for a in arms}
@@ -152,8 +180,11 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
     if not picked:
         return None
     plt = _plt()
-    panels = [("erank_cov", "effective rank (cov)"), ("anisotropy", "anisotropy (mean pair cosine)"),
-              ("cka_to_last", "linear CKA to last layer")]
+    panels = [
+        ("erank_cov", "effective rank (cov)"),
+        ("anisotropy", "anisotropy (mean pair cosine)"),
+        ("cka_to_last", "linear CKA to last layer"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
     al = next(iter(picked.values())).data.get("alignment") or {}
     k = al.get("target_layer")
@@ -167,7 +198,9 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
                 drawn = True
         if not drawn:
             _no_data(ax, f"per_layer.{key} missing or null")
-            (notes if notes is not None else []).append(f"{run.label}: geometry results have no {key}: its profile panel is empty")
+            (notes if notes is not None else []).append(
+                f"{run.label}: geometry results have no {key}: its profile panel is empty"
+            )
             continue
         if k is not None:
             ax.axvline(k, color="grey", ls=":", lw=1)
@@ -177,7 +210,9 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
         if key == "cka_to_last":
             ax.set_ylim(-0.02, 1.02)
     labels = {a: f"{arm_name(a)} (step {r.step})" for a, r in picked.items()}
-    _legend(fig, list(picked), arms, labels, keys=[("NITP target layer k", {"ls": ":", "lw": 1})] if k is not None else [])
+    _legend(
+        fig, list(picked), arms, labels, keys=[("NITP target layer k", {"ls": ":", "lw": 1})] if k is not None else []
+    )
     fig.suptitle(f"{run.label}: per-layer geometry")
     return fig
 
@@ -192,7 +227,9 @@ def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#cccccc")
-    fig, axes = plt.subplots(1, len(picked), figsize=(4.6 * len(picked) + 0.8, 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(picked), figsize=(4.6 * len(picked) + 0.8, 4.2), squeeze=False, layout="constrained"
+    )
     im = None
     for ax, (a, r) in zip(axes[0], picked.items()):
         m = np.array([_floats(row) for row in r.data["cka_matrix"]])
@@ -212,9 +249,13 @@ def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
 
 # --- training dynamics ------------------------------------------------------------------------------
 
+
 def _checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r.step, (r.data.get("per_layer") or {}).get(key, [None])[-1]) for r in run.series("geometry", arm)
-           if r.step is not None and (r.data.get("per_layer") or {}).get(key)]
+    pts = [
+        (r.step, (r.data.get("per_layer") or {}).get(key, [None])[-1])
+        for r in run.series("geometry", arm)
+        if r.step is not None and (r.data.get("per_layer") or {}).get(key)
+    ]
     pts = [p for p in pts if finite(p[1])]
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
 
@@ -227,12 +268,19 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
     and the checkpoint-series geometry results (erank_cov / anisotropy of the last layer).
     """
     notes = notes if notes is not None else []
-    tokens = sorted({r.data.get("tokens") for a in arms for r in run.series("geometry", a) if finite(r.data.get("tokens"))})
+    tokens = sorted(
+        {r.data.get("tokens") for a in arms for r in run.series("geometry", a) if finite(r.data.get("tokens"))}
+    )
     ckpt_src = "checkpoints (eval/geometry" + (f", {tokens[-1]:,} tokens" if len(tokens) == 1 else "") + ")"
-    sources = [("in-training probes (metrics.jsonl)", ("probe_erank", "probe_cosine"), _series,
-                ("probe (line)", {"lw": 1.5})),
-               (ckpt_src, ("erank_cov", "anisotropy"), _checkpoint_series,
-                ("checkpoint (squares)", {"marker": "s", "ms": 5, "lw": 1.5}))]
+    sources = [
+        ("in-training probes (metrics.jsonl)", ("probe_erank", "probe_cosine"), _series, ("probe (line)", {"lw": 1.5})),
+        (
+            ckpt_src,
+            ("erank_cov", "anisotropy"),
+            _checkpoint_series,
+            ("checkpoint (squares)", {"marker": "s", "ms": 5, "lw": 1.5}),
+        ),
+    ]
     labels = ("effective rank", "cosine similarity")
     rows = []
     for name, keys, get, key_style in sources:
@@ -247,8 +295,9 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
     # one step axis per column, unless a "no data" panel would take the shared tick labels with it
     shared = all(any(len(x) for x, _ in d.values()) for r in rows for d in r[2])
     plt = _plt()
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.4 * len(rows) + 0.6), squeeze=False, sharex=shared,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(11, 3.4 * len(rows) + 0.6), squeeze=False, sharex=shared, layout="constrained"
+    )
     for i, ((name, keys, data, (_, style)), row) in enumerate(zip(rows, axes)):
         for ax, key, label, d in zip(row, keys, labels, data):
             ax.set_title(name, fontsize=9.5)
@@ -283,11 +332,13 @@ def aux_loss(run: Run, arms: list[str], notes: list[str] | None = None):
     plt = _plt()
     xs = np.concatenate([c[2] for c in curves])
     zoom = len(np.unique(xs)) >= NOISY_MIN
-    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, 2 if zoom else 1, figsize=(12 if zoom else 6.5, 4.2), squeeze=False, layout="constrained"
+    )
     axes = axes[0]
     tops = []
     for i, ax in enumerate(axes):
-        for a, key, x, y in curves:  # the zoom panel without the raw values: their spread would set its scale
+        for a, _key, x, y in curves:  # the zoom panel without the raw values: their spread would set its scale
             tops.append((x, _noisy(ax, x, y, arm_color(a, arms), arm_style(a, arms), raw=i == 0)))
         ax.set_xlabel("training step")
         ax.set_ylabel("auxiliary loss (1 − cos for NITP)")
@@ -299,7 +350,7 @@ def aux_loss(run: Run, arms: list[str], notes: list[str] | None = None):
     if zoom:
         axes[0].set_title("whole run", fontsize=9.5)
         x0 = xs.min() + (1 - ZOOM) * (xs.max() - xs.min())
-        _zoom_limits(axes[1], x0, tops[len(curves):])
+        _zoom_limits(axes[1], x0, tops[len(curves) :])
         _integer_ticks(axes[1])
         axes[1].set_title(f"last {ZOOM:.0%} of steps (zoom)", fontsize=9.5)
     many_keys = len({c[1] for c in curves}) > 1
@@ -333,7 +384,7 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.2), squeeze=False, layout="constrained")
     axes = list(axes[0])
     tops = []
-    for i, ax in enumerate(axes[:1 + zoom]):
+    for i, ax in enumerate(axes[: 1 + zoom]):
         for a in have:
             c, ls = arm_color(a, arms), arm_style(a, arms)
             x, y = train[a]
@@ -349,7 +400,7 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
     axes[0].set_title("whole run", fontsize=9.5)
     if zoom:
         x0 = steps.min() + (1 - ZOOM) * (steps.max() - steps.min())
-        _zoom_limits(axes[1], x0, tops[len(tops) // 2:])
+        _zoom_limits(axes[1], x0, tops[len(tops) // 2 :])
         axes[1].set_title(f"last {ZOOM:.0%} of steps (zoom)", fontsize=9.5)
     if delta:
         # validation CE when logged (one number per eval, the paper's check); else the smoothed
@@ -377,11 +428,17 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
             _integer_ticks(dx)
         else:
             _no_data(dx, f"no {key} step logged by both {arm_name(base)} and another arm")
-            notes.append(f"{run.label}: no {key} step logged by both {base} and another arm: the CE difference panel is empty")
+            notes.append(
+                f"{run.label}: no {key} step logged by both {base} and another arm: the CE difference panel is empty"
+            )
     if not any(len(val[a][0]) for a in arms):
         notes.append(f"{run.label}: no val_ce in any metrics.jsonl: the cross-entropy figure shows train loss only")
     keys = [("train NTP loss (line)", {"lw": 1.8})] if any(len(train[a][0]) for a in have) else []
-    keys += [("validation CE (circles)", {"marker": "o", "mfc": "white", "lw": 1})] if any(len(val[a][0]) for a in have) else []
+    keys += (
+        [("validation CE (circles)", {"marker": "o", "mfc": "white", "lw": 1})]
+        if any(len(val[a][0]) for a in have)
+        else []
+    )
     _legend(fig, have, arms, keys=keys)
     fig.suptitle(f"{run.label}: next-token cross-entropy")
     return fig

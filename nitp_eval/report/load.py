@@ -82,10 +82,20 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read a pair dir (runs/x/). Raises UserError when `path` is not one."""
     p = Path(path)
     if not p.is_dir():
-        raise UserError(f"{p}: no such run dir; give a pair dir such as runs/x (with pair.json, <arm>/metrics.jsonl or eval/)")
-    arm_dirs = [d for d in p.iterdir() if d.is_dir() and any((d / f).exists() for f in ("metrics.jsonl", "config.yaml", "checkpoints"))]
+        raise UserError(
+            f"{p}: no such run dir; give a pair dir such as runs/x (with pair.json, <arm>/metrics.jsonl or eval/)"
+        )
+    arm_dirs = [
+        d
+        for d in p.iterdir()
+        if d.is_dir() and any((d / f).exists() for f in ("metrics.jsonl", "config.yaml", "checkpoints"))
+    ]
     if not ((p / "pair.json").exists() or (p / "eval").is_dir() or arm_dirs):
-        hint = " (that looks like an arm dir: give its parent)" if (p / "checkpoints").is_dir() or (p / "metrics.jsonl").exists() else ""
+        hint = (
+            " (that looks like an arm dir: give its parent)"
+            if (p / "checkpoints").is_dir() or (p / "metrics.jsonl").exists()
+            else ""
+        )
         raise UserError(f"{p}: not a pair dir: no pair.json, no eval/ and no arm dirs{hint}; give a dir such as runs/x")
     run = Run(path=p, label=label or p.resolve().name)
 
@@ -155,7 +165,9 @@ def _read_results(eval_dir: Path, kind: str, run: Run) -> None:
             run.missing.append(f"{f}: schema {data.get('schema')!r} is not nitp.{kind}; skipped")
             continue
         if (data.get("schema_version") or 0) > SCHEMA_VERSION:
-            raise UserError(f"{f}: schema_version {data['schema_version']} is newer than this nitp reads ({SCHEMA_VERSION}); upgrade nitp")
+            raise UserError(
+                f"{f}: schema_version {data['schema_version']} is newer than this nitp reads ({SCHEMA_VERSION}); upgrade nitp"
+            )
         m = RESULT_FILE.match(f.stem)
         arm = data.get("arm") or (m.group("arm") if m else f.stem)
         step = data.get("step") if data.get("step") is not None else (int(m.group("step")) if m else None)

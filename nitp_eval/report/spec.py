@@ -92,8 +92,10 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         raise UserError(f"{path}: bootstrap.ci={ci} must lie in (0, 1), e.g. 0.95")
     step = raw.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise UserError(f"{path}: step: {step!r} is not a checkpoint step; give an integer such as 5000, "
-                        "or null (or leave it out) for each arm's latest evaluated step")
+        raise UserError(
+            f"{path}: step: {step!r} is not a checkpoint step; give an integer such as 5000, "
+            "or null (or leave it out) for each arm's latest evaluated step"
+        )
     n_boot = boot.get("n", 10_000)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
         raise UserError(f"{path}: bootstrap.n={n_boot!r}: give an integer of at least 100 (default 10000)")
@@ -104,16 +106,28 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
     variants = None
     if raw.get("variants") is not None:
         try:
-            variants = [Variant(str(v["run"]), str(v["arm"]), str(v.get("label") or f"{v['run']} {v['arm']}"))
-                        for v in raw["variants"]]
+            variants = [
+                Variant(str(v["run"]), str(v["arm"]), str(v.get("label") or f"{v['run']} {v['arm']}"))
+                for v in raw["variants"]
+            ]
         except (KeyError, TypeError) as e:
             raise UserError(f"{path}: each variant needs `run` (a run label) and `arm`, optionally `label`") from e
     return Spec(
-        runs=runs, title=str(raw.get("title") or path.stem), description=str(raw.get("description") or ""),
-        sections=list(sections), arms=raw.get("arms"), baseline=str(raw.get("baseline", "ntp")),
-        tasks=raw.get("tasks"), step=step, n_boot=n_boot,
-        seed=int(boot.get("seed", 0)), ci=ci, ce_window=int(raw.get("ce_window", 10)),
-        variants=variants, source=path, notes=notes,
+        runs=runs,
+        title=str(raw.get("title") or path.stem),
+        description=str(raw.get("description") or ""),
+        sections=list(sections),
+        arms=raw.get("arms"),
+        baseline=str(raw.get("baseline", "ntp")),
+        tasks=raw.get("tasks"),
+        step=step,
+        n_boot=n_boot,
+        seed=int(boot.get("seed", 0)),
+        ci=ci,
+        ce_window=int(raw.get("ce_window", 10)),
+        variants=variants,
+        source=path,
+        notes=notes,
     )
 
 
@@ -129,10 +143,12 @@ def _replace_runs(runs: list[dict], paths: list, spec_path: Path) -> tuple[list[
     new = [{"path": str(p), "label": Path(p).resolve().name} for p in paths]
     if not runs:
         return new, []
-    notes = [f"{len(paths)} run dir(s) given for the {len(runs)} runs of {spec_path}: runs are labelled by "
-             "directory name, not by the spec's labels"]
+    notes = [
+        f"{len(paths)} run dir(s) given for the {len(runs)} runs of {spec_path}: runs are labelled by "
+        "directory name, not by the spec's labels"
+    ]
     notes += [f"spec run {r['label']!r} ({r['path']}) replaced by {n['path']}" for r, n in zip(runs, new)]
-    notes += [f"spec run {r['label']!r} ({r['path']}) dropped: no run dir given for it" for r in runs[len(new):]]
+    notes += [f"spec run {r['label']!r} ({r['path']}) dropped: no run dir given for it" for r in runs[len(new) :]]
     return new, notes
 
 

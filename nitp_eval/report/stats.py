@@ -39,8 +39,9 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def bootstrap_replicates(base: np.ndarray, other: np.ndarray, n_boot: int = 10_000, seed: int = 0,
-                         stream: str = "", max_distinct: int = 64) -> np.ndarray:
+def bootstrap_replicates(
+    base: np.ndarray, other: np.ndarray, n_boot: int = 10_000, seed: int = 0, stream: str = "", max_distinct: int = 64
+) -> np.ndarray:
     """`n_boot` bootstrap replicates of mean(other - base), resampling documents with replacement.
 
     Pairs are resampled together (a paired bootstrap), so the between-document variance that both
@@ -72,8 +73,9 @@ def interval(point: float, replicates: np.ndarray, n: int, ci: float = 0.95) -> 
     return Delta(float(point), float(lo), float(hi), n)
 
 
-def mean_delta(pairs: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 10_000, seed: int = 0,
-               ci: float = 0.95) -> tuple[dict[str, Delta], Delta | None]:
+def mean_delta(
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 10_000, seed: int = 0, ci: float = 0.95
+) -> tuple[dict[str, Delta], Delta | None]:
     """Per-task deltas and the delta of the unweighted task average, each with a paired bootstrap CI.
 
     The average's replicates are the mean over tasks of each task's replicates (tasks resampled

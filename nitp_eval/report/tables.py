@@ -17,8 +17,16 @@ from nitp_eval.report.stats import Delta, finite, mean_delta, paired_samples
 from nitp_eval.report.table import Cell, Table
 
 # The paper's benchmark order and short names (Table 1); other tasks follow by name.
-TASK_NAMES = {"mmlu": "MMLU", "mmlu_pro": "MMLU-Pro", "c3": "C3", "commonsense_qa": "CSQA", "arc_challenge": "ARC-C",
-              "gsm8k": "GSM8k", "bbh": "BBH", "lcbench": "LCBench"}
+TASK_NAMES = {
+    "mmlu": "MMLU",
+    "mmlu_pro": "MMLU-Pro",
+    "c3": "C3",
+    "commonsense_qa": "CSQA",
+    "arc_challenge": "ARC-C",
+    "gsm8k": "GSM8k",
+    "bbh": "BBH",
+    "lcbench": "LCBench",
+}
 ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
 MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
 NA = "n/a"
@@ -99,11 +107,14 @@ def _bold_best(values: list[float | None]) -> list[bool]:
 def _check_steps(run: Run, kind: str, picked: dict[str, Result | None], notes: list[str]) -> None:
     steps = {a: r.step for a, r in picked.items() if r is not None}
     if len(set(steps.values())) > 1:
-        notes.append(f"{run.label}: {kind} results compare different steps: "
-                     + ", ".join(f"{arm_name(a)} step {s}" for a, s in steps.items()))
+        notes.append(
+            f"{run.label}: {kind} results compare different steps: "
+            + ", ".join(f"{arm_name(a)} step {s}" for a, s in steps.items())
+        )
 
 
 # --- downstream (paper Table 1) -------------------------------------------------------------------
+
 
 def lm_score(res: Result, task: str) -> float | None:
     """The task's primary metric, or None (task absent, or a group lm-eval gives no aggregate score)."""
@@ -123,21 +134,27 @@ def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: lis
         metric = base.data["tasks"][task]["primary"]
         sa, sb = base.data.get("samples", {}).get(task), other.data.get("samples", {}).get(task)
         if not sa or not sb:
-            notes.append(f"{run.label}: no per-sample records for {task} in "
-                         f"{', '.join(r.path.name for r, s in ((base, sa), (other, sb)) if not s)}; its delta has no CI")
+            notes.append(
+                f"{run.label}: no per-sample records for {task} in "
+                f"{', '.join(r.path.name for r, s in ((base, sa), (other, sb)) if not s)}; its delta has no CI"
+            )
             continue
         a, b = paired_samples(sa, sb, metric)
         if len(a) == 0:
             notes.append(f"{run.label}: {task}: the two arms share no doc_id; no CI")
             continue
         if len(a) < max(len(sa), len(sb)):
-            notes.append(f"{run.label}: {task}: {len(a)} documents scored by both arms "
-                         f"({len(sa)} vs {len(sb)} records); the CI uses the common ones")
+            notes.append(
+                f"{run.label}: {task}: {len(a)} documents scored by both arms "
+                f"({len(sa)} vs {len(sb)} records); the CI uses the common ones"
+            )
         for res, s in ((base, sa), (other, sb)):
             m = float(np.mean([float(r[metric]) for r in s if finite(r.get(metric))]))
             if abs(m - lm_score(res, task)) > 1e-6:
-                notes.append(f"{run.label}: {task}: mean of per-sample {metric} in {res.path.name} is "
-                             f"{100 * m:.2f}, the reported score {pct(lm_score(res, task))}; the CI is from the samples")
+                notes.append(
+                    f"{run.label}: {task}: mean of per-sample {metric} in {res.path.name} is "
+                    f"{100 * m:.2f}, the reported score {pct(lm_score(res, task))}; the CI is from the samples"
+                )
         pairs[task] = (a, b)
     return pairs
 
@@ -152,18 +169,26 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
     if not tasks:
         return None
     ci = f"{round(100 * spec.ci)}%"
-    table = Table("downstream", "Downstream benchmarks (%); Δ = arm − baseline with paired bootstrap "
-                  f"{ci} CI", ["Model", *[task_name(t) for t in tasks], "Avg."])
-    table.notes.append(f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
-                       f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Δ = difference of the "
-                       f"shown scores. Avg. = unweighted mean over the tasks every arm has (marked k/{len(tasks)} "
-                       "when fewer).")
+    table = Table(
+        "downstream",
+        f"Downstream benchmarks (%); Δ = arm − baseline with paired bootstrap {ci} CI",
+        ["Model", *[task_name(t) for t in tasks], "Avg."],
+    )
+    table.notes.append(
+        f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
+        f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Δ = difference of the "
+        f"shown scores. Avg. = unweighted mean over the tasks every arm has (marked k/{len(tasks)} "
+        "when fewer)."
+    )
     for run in runs:
         picked = picked_all[run.label]
         arms = [a for a, r in picked.items() if r is not None]
         for a, r in picked.items():
             if r is None:
-                notes.append(f"{run.label}: no lm results for arm {a}" + (f" at step {spec.step}" if spec.step is not None else ""))
+                notes.append(
+                    f"{run.label}: no lm results for arm {a}"
+                    + (f" at step {spec.step}" if spec.step is not None else "")
+                )
         if not arms:
             continue
         _check_steps(run, "lm", picked, notes)
@@ -179,8 +204,10 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         columns = [[scores[a][i] for a in arms] for i in range(len(tasks))] + [[avg[a] for a in arms]]
         bold = [_bold_best(col) for col in columns]
         for j, a in enumerate(arms):
-            cells = [Cell(pct(col[j]) + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
-                     for i, col in enumerate(columns)]
+            cells = [
+                Cell(pct(col[j]) + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
+                for i, col in enumerate(columns)
+            ]
             table.add(_row_label(run, a, len(runs) > 1), *cells, rule=(j == 0))
         base = arms[0]
         for a in arms[1:]:
@@ -201,6 +228,7 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
 
 # --- MTEB (paper Table 6) ---------------------------------------------------------------------------
 
+
 def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> list[Table]:
     picked = {a: pick(run, "mteb", a, spec.step) for a in run_arms(run, spec)}
     listed: dict[str, list[str]] = {}  # one note per distinct task list, naming every file that has it
@@ -212,28 +240,39 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
                 if r.data.get(key):
                     reasons = r.data.get(f"{key}_reasons") or {}
                     text = f"{len(r.data[key])} MTEB task(s) {what}: " + ", ".join(
-                        f"{t} ({reasons[t]})" if reasons.get(t) else str(t) for t in sorted(map(str, r.data[key])))
+                        f"{t} ({reasons[t]})" if reasons.get(t) else str(t) for t in sorted(map(str, r.data[key]))
+                    )
                     listed.setdefault(text, []).append(r.path.name)
-    notes += [f"{run.label}: {' and '.join(files)} list{'s' if len(files) == 1 else ''} {text}" for text, files in listed.items()]
+    notes += [
+        f"{run.label}: {' and '.join(files)} list{'s' if len(files) == 1 else ''} {text}"
+        for text, files in listed.items()
+    ]
     arms = [a for a, r in picked.items() if r is not None]
     if not arms:
         return []
     _check_steps(run, "mteb", picked, notes)
-    tasks = {a: {t: v for t, v in (picked[a].data.get("tasks") or {}).items() if finite(v.get("main_score"))}
-             for a in arms}
+    tasks = {
+        a: {t: v for t, v in (picked[a].data.get("tasks") or {}).items() if finite(v.get("main_score"))} for a in arms
+    }
     for a in arms:
         unscored = sorted(set(picked[a].data.get("tasks") or {}) - set(tasks[a]))
         if unscored:
-            notes.append(f"{run.label}: {picked[a].path.name}: no main_score (null) for {', '.join(unscored)}; left out")
-    common = sorted(set.intersection(*(set(t) for t in tasks.values())),
-                    key=lambda t: (_group_index(tasks[arms[0]][t].get("group", "")), t))
+            notes.append(
+                f"{run.label}: {picked[a].path.name}: no main_score (null) for {', '.join(unscored)}; left out"
+            )
+    common = sorted(
+        set.intersection(*(set(t) for t in tasks.values())),
+        key=lambda t: (_group_index(tasks[arms[0]][t].get("group", "")), t),
+    )
     base, others = arms[0], arms[1:]
     heads = [arm_name(a) for a in arms] + [f"Δ {arm_name(a)}" for a in others]
     title = f"{run.label}: MTEB (%), frozen mean-pooled last-layer states"
 
     groups = Table("mteb_groups" + suffix, title + " by group", ["Group", *heads])
-    groups.notes.append("Means over the tasks that every arm has (n of the suite's tasks). Best in bold; "
-                        "Δ = difference of the shown values.")
+    groups.notes.append(
+        "Means over the tasks that every arm has (n of the suite's tasks). Best in bold; "
+        "Δ = difference of the shown values."
+    )
     first = picked[base].data
     for g in [*MTEB_GROUPS, "Overall"]:
         members = [t for t in common if g == "Overall" or tasks[base][t].get("group") == g]
@@ -244,22 +283,32 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
         means = [float(np.mean([tasks[a][t]["main_score"] for t in members])) for a in arms]
         bold = _bold_best(means)
         deltas = [Cell(pct_delta(means[0], means[j])) for j in range(1, len(arms))]
-        groups.add(f"{g} ({len(members)} of {of.get('of', '?')})", *[Cell(pct(m), b) for m, b in zip(means, bold)],
-                   *deltas, rule=(g == "Overall"))
+        groups.add(
+            f"{g} ({len(members)} of {of.get('of', '?')})",
+            *[Cell(pct(m), b) for m, b in zip(means, bold)],
+            *deltas,
+            rule=(g == "Overall"),
+        )
 
     per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads], left=3)
     for t in common:
         vals = [tasks[a][t]["main_score"] for a in arms]
         bold = _bold_best(vals)
-        per_task.add(t, tasks[base][t].get("group", ""), tasks[base][t].get("main_score_name", ""),
-                     *[Cell(pct(v), b) for v, b in zip(vals, bold)],
-                     *[Cell(pct_delta(vals[0], v)) for v in vals[1:]])
+        per_task.add(
+            t,
+            tasks[base][t].get("group", ""),
+            tasks[base][t].get("main_score_name", ""),
+            *[Cell(pct(v), b) for v, b in zip(vals, bold)],
+            *[Cell(pct_delta(vals[0], v)) for v in vals[1:]],
+        )
     for a in others:
         # counted on the shown differences, so the count agrees with the table's Δ and bold
         diffs = {t: pct_delta(tasks[base][t]["main_score"], tasks[a][t]["main_score"]) for t in common}
         up = sum(float(d) > 0 for d in diffs.values())
         drops = ", ".join(f"{t} {d}" for t, d in sorted(diffs.items()) if float(d) <= 0)
-        line = f"{arm_name(a)} improves {up} of {len(common)} tasks over {arm_name(base)}" + (f" (not improved: {drops})" if drops else "")
+        line = f"{arm_name(a)} improves {up} of {len(common)} tasks over {arm_name(base)}" + (
+            f" (not improved: {drops})" if drops else ""
+        )
         groups.notes.append(line + ".")
         per_task.notes.append(line + ".")
     only = sorted(set.union(*(set(t) for t in tasks.values())) - set(common))
@@ -274,17 +323,26 @@ def _group_index(group: str) -> int:
 
 # --- geometry -----------------------------------------------------------------------------------
 
-GEOMETRY_COLUMNS = (("erank_cov", "Eff. rank (cov)", "{:.2f}"), ("erank_sv", "Eff. rank (sv)", "{:.2f}"),
-                    ("anisotropy", "Anisotropy", "{:.4f}"), ("anisotropy_exact", "Anisotropy (exact)", "{:.4f}"))
+GEOMETRY_COLUMNS = (
+    ("erank_cov", "Eff. rank (cov)", "{:.2f}"),
+    ("erank_sv", "Eff. rank (sv)", "{:.2f}"),
+    ("anisotropy", "Anisotropy", "{:.4f}"),
+    ("anisotropy_exact", "Anisotropy (exact)", "{:.4f}"),
+)
 
 
 def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
-    table = Table("geometry", "Last-layer geometry", ["Model", "Step", "Tokens", "Layer", *[c for _, c, _ in GEOMETRY_COLUMNS],
-                                                       "cos(h_t, z_t+1)", "Projector cos"])
-    table.notes.append("Layer = the last analysed hidden_states index (0 = embeddings). Eff. rank: Roy & Vetterli entropy effective rank "
-                       "of the centred covariance spectrum (cov) or of the singular values (sv). Anisotropy: mean "
-                       "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
-                       "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms).")
+    table = Table(
+        "geometry",
+        "Last-layer geometry",
+        ["Model", "Step", "Tokens", "Layer", *[c for _, c, _ in GEOMETRY_COLUMNS], "cos(h_t, z_t+1)", "Projector cos"],
+    )
+    table.notes.append(
+        "Layer = the last analysed hidden_states index (0 = embeddings). Eff. rank: Roy & Vetterli entropy effective rank "
+        "of the centred covariance spectrum (cov) or of the singular values (sv). Anisotropy: mean "
+        "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
+        "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms)."
+    )
     for run in runs:
         arms = run_arms(run, spec)
         picked = {a: pick(run, "geometry", a, spec.step) for a in arms}
@@ -300,12 +358,21 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
             al = d.get("alignment") or {}
             cos = f"{al['cos_next']:.4f} (k={al.get('target_layer')})" if finite(al.get("cos_next")) else NA
             layer = (d.get("layers") or [None])[-1]
-            table.add(_row_label(run, a, len(runs) > 1), fmt(r.step, "{}"), fmt(d.get("tokens"), "{}"), fmt(layer, "{}"),
-                      *cells, cos, fmt(al.get("projector_cos")), rule=(j == 0))
+            table.add(
+                _row_label(run, a, len(runs) > 1),
+                fmt(r.step, "{}"),
+                fmt(d.get("tokens"), "{}"),
+                fmt(layer, "{}"),
+                *cells,
+                cos,
+                fmt(al.get("projector_cos")),
+                rule=(j == 0),
+            )
     return table if table.rows else None
 
 
 # --- training: CE preserved, cost ---------------------------------------------------------------
+
 
 def last_value(records: list[dict], key: str) -> tuple[int, float] | None:
     vals = [(r["step"], r[key]) for r in records if finite(r.get(key))]
@@ -313,14 +380,17 @@ def last_value(records: list[dict], key: str) -> tuple[int, float] | None:
 
 
 def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
-    table = Table("cross_entropy", "Cross-entropy at the end of training (nats/token)",
-                  ["Model", "Last step", f"Train NTP loss (mean of last {spec.ce_window} logs)", "Val CE", "Δ val CE"])
+    table = Table(
+        "cross_entropy",
+        "Cross-entropy at the end of training (nats/token)",
+        ["Model", "Last step", f"Train NTP loss (mean of last {spec.ce_window} logs)", "Val CE", "Δ val CE"],
+    )
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
         base_val = None
         for j, a in enumerate(arms):
             recs = run.metrics[a]
-            ntp = [r["loss_ntp"] for r in recs if finite(r.get("loss_ntp"))][-spec.ce_window:]
+            ntp = [r["loss_ntp"] for r in recs if finite(r.get("loss_ntp"))][-spec.ce_window :]
             val = last_value(recs, "val_ce")
             if val is None:
                 notes.append(f"{run.label}: {a}/metrics.jsonl has no val_ce records")
@@ -328,10 +398,17 @@ def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                 base_val = val
             dv = f"{val[1] - base_val[1]:+.4f}" if (j > 0 and val and base_val) else ""
             if dv and val[0] != base_val[0]:
-                notes.append(f"{run.label}: Δ val CE of {a} compares its step {val[0]} with {arms[0]} step {base_val[0]}")
-            table.add(_row_label(run, a, len(runs) > 1), str(recs[-1]["step"]),
-                      f"{np.mean(ntp):.4f}" if ntp else NA, f"{val[1]:.4f} (step {val[0]})" if val else NA, dv,
-                      rule=(j == 0))
+                notes.append(
+                    f"{run.label}: Δ val CE of {a} compares its step {val[0]} with {arms[0]} step {base_val[0]}"
+                )
+            table.add(
+                _row_label(run, a, len(runs) > 1),
+                str(recs[-1]["step"]),
+                f"{np.mean(ntp):.4f}" if ntp else NA,
+                f"{val[1]:.4f} (step {val[0]})" if val else NA,
+                dv,
+                rule=(j == 0),
+            )
     return table if table.rows else None
 
 
@@ -376,11 +453,18 @@ def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
     preset = dataclasses.replace(preset, hf={**preset.hf, **(model.get("hf_overrides") or {})})
     vocab = preset.hf.get("vocab_size") or _recorded_vocab_size(run, arm)
     if vocab is None:
-        return None, (f"preset {preset.name} fixes no vocab_size and no vocabulary size was found for arm {arm} "
-                      f"(token cache meta.json named by {arm}/provenance.json, {arm}/checkpoints/*/config.json)")
+        return None, (
+            f"preset {preset.name} fixes no vocab_size and no vocabulary size was found for arm {arm} "
+            f"(token cache meta.json named by {arm}/provenance.json, {arm}/checkpoints/*/config.json)"
+        )
     try:
-        rep = flops_per_token(preset, seq_len=seq_len, vocab_size=vocab,
-                              projector=obj.get("projector", "swiglu"), projector_mult=obj.get("projector_mult", 4))
+        rep = flops_per_token(
+            preset,
+            seq_len=seq_len,
+            vocab_size=vocab,
+            projector=obj.get("projector", "swiglu"),
+            projector_mult=obj.get("projector_mult", 4),
+        )
     except (KeyError, TypeError, ValueError) as e:
         return None, f"the FLOPs model failed on preset {preset.name}: {e.__class__.__name__}: {e}"
     return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}, ""
@@ -403,13 +487,25 @@ def _recorded_vocab_size(run: Run, arm: str) -> int | None:
 
 
 def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
-    table = Table("cost", "Training throughput and overhead",
-                  ["Model", "Steps logged", "Tokens/s (median)", "Wall-clock (s)", "Measured overhead",
-                   "FLOPs overhead (paper approx.)", "FLOPs overhead (exact)"])
-    table.notes.append("Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
-                       "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
-                       "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
-                       "scores), from nitp_train.flops on the config recorded in pair.json.")
+    table = Table(
+        "cost",
+        "Training throughput and overhead",
+        [
+            "Model",
+            "Steps logged",
+            "Tokens/s (median)",
+            "Wall-clock (s)",
+            "Measured overhead",
+            "FLOPs overhead (paper approx.)",
+            "FLOPs overhead (exact)",
+        ],
+    )
+    table.notes.append(
+        "Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
+        "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
+        "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
+        "scores), from nitp_train.flops on the config recorded in pair.json."
+    )
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
         tps = {}
@@ -423,27 +519,42 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                 b = arms[0]
                 measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
                 ov, why = analytic_flops_overhead(run, a)
-                paper, exact = (pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else NA for k in ("paper", "exact"))
+                paper, exact = (
+                    pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else NA for k in ("paper", "exact")
+                )
                 if ov is None:
                     notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a}: {why}")
-            table.add(_row_label(run, a, len(runs) > 1), str(len(recs)),
-                      fmt(tps[a], "{:.1f}"), fmt(el[1], "{:.1f}") if el else NA, measured, paper, exact,
-                      rule=(j == 0))
+            table.add(
+                _row_label(run, a, len(runs) > 1),
+                str(len(recs)),
+                fmt(tps[a], "{:.1f}"),
+                fmt(el[1], "{:.1f}") if el else NA,
+                measured,
+                paper,
+                exact,
+                rule=(j == 0),
+            )
     return table if table.rows else None
 
 
 # --- ablations (paper Tables 3, 7, 8) -------------------------------------------------------------
 
+
 def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
     """One row per variant (run, arm); the first variant is the baseline of the Δ column."""
     by_label = {r.label: r for r in runs} | {str(r.path): r for r in runs}
-    variants = spec.variants or [Variant(r.label, a, f"{r.label} {arm_name(a)}" if len(runs) > 1 else arm_name(a))
-                                 for r in runs for a in run_arms(r, spec)]
+    variants = spec.variants or [
+        Variant(r.label, a, f"{r.label} {arm_name(a)}" if len(runs) > 1 else arm_name(a))
+        for r in runs
+        for a in run_arms(r, spec)
+    ]
     rows = []
     for v in variants:
         run = by_label.get(v.run)
         if run is None:
-            notes.append(f"ablation: variant {v.label!r} names run {v.run!r}, not one of {sorted(r.label for r in runs)}")
+            notes.append(
+                f"ablation: variant {v.label!r} names run {v.run!r}, not one of {sorted(r.label for r in runs)}"
+            )
             continue
         res = pick(run, "lm", v.arm, spec.step)
         if res is None:
@@ -452,21 +563,30 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
         rows.append((v, run, res))
     if not rows:
         return None
-    tasks = spec.tasks or ordered_tasks(t for _, _, r in rows for t in r.data.get("tasks", {}) if lm_score(r, t) is not None)
+    tasks = spec.tasks or ordered_tasks(
+        t for _, _, r in rows for t in r.data.get("tasks", {}) if lm_score(r, t) is not None
+    )
     scores = [[lm_score(r, t) for t in tasks] for _, _, r in rows]
     common = [i for i in range(len(tasks)) if all(s[i] is not None for s in scores)]
     ci = f"{round(100 * spec.ci)}%"
-    table = Table("ablation", f"Ablations (%): average over {len(common)} task(s); Δ vs {rows[0][0].label}",
-                  ["Variant", *[task_name(tasks[i]) for i in common], "Avg.", f"Δ Avg. [{ci} CI]"])
-    table.notes.append(f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
-                       f"seed {spec.seed}); * = the CI excludes 0; Δ = difference of the shown averages. Best per column in bold.")
+    table = Table(
+        "ablation",
+        f"Ablations (%): average over {len(common)} task(s); Δ vs {rows[0][0].label}",
+        ["Variant", *[task_name(tasks[i]) for i in common], "Avg.", f"Δ Avg. [{ci} CI]"],
+    )
+    table.notes.append(
+        f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
+        f"seed {spec.seed}); * = the CI excludes 0; Δ = difference of the shown averages. Best per column in bold."
+    )
     nobody = [tasks[i] for i in range(len(tasks)) if all(s[i] is None for s in scores)]
     some = [tasks[i] for i in range(len(tasks)) if i not in common and tasks[i] not in nobody]
     if nobody:
         notes.append(f"ablation: no variant has a score for {', '.join(nobody)}; left out")
     for t in some:
         lacking = [v.label for (v, _, _), sc in zip(rows, scores) if sc[tasks.index(t)] is None]
-        notes.append(f"ablation: {t} left out because {len(lacking)} of {len(rows)} variants lack it: {', '.join(lacking)}")
+        notes.append(
+            f"ablation: {t} left out because {len(lacking)} of {len(rows)} variants lack it: {', '.join(lacking)}"
+        )
     avgs = [float(np.mean([s[i] for i in common])) if common else None for s in scores]
     cols = [[s[i] for s in scores] for i in common] + [avgs]
     bold = [_bold_best(c) for c in cols]
@@ -479,4 +599,3 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
             delta = delta_cell(avgs[0], avgs[j], d)
         table.add(v.label, *[Cell(pct(c[j]), bold[i][j]) for i, c in enumerate(cols)], delta)
     return table
-

@@ -13,8 +13,10 @@ def dialogue_docs(dataset):
     ids = dataset["id"]
     # the part must be exactly a prefix: ids 0..n_docs-1 then the first mixed-genre document
     if n_docs is None or ids[n_questions - 1] != n_docs - 1 or ids[n_questions] != n_docs:
-        raise ValueError(f"c3_dialogue: this C3 split ({len(dataset)} questions) is not CLUE's c3 train or validation "
-                         "in CLUE's order; cannot find its dialogue part")
+        raise ValueError(
+            f"c3_dialogue: this C3 split ({len(dataset)} questions) is not CLUE's c3 train or validation "
+            "in CLUE's order; cannot find its dialogue part"
+        )
     return dataset.select(range(n_questions))
 
 
@@ -22,6 +24,8 @@ def require_answers(dataset):
     """The split unchanged, after checking that every question has its answer among the options."""
     missing = sum(doc["answer"] not in doc["choice"] for doc in dataset)
     if missing:
-        raise ValueError(f"c3_test: {missing} of {len(dataset)} questions have no answer (the hub's CLUE c3 test hides "
-                         "them); use local data with answers: nitp-eval lm --data-dir DIR (DIR/c3/test.jsonl)")
+        raise ValueError(
+            f"c3_test: {missing} of {len(dataset)} questions have no answer (the hub's CLUE c3 test hides "
+            "them); use local data with answers: nitp-eval lm --data-dir DIR (DIR/c3/test.jsonl)"
+        )
     return dataset
