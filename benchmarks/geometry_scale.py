@@ -41,7 +41,7 @@ def chunks(n: int, dim: int, seed: int = 0):
 def worker(method: str, n: int, dim: int) -> dict:
     import torch
 
-    from nitp_eval.geometry.metrics import CovarianceAccumulator, effective_rank
+    from nitp_train.metrics import CovarianceAccumulator, effective_rank
 
     torch.set_num_threads(torch.get_num_threads())
     base = rss_mb()

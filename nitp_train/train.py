@@ -295,7 +295,7 @@ def validation_ce(model, windows: torch.Tensor, micro_batch: int, device, amp) -
 @torch.no_grad()
 def geometry_probe(model, windows: torch.Tensor, device, amp) -> dict:
     """Effective rank and mean pairwise cosine of last-layer states (paper App. D), fixed probe batch."""
-    from nitp_eval.geometry.metrics import probe_metrics
+    from nitp_train.metrics import probe_metrics
 
     model.eval()
     with _autocast(device, amp):

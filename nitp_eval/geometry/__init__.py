@@ -2,7 +2,9 @@
 
     from nitp_eval.geometry import CovarianceAccumulator, effective_rank, linear_cka, probe_metrics
 
-The names are imported lazily so that `nitp-eval --help` does not pay for importing torch.
+The metrics live in `nitp_train.metrics` (the trainer's in-training probes use them too, and
+`nitp_train` never imports `nitp_eval`); they are re-exported here, lazily, so that
+`nitp-eval --help` does not pay for importing torch.
 """
 
 __all__ = [
@@ -17,7 +19,7 @@ __all__ = [
 
 def __getattr__(name):
     if name in __all__:
-        from nitp_eval.geometry import metrics
+        from nitp_train import metrics
 
         return getattr(metrics, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nitp_eval.geometry.metrics import CovarianceAccumulator, CrossMomentAccumulator, sample_cross_pairs
 from nitp_train.errors import UserError
+from nitp_train.metrics import CovarianceAccumulator, CrossMomentAccumulator, sample_cross_pairs
 
 STATES_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
