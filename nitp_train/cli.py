@@ -57,7 +57,7 @@ def presets(as_json: bool = typer.Option(False, "--json", help="Print JSON inste
 @app.command()
 def flops(
     preset: str = typer.Option("moe-9b-a1b", help="Preset name (see `nitp-train presets`) or preset .yaml file."),
-    seq_len: int = typer.Option(None, help="Context length for the attention term [default: the preset's]."),
+    seq_len: int = typer.Option(None, help="Context length for the attention term (default: the preset's)."),
     vocab_size: int = typer.Option(8192, help="Vocabulary size, used only when the preset does not fix one."),
     projector: str = typer.Option("swiglu", help="swiglu | linear | none"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -87,13 +87,22 @@ def flops(
 
 # ---------------------------------------------------------------------------- training
 
-_STEPS = typer.Option(None, help="Optimiser steps [default: the preset's].")
-_SAVE = typer.Option(None, "--save-every", help="Checkpoint every N steps (and at the end) [default: the preset's].")
-_SEED = typer.Option(None, help="Seed of the backbone init and the data order [default: 1234].")
+_STEPS = typer.Option(None, help="Optimiser steps, the run's LR horizon (default: the preset's, or its tokens).")
+_SAVE = typer.Option(None, "--save-every", help="Training state every N steps and at the end (default: the preset's).")
+_SEED = typer.Option(None, help="Seed of the backbone init and the data order (default: 1234).")
 _CONFIG = typer.Option(None, "--config", help="YAML file of config fields (see docs/training.md).")
 _SET = typer.Option(None, "--set", help="Any config field, repeatable: --set objective.lambda=0.8")
-_DATA = typer.Option(None, help="Text/jsonl/parquet files, glob, dir, or HF dataset id [default: built-in corpus].")
-_PRESET = typer.Option(None, help="Model preset (nitp-train presets) [default: tiny-dense].")
+_DATA = typer.Option(
+    None,
+    help="Token dir (nitp-train tokenize), text/jsonl/parquet files, glob, dir, or HF dataset id (default: built-in corpus).",
+)
+_PRESET = typer.Option(None, help="Model preset (nitp-train presets) (default: tiny-dense).")
+_EXTEND = typer.Option(
+    None,
+    "--extend-from",
+    help="Continue another run under a longer LR horizon (--steps): its arm/pair dir (its last training state before "
+    "the decay) or a state dir; writes a new --out (docs/training.md, Schedule).",
+)
 
 
 def _config(preset, data, steps, save_every, seed, config, sets, **extra):
@@ -107,27 +116,28 @@ def _config(preset, data, steps, save_every, seed, config, sets, **extra):
 def run(
     out: str = typer.Option(..., help="Arm dir to write, e.g. runs/x/nitp (the tokenised data goes to runs/x/data)."),
     preset: str = _PRESET,
-    objective: str = typer.Option(None, help="ntp | nitp | cosine_reg [default: nitp]."),
+    objective: str = typer.Option(None, help="ntp | nitp | cosine_reg (default: nitp)."),
     data: str = _DATA,
     steps: int = _STEPS,
     save_every: int = _SAVE,
     seed: int = _SEED,
     config: str = _CONFIG,
     set_: list[str] = _SET,
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
+    resume: bool = typer.Option(False, help="Continue from the last training state in --out (any world size/layout)."),
     overwrite: bool = typer.Option(False, help="Delete an existing --out and start over."),
+    extend_from: str = _EXTEND,
 ) -> None:
     """Train one arm (one process, or several under torchrun)."""
     from nitp_train.train import train
 
     cfg = _config(preset, data, steps, save_every, seed, config, set_, **{"objective.name": objective})
-    summary = train(cfg, out, resume=resume, overwrite=overwrite)
+    summary = train(cfg, out, resume=resume, overwrite=overwrite, extend_from=extend_from)
     _print_summary(summary)
 
 
 @app.command()
 def pair(
-    out: str = typer.Option(None, help="Pair dir [default: runs/<preset>]."),
+    out: str = typer.Option(None, help="Pair dir (default: runs/<preset>)."),
     preset: str = _PRESET,
     data: str = _DATA,
     steps: int = _STEPS,
@@ -137,16 +147,59 @@ def pair(
     set_: list[str] = _SET,
     resume: bool = typer.Option(False, help="Continue both arms from their last checkpoints."),
     overwrite: bool = typer.Option(False, help="Delete an existing pair dir and start over."),
+    extend_from: str = _EXTEND,
 ) -> None:
     """Train the NTP baseline and the NITP arm from identical weights on identical batches."""
     from nitp_train.pair import train_pair
 
     cfg = _config(preset, data, steps, save_every, seed, config, set_)
-    result = train_pair(cfg, out or f"runs/{cfg.model.preset}", resume=resume, overwrite=overwrite)
+    out = out or f"runs/{cfg.model.preset}"
+    result = train_pair(cfg, out, resume=resume, overwrite=overwrite, extend_from=extend_from)
     for summary in result["arms"].values():
         _print_summary(summary)
     if _is_main():
         typer.echo(f"paired: {result['paired']}")
+
+
+@app.command()
+def tokenize(
+    data: str = typer.Option(..., help="Text/jsonl/parquet files, glob, dir, or HF dataset id."),
+    out: str = typer.Option(..., help="Token dir to write; pass it as --data to run/pair."),
+    preset: str = typer.Option("tiny-dense", help="Preset whose tokenizer is used (the one you will train)."),
+    num_proc: int = typer.Option(1, help="Processes encoding documents in parallel (output identical to 1)."),
+    set_: list[str] = _SET,
+    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+) -> None:
+    """Tokenise a corpus once, in parallel, before training (train.bin, val.bin, tokenizer/, meta.json)."""
+    from nitp_train.config import load_config
+    from nitp_train.data import tokenize as tokenize_corpus
+
+    cfg = load_config(None, set_, **{"model.preset": preset, "data.path": data})
+    tokens = tokenize_corpus(cfg.data, out, num_proc=num_proc, overwrite=overwrite)
+    m = tokens.meta
+    typer.echo(
+        f"{out}: {m['train_tokens']:,} train + {m['val_tokens']:,} validation tokens, vocabulary {m['vocab_size']:,}"
+    )
+
+
+@app.command()
+def plan(
+    preset: str = typer.Option("moe-9b-a1b", help="Preset name or preset .yaml file."),
+    gpus: int = typer.Option(8, help="Processes (GPUs) the run is sharded over."),
+    gpu_mem: float = typer.Option(80.0, help="Memory per GPU in GB (1e9 bytes)."),
+    parallel: str = typer.Option("fsdp", help="fsdp | ddp"),
+    micro_batch: int = typer.Option(None, help="Sequences per forward pass per GPU (default: 1)."),
+    set_: list[str] = _SET,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Before a run: steps, tokens, FLOPs per step, and per-GPU memory (with and without activation checkpointing)."""
+    from nitp_train.config import load_config
+    from nitp_train.plan import format_plan, plan_run
+
+    sets = [f"parallel={parallel}", *(set_ or [])]
+    cfg = load_config(None, sets, **{"model.preset": preset, "micro_batch": micro_batch or 1})
+    result = plan_run(cfg, gpus=gpus, gpu_mem_gb=gpu_mem)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 
 def _is_main() -> bool:

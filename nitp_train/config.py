@@ -53,20 +53,30 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # The run's length, and so its LR horizon: fixed when the run starts (docs/training.md, "Schedule").
+    # Give `steps` or `tokens` (the paper presets give tokens: steps = tokens / (global_batch x seq_len)).
     steps: int = 1000
+    tokens: float | None = None  # resolved: always steps x global_batch x seq_len once loaded
     global_batch: int = 16  # sequences per optimiser step, over all processes and accumulation
     micro_batch: int = 8  # sequences per forward pass per process
     seq_len: int = 256
     seed: int = 1234
-    save_every: int = 250
+    save_every: int = 250  # sharded training state (for --resume) every N steps and at the end
+    keep_last: int = 2  # training states kept (older ones deleted; 0 = keep all); HF exports are never deleted
+    export_every: int | None = None  # HF export (checkpoints/step-N) every N steps and at the end; None = save_every
+    async_checkpoint: bool = False  # write training state in a background thread (torch.distributed.checkpoint)
     log_every: int = 1
     eval_every: int = 100  # validation CE; 0 = never
-    eval_batches: int = 4
+    eval_windows: int = 32  # validation windows of seq_len tokens (the same set for every world size / micro-batch)
     probe_every: int = 50  # geometry probes on a fixed batch; 0 = never
     probe_batch: int = 8
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
     parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard per decoder layer; gloo on CPU, NCCL on GPU)
+    fsdp_param_dtype: str = "auto"  # FSDP mixed precision: parameters for compute (auto = bf16 where autocast is bf16)
+    fsdp_reduce_dtype: str = "fp32"  # FSDP mixed precision: gradient reductions
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward (HF gradient checkpointing)
+    dist_timeout_s: int = 1800  # process-group timeout (collectives that wait longer fail with a clear error)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -74,30 +84,52 @@ class TrainConfig:
         d["optim"]["betas"] = list(self.optim.betas)
         return d
 
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    @property
+    def decay_steps(self) -> int:
+        return int(round(self.steps * self.optim.decay_ratio))
+
+    @property
+    def decay_start(self) -> int:
+        """The first step whose learning rate is below the peak (WSD: the stable phase ends here)."""
+        return self.steps - self.decay_steps
+
     def validate(self) -> TrainConfig:
-        for name in (
-            "steps",
-            "global_batch",
-            "micro_batch",
-            "seq_len",
-            "save_every",
-            "log_every",
-            "eval_batches",
-            "probe_batch",
-        ):
+        for name in ("steps", "global_batch", "micro_batch", "seq_len", "save_every", "log_every", "eval_windows"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("eval_every", "probe_every"):
+        for name in ("probe_batch", "dist_timeout_s"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("eval_every", "probe_every", "keep_last"):
             if getattr(self, name) < 0:
-                raise UserError(f"{name}={getattr(self, name)} must be >= 0 (0 = never)")
+                raise UserError(
+                    f"{name}={getattr(self, name)} must be >= 0 (0 = {'keep all' if name == 'keep_last' else 'never'})"
+                )
+        if self.export_every is not None and self.export_every < 1:
+            raise UserError(f"export_every={self.export_every} must be >= 1 (or unset: every save_every steps)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"precision={self.precision!r} is unknown; choose auto, bf16 or fp32")
         if self.parallel not in ("ddp", "fsdp"):
             raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
+        for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
+            if getattr(self, name) not in ("auto", "bf16", "fp32"):
+                raise UserError(f"{name}={getattr(self, name)!r} is unknown; choose auto, bf16 or fp32")
         if self.optim.decay_type not in ("linear", "cosine", "1-sqrt"):
             raise UserError(f"optim.decay_type={self.optim.decay_type!r} is unknown; choose linear, cosine or 1-sqrt")
         if not 0 <= self.optim.decay_ratio <= 1:
             raise UserError(f"optim.decay_ratio={self.optim.decay_ratio} must lie in [0, 1]")
+        if self.optim.warmup_steps < 0:
+            raise UserError(f"optim.warmup_steps={self.optim.warmup_steps} must be >= 0")
+        if self.optim.warmup_steps > self.decay_start:  # never clip the warm-up silently
+            raise UserError(
+                f"optim.warmup_steps={self.optim.warmup_steps} does not fit before the decay of a {self.steps}-step run "
+                f"(decay_ratio {self.optim.decay_ratio} starts it at step {self.decay_start}); "
+                f"lower optim.warmup_steps or raise steps/tokens"
+            )
         return self
 
 
@@ -111,7 +143,7 @@ def _defaults_from_preset(preset_name: str) -> dict:
     for key in ("lr", "warmup_steps"):
         if key in p.train:
             d["optim"][key] = p.train[key]
-    for key in ("global_batch", "seq_len", "steps", "save_every", "eval_every", "probe_every"):
+    for key in ("global_batch", "seq_len", "steps", "tokens", "save_every", "eval_every", "probe_every"):
         if key in p.train:
             d[key] = p.train[key]
     if p.tokenizer:
@@ -213,8 +245,27 @@ def load_config(config_file: str | Path | None = None, sets: list[str] | None = 
     given = {k: v for k, v in top.items() if v is not None}
     layered = merge(merge(file_dict, _nest(given)), set_dict)
     preset = layered.get("model", {}).get("preset", ModelConfig.preset)
-    full = merge(_defaults_from_preset(preset), layered)
+    preset_layer = _defaults_from_preset(preset)
+    full = merge(preset_layer, layered)
+    _resolve_length(full, layered, preset_layer)
     return _build(TrainConfig, full).validate()
+
+
+def _resolve_length(full: dict, user: dict, preset: dict) -> None:
+    """steps or tokens: the highest layer that gives one decides; tokens = steps x global batch x seq_len."""
+    if user.get("steps") is not None and user.get("tokens") is not None:
+        raise UserError("give steps or tokens, not both (tokens = steps x global_batch x seq_len)")
+    per_step = _number(full.get("global_batch", TrainConfig.global_batch), int, "global_batch") * _number(
+        full.get("seq_len", TrainConfig.seq_len), int, "seq_len"
+    )
+    source = user if user.get("steps") is not None or user.get("tokens") is not None else preset
+    tokens = source.get("tokens")
+    if source.get("steps") is None and tokens is not None:
+        tokens = _number(tokens, float, "tokens")
+        if tokens < per_step:
+            raise UserError(f"tokens={tokens:g} is less than one step of global_batch x seq_len = {per_step} tokens")
+        full["steps"] = int(round(tokens / per_step))
+    full["tokens"] = _number(full.get("steps", TrainConfig.steps), int, "steps") * per_step
 
 
 def _nest(flat: dict) -> dict:

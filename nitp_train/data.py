@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,32 +180,67 @@ class TokenData:
         return len(self.tokenizer)
 
 
-def _tokenise_to(path: Path, docs, tokenizer, dtype) -> int:
-    eos = tokenizer.eos_token_id
-    n = 0
-    batch: list[str] = []
-    with open(path, "wb") as f:
+_WORKER_TOKENIZER = None
+CHUNK_DOCS = 256  # documents per task of the tokenising pool
 
-        def flush():
-            nonlocal n
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                arr = np.asarray(ids + [eos], dtype=dtype)
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    from transformers import AutoTokenizer
+
+    _WORKER_TOKENIZER = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _encode(texts: list[str], tokenizer=None, dtype: str = "uint32") -> np.ndarray:
+    """Token ids of a chunk of documents, each followed by EOS, as one flat array."""
+    tok = tokenizer or _WORKER_TOKENIZER
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    return np.concatenate([np.asarray(doc + [tok.eos_token_id], dtype=dtype) for doc in ids])
+
+
+def _chunks(docs, size: int = CHUNK_DOCS):
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _tokenise_to(path: Path, docs, tokenizer, dtype, num_proc: int = 1, tokenizer_dir: Path | None = None) -> int:
+    """Write the token stream of `docs` to `path`; with num_proc > 1 a process pool encodes chunks in order.
+
+    The pool's output is byte-identical to num_proc = 1 (imap keeps the order; tested).
+    """
+    n = 0
+    dtype = np.dtype(dtype).name
+    with open(path, "wb") as f:
+        if num_proc <= 1:
+            encoded = (_encode(chunk, tokenizer, dtype) for chunk in _chunks(docs))
+            for arr in encoded:
                 f.write(arr.tobytes())
                 n += len(arr)
-            batch.clear()
+            return n
+        import functools
+        import multiprocessing
 
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) == 64:
-                flush()
-        if batch:
-            flush()
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch/tokenizers threads started
+        with ctx.Pool(num_proc, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+            for arr in pool.imap(functools.partial(_encode, dtype=dtype), _chunks(docs), chunksize=1):
+                f.write(arr.tobytes())
+                n += len(arr)
     return n
 
 
-def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, barrier=lambda: None) -> TokenData:
-    """Tokenise once (on the main process) and memory-map; every other caller reuses the files."""
-    key_src = {
+def is_token_dir(path: str | Path | None) -> bool:
+    """A dir written by `nitp-train tokenize` (or a token cache): meta.json + train.bin + tokenizer/."""
+    return path is not None and (Path(path) / "meta.json").is_file() and (Path(path) / "train.bin").is_file()
+
+
+def _cache_key(cfg: DataConfig) -> dict:
+    return {
         "path": _fingerprint(cfg.path),
         "validation": _fingerprint(cfg.validation) if cfg.validation or cfg.path is None else None,
         "val_fraction": cfg.val_fraction,
@@ -212,30 +248,73 @@ def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, barrier
         "text_field": cfg.text_field,
         "max_docs": cfg.max_docs,
     }
+
+
+def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, num_proc: int = 1) -> TokenData:
+    """The token files of `cfg`: a pre-tokenised dir as it is, else tokenised once into the cache and reused.
+
+    Called before any process group exists: the main process tokenises while the others wait for its
+    meta.json on the file system (no collective can time out meanwhile); `nitp-train tokenize` does it
+    ahead of time, in parallel.
+    """
+    if is_token_dir(cfg.path):
+        out = Path(cfg.path)
+        made_with = json.loads((out / "meta.json").read_text()).get("key", {}).get("tokenizer")
+        if cfg.tokenizer is not None and made_with is not None and made_with != cfg.tokenizer:
+            raise UserError(
+                f"data {out} was tokenised with {made_with!r} but the config asks for {cfg.tokenizer!r}; "
+                f"--set data.tokenizer={made_with} (or retokenise with nitp-train tokenize)"
+            )
+        return load_token_dir(out)
+    key_src = _cache_key(cfg)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     out = Path(cache_dir) / f"tokens-{key}"
-    if is_main and not (out / "meta.json").exists():
-        _build_token_dir(cfg, out, key_src)
-    barrier()
     if not (out / "meta.json").exists():
-        raise UserError(f"{out}: tokenised data missing (was the main process interrupted?); rerun")
+        if is_main:
+            _build_token_dir(cfg, out, key_src, num_proc)
+        else:
+            while not (out / "meta.json").exists():  # torchrun stops this process if the main one fails
+                time.sleep(1.0)
+    return load_token_dir(out)
+
+
+def tokenize(cfg: DataConfig, out: Path, num_proc: int = 1, overwrite: bool = False) -> TokenData:
+    """`nitp-train tokenize`: the token files of `cfg` written to `out`, for `--data out` in run/pair."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if num_proc < 1:
+        raise UserError(f"--num-proc {num_proc} must be >= 1")
+    _build_token_dir(cfg, out, _cache_key(cfg), num_proc)
+    return load_token_dir(out)
+
+
+def load_token_dir(out: Path) -> TokenData:
     from transformers import AutoTokenizer
 
-    meta = json.loads((out / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(out / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(out / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else np.zeros(0, dtype)
-    return TokenData(train, val, AutoTokenizer.from_pretrained(out / "tokenizer"), meta, out)
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        train = np.memmap(out / "train.bin", dtype=dtype, mode="r")
+        if len(train) != meta["train_tokens"]:
+            raise ValueError(f"train.bin has {len(train)} tokens, meta.json says {meta['train_tokens']}")
+        val = np.memmap(out / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else np.zeros(0, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"token dir {out} is unreadable ({e.__class__.__name__}: {e}); rerun nitp-train tokenize"
+        ) from e
+    return TokenData(train, val, tokenizer, meta, out)
 
 
-def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
+def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict, num_proc: int = 1) -> None:
     train_spec = cfg.path or str(BUILTIN_TRAIN)
     val_spec = cfg.validation or (str(BUILTIN_VAL) if cfg.path is None else None)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _tokenise_into(cfg, tmp, key_src, train_spec, val_spec)
+        _tokenise_into(cfg, tmp, key_src, train_spec, val_spec, num_proc)
     except BaseException:  # bad input or Ctrl-C: leave no half-built token dir behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -244,7 +323,9 @@ def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict) -> None:
     os.replace(tmp, out)
 
 
-def _tokenise_into(cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, val_spec: str | None) -> None:
+def _tokenise_into(
+    cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, val_spec: str | None, num_proc: int = 1
+) -> None:
     from tqdm.auto import tqdm
 
     def texts():
@@ -253,13 +334,12 @@ def _tokenise_into(cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, v
     tokenizer = load_or_train_tokenizer(cfg.tokenizer or "train:8192", texts, tmp / "tokenizer")
     dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
     docs = tqdm(texts(), desc="tokenising", unit="doc", leave=False)
-    n_train = _tokenise_to(tmp / "train.bin", docs, tokenizer, dtype)
+    n_train = _tokenise_to(tmp / "train.bin", docs, tokenizer, dtype, num_proc, tmp / "tokenizer")
     if n_train == 0:
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:
-        n_val = _tokenise_to(
-            tmp / "val.bin", read_documents(val_spec, cfg.text_field, split="validation"), tokenizer, dtype
-        )
+        val_docs = read_documents(val_spec, cfg.text_field, split="validation")
+        n_val = _tokenise_to(tmp / "val.bin", val_docs, tokenizer, dtype, num_proc, tmp / "tokenizer")
     else:  # hold out the tail of the training stream: copy it out, then cut it off (memory stays flat)
         n_val = int(n_train * cfg.val_fraction)
         n_train -= n_val

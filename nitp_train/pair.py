@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
 from nitp_train.config import TrainConfig
+from nitp_train.data import prepare_data
+from nitp_train.distributed import Dist
 from nitp_train.errors import UserError
-from nitp_train.train import Dist, check_out_dir, train
+from nitp_train.model import hf_config
+from nitp_train.train import check_out_dir, train
 
 
 def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -25,29 +29,52 @@ def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
 
 
 def train_pair(
-    cfg: TrainConfig, out: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    extend_from: str | Path | None = None,
 ) -> dict:
     out = Path(out)
     arms = arm_configs(cfg)
-    dist = Dist(cfg.device)  # under torchrun every process runs this; the main one writes
     check_out_dir(out, resume, overwrite)
+    for c in arms.values():
+        hf_config(c)  # impossible settings fail before tokenising, and before pair.json is written
+    if extend_from is not None and not all((Path(extend_from) / name).is_dir() for name in arms):
+        raise UserError(f"--extend-from {extend_from}: not a pair dir with arms {', '.join(arms)}")
+    cache = Path(cfg.data.cache_dir or out / "data")
+    prepare_data(cfg.data, cache, is_main=int(os.environ.get("RANK", "0")) == 0)  # once, before any process group
+    dist = Dist(cfg.device, cfg.dist_timeout_s)  # under torchrun every process runs this; the main one writes
     shared = {k: v for k, v in cfg.to_dict().items() if k != "objective"}
     record = {
         "name": out.name,
         "seed": cfg.seed,
         "shared": shared,
-        "arms": {name: c.objective.to_dict() for name, c in arms.items()},
+        "arms": {n: c.objective.to_dict() for n, c in arms.items()},
     }
+    if extend_from is not None:
+        record["extended_from"] = str(extend_from)
     dist.barrier()  # every rank has checked before the main one writes
     if dist.is_main:
         if overwrite and not resume and out.exists():
-            shutil.rmtree(out)
+            for p in out.iterdir():
+                if p.name != "data":  # the token cache is reusable data
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / "pair.json").write_text(json.dumps(record, indent=2))
     dist.barrier()
 
     summaries = {
-        name: train(c, out / name, resume=resume, cache_dir=out / "data", progress=progress) for name, c in arms.items()
+        name: train(
+            c,
+            out / name,
+            resume=resume,
+            cache_dir=cache,
+            progress=progress,
+            extend_from=Path(extend_from) / name if extend_from is not None else None,
+        )  # fmt: skip
+        for name, c in arms.items()
     }
     record["paired"] = check_paired(out, list(arms))
     if dist.is_main:

@@ -1,0 +1,82 @@
+"""Measured peak memory of real training steps vs `nitp-train plan`'s prediction, on this machine.
+
+    python benchmarks/memory_plan.py [--set key=value ...]                     # one process
+    torchrun --nproc_per_node 2 benchmarks/memory_plan.py --set parallel=fsdp  # per rank, sharded
+
+Builds the trainer's own module (meta device, sharded, materialised), runs two optimiser steps (the
+first creates AdamW's state) under torch's MemTracker (every tensor storage the process allocates,
+any device), and prints one JSON line per rank: the measured peak, the plan's total for the same
+config in fp32 (what a CPU step uses), and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nitp_train.config import load_config  # noqa: E402
+from nitp_train.distributed import Dist, replicate, shard  # noqa: E402
+from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise  # noqa: E402
+from nitp_train.plan import memory_plan  # noqa: E402
+
+
+class _Vocab:
+    """A stand-in tokenizer of a given size (the planner and the model only need its length)."""
+
+    def __init__(self, n: int):
+        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def measure(sets: list[str], vocab: int) -> dict:
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    cfg = load_config(sets=["precision=fp32", *sets])
+    dist = Dist(cfg.device, cfg.dist_timeout_s)
+    config = hf_config(cfg, _Vocab(vocab))
+    module = build_meta_module(cfg, config)
+    shard(module, cfg, dist, None)
+    materialise(module, cfg, config, dist.device)
+    wrapped = replicate(module, cfg, dist)
+    opt, _ = make_optimizer(cfg, module)
+    tracker = MemTracker()
+    tracker.track_external(module, opt)
+    g = torch.Generator().manual_seed(0)
+    with tracker:
+        for step in range(2):
+            x = torch.randint(0, vocab, (cfg.micro_batch, cfg.seq_len), generator=g)
+            total, _ = wrapped(x, step)
+            total.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tracker.reset_mod_stats()  # per-module stats are per iteration; the global peak is kept
+    peak = tracker.get_tracker_snapshot("peak")
+    measured = max(v["Total"] for v in peak.values())
+    plan = memory_plan(cfg, vocab, dist.world, bytes_act=4, bytes_compute=4)
+    return {"rank": dist.rank, "world": dist.world, "parallel": cfg.parallel if dist.world > 1 else "none",
+            "measured_bytes": measured, "planned_bytes": plan.total(cfg.activation_checkpointing),
+            "ratio": plan.total(cfg.activation_checkpointing) / measured}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config field, e.g. micro_batch=2")
+    ap.add_argument("--vocab", type=int, default=8192)
+    args = ap.parse_args()
+    result = measure(args.sets, args.vocab)
+    print(json.dumps(result), flush=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Processes, devices and parallel wrapping: the torch.distributed side of the trainer.
+
+One process group per process (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; gloo on CPU, NCCL on
+GPU), created with a timeout and, on GPU, a `device_id` (NCCL binds eagerly to it). `parallelize`
+applies activation checkpointing, then FSDP2 `fully_shard` per decoder layer (with a mixed-precision
+policy) or DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+
+import torch
+from torch import nn
+
+from nitp_train.config import TrainConfig
+
+
+class Dist:
+    """torch.distributed when launched by torchrun; a no-op for one process."""
+
+    def __init__(self, device_pref: str = "auto", timeout_s: int = 1800):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+        self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                "nccl" if use_cuda else "gloo",
+                timeout=timedelta(seconds=timeout_s),
+                device_id=self.device if use_cuda else None,
+            )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def broadcast_object(self, obj):
+        """rank 0's value on every rank (a small Python object: a decision every rank must share)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that support it and on CPUs with AMX tiles; fp32 otherwise (docs/training.md: measured).
+
+    This project's VM exposes AVX512-BF16 but no AMX to the guest (`torch.cpu._is_amx_tile_supported()`
+    is False), and there a bf16 training step was ~1.4x slower than fp32, so `auto` keeps such CPUs in fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, amp: torch.dtype | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _dtype(name: str, amp: torch.dtype | None) -> torch.dtype:
+    if name == "auto":
+        return amp or torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def uses_fsdp(cfg: TrainConfig, dist: Dist) -> bool:
+    return cfg.parallel == "fsdp" and dist.world > 1
+
+
+def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | None) -> nn.Module:
+    """FSDP2 per decoder layer, then the backbone (its own group, so evaluation can call it alone), then the root.
+
+    Runs on the meta device, before any parameter is allocated; returns the module to call in training.
+    """
+    if not uses_fsdp(cfg, dist):
+        return module
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # bf16 compute copies of the parameters, fp32 master weights and (by default) fp32 gradient reductions
+    mp = MixedPrecisionPolicy(
+        param_dtype=_dtype(cfg.fsdp_param_dtype, amp), reduce_dtype=_dtype(cfg.fsdp_reduce_dtype, amp)
+    )
+    for layer in module.model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(module.model, mp_policy=mp)
+    return fully_shard(module, mp_policy=mp)
+
+
+def replicate(module: nn.Module, cfg: TrainConfig, dist: Dist) -> nn.Module:
+    """DDP for several processes without FSDP (after the weights exist: DDP broadcasts rank 0's)."""
+    if dist.world == 1 or uses_fsdp(cfg, dist):
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+    )

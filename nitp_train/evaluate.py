@@ -1,0 +1,64 @@
+"""In-training evaluation: validation cross-entropy and the geometry probes, sharded over ranks.
+
+Both use a fixed set of held-out windows whose size is a config value (`eval_windows`, `probe_batch`),
+never a function of the world size or the micro-batch, so every layout measures the same thing.
+Every rank makes the same number of forward calls (FSDP gathers parameters inside each call): a rank
+whose share has run out repeats a window with weight 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nitp_train.distributed import Dist, autocast
+from nitp_train.metrics import probe_metrics
+
+
+@torch.no_grad()
+def validation_ce(model, windows: torch.Tensor, micro_batch: int, dist: Dist, amp) -> torch.Tensor:
+    """Mean next-token CE over all validation windows (each has seq_len - 1 targets), as a device scalar."""
+    mine = windows[dist.rank :: dist.world]
+    calls = math.ceil(math.ceil(len(windows) / dist.world) / micro_batch)
+    total = torch.zeros(2, dtype=torch.float64, device=dist.device)  # sum of window losses, windows
+    model.eval()
+    for c in range(calls):
+        x = mine[c * micro_batch : (c + 1) * micro_batch]
+        weight = len(x)
+        if weight == 0:
+            x = windows[:1]  # keeps this rank in FSDP's collectives; counted with weight 0
+        x = x.to(dist.device, non_blocking=True)
+        with autocast(dist.device, amp):
+            loss = model(input_ids=x, labels=x, use_cache=False).loss
+        total += torch.stack([loss.double() * weight, loss.new_tensor(weight, dtype=torch.float64)])
+    model.train()
+    dist.all_reduce_sum(total)
+    return total[0] / total[1]
+
+
+@torch.no_grad()
+def geometry_probe(model, windows: torch.Tensor, dist: Dist, amp) -> dict:
+    """Effective rank and mean cross-sequence cosine of last-layer states on the probe batch (paper App. D).
+
+    Each rank runs a contiguous share of the windows; rank 0 gathers the states and computes the
+    metrics (the other ranks return {}).
+    """
+    per = math.ceil(len(windows) / dist.world)
+    counts = [len(windows[r * per : (r + 1) * per]) for r in range(dist.world)]
+    mine = windows[dist.rank * per : (dist.rank + 1) * per]
+    x = (mine if len(mine) else windows[:1]).to(dist.device, non_blocking=True)
+    model.eval()
+    with autocast(dist.device, amp):
+        h = model(input_ids=x, use_cache=False, output_hidden_states=True).hidden_states[-1].float()
+    model.train()
+    if dist.world > 1:
+        padded = h.new_zeros((per, *h.shape[1:]))
+        padded[: counts[dist.rank]] = h[: counts[dist.rank]]
+        parts = [torch.empty_like(padded) for _ in range(dist.world)]
+        torch.distributed.all_gather(parts, padded)
+        h = torch.cat([p[:n] for p, n in zip(parts, counts)])
+    if not dist.is_main:
+        return {}
+    m = probe_metrics(h, None)
+    return {"probe_erank": float(m["erank_cov"]), "probe_cosine": float(m["anisotropy"])}

@@ -1,0 +1,228 @@
+"""The trained module (backbone + objective), built on the meta device and initialised from the seed alone.
+
+The model is created without memory (`meta`), sharded if FSDP is on, and only then materialised
+(`to_empty`) and initialised. Initialisation goes module by module: each module's parameters are drawn
+in full on the CPU from an RNG seeded by (seed, module name), with the architecture's own rule
+(transformers' `_init_weights`; the projector's `reset_parameters`), and each process keeps only its
+shard. So no process ever holds more than its shard plus one module's full weights, and the initial
+weights are a pure function of the seed: the same for every world size and parallel layout, and for
+both arms of a pair (the projector lives under its own names, so it cannot move the backbone's draws).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+from torch import nn
+
+from nitp_train.config import TrainConfig
+from nitp_train.errors import UserError
+from nitp_train.objective import NITPObjective, resolve_target_layer
+from nitp_train.presets import Preset, get_preset
+
+
+class TrainModule(nn.Module):
+    """Backbone and objective in one module, so DDP/FSDP see every trained parameter.
+
+    forward returns the total loss and the parts to log, all as device tensors (never read on the host here).
+    """
+
+    def __init__(self, model, objective: NITPObjective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.is_moe = getattr(model.config, "num_experts", 0) > 0
+
+    def forward(self, input_ids: torch.Tensor, step: int):
+        kwargs = {"output_router_logits": True} if self.is_moe else {}
+        out = self.model(
+            input_ids=input_ids,
+            labels=input_ids,
+            use_cache=False,
+            output_hidden_states=self.objective.needs_hidden_states,
+            **kwargs,
+        )
+        loss_ntp = out.loss
+        parts = {}
+        if self.is_moe:  # HF adds coef * load-balancing loss to out.loss; log the CE alone
+            loss_ntp = out.loss - self.model.config.router_aux_loss_coef * out.aux_loss
+            parts["loss_router"] = out.aux_loss.detach()
+        aux = self.objective(out.hidden_states, None, step) if self.objective.needs_hidden_states else None
+        total = out.loss + (aux.loss if aux is not None else 0.0)
+        parts.update({"loss_ntp": loss_ntp.detach(), "loss_total": total.detach()})
+        if aux is not None:
+            parts.update(aux.metrics)
+        return total, parts
+
+
+def resolved_preset(cfg: TrainConfig, vocab_size: int) -> Preset:
+    """The preset with the run's overrides and vocabulary applied (what FLOPs and the planner count)."""
+    import dataclasses
+
+    preset = get_preset(cfg.model.preset)
+    hf = {**preset.hf, **cfg.model.hf_overrides}
+    hf.setdefault("vocab_size", vocab_size)
+    return dataclasses.replace(preset, hf=hf)
+
+
+def hf_config(cfg: TrainConfig, tokenizer=None):
+    """The transformers config of the run, checked against seq_len and the objective's target layer.
+
+    Without a tokenizer (a check before tokenising) the vocabulary is the preset's or a placeholder.
+    """
+    preset = get_preset(cfg.model.preset)
+    special = {}
+    if tokenizer is not None:
+        special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    try:
+        config = preset.hf_config(vocab_size=len(tokenizer) if tokenizer is not None else 2, **special,
+                                  **cfg.model.hf_overrides)  # fmt: skip
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model.hf_overrides: {e}") from e
+    if tokenizer is not None and config.vocab_size < len(tokenizer):
+        raise UserError(
+            f"tokenizer has {len(tokenizer)} tokens but preset {preset.name} has vocab_size {config.vocab_size}; use a smaller tokenizer"
+        )
+    if cfg.seq_len > config.max_position_embeddings:
+        raise UserError(
+            f"seq_len={cfg.seq_len} exceeds the model's max_position_embeddings={config.max_position_embeddings}; "
+            f"lower seq_len or --set model.hf_overrides.max_position_embeddings={cfg.seq_len}"
+        )
+    try:
+        resolve_target_layer(cfg.objective.target_layer, config.num_hidden_layers)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return config
+
+
+def build_meta_module(cfg: TrainConfig, config) -> TrainModule:
+    """Backbone + objective with every parameter on the meta device (no memory); buffers are real (small)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+        try:
+            objective = NITPObjective(cfg.objective, config.hidden_size, config.num_hidden_layers)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+    if config.tie_word_embeddings:
+        model.tie_weights()  # accelerate's meta constructor unties them
+    if cfg.activation_checkpointing:  # per decoder layer; non-reentrant works under FSDP2 and torch.compile
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return TrainModule(model, objective)
+
+
+@contextlib.contextmanager
+def _swap_on_conversion():
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+def _module_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def _full_init(reference: TrainModule, name: str, module: nn.Module, seed: int) -> None:
+    """Materialise `module`'s own parameters (not its children's) on the CPU and draw them from (seed, name)."""
+    with _swap_on_conversion():
+        module.to_empty(device="cpu", recurse=False)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(_module_seed(seed, name))
+        if name == "model" or name.startswith("model."):
+            reference.model._init_weights(module)  # the architecture's own rule (std, ones for norms, zero pad row)
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # torch's default for the projector's Linear layers
+
+
+def _copy_into(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full tensor into a parameter: whole, or this process's FSDP shard of it (no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+        param.to_local().copy_(local)
+    else:
+        param.copy_(full)
+
+
+def materialise(module: TrainModule, cfg: TrainConfig, config, device: torch.device, init: bool = True) -> str:
+    """Allocate the (possibly sharded) parameters on `device`; with `init`, draw them from the seed.
+
+    Returns the sha256 of the initial weights (over full tensors, so equal for every layout), or "" without init.
+    """
+    buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+    with _swap_on_conversion():  # keeps tied parameters (embeddings / LM head) one object
+        module.to_empty(device=device)
+    with torch.no_grad():
+        for n, b in module.named_buffers():  # to_empty emptied them too; their values came from the constructor
+            b.copy_(buffers[n])
+    if not init:
+        return ""
+    reference = build_meta_module(cfg, config)  # an unsharded meta twin: one module materialised at a time
+    targets = dict(module.named_parameters())
+    digests = {}
+    for name, ref_module in reference.named_modules():
+        if not any(f"{name}.{p}" in targets for p, _ in ref_module.named_parameters(recurse=False)):
+            continue  # no parameters of its own, or only a tied one initialised under its first name
+        _full_init(reference, name, ref_module, cfg.seed)
+        with torch.no_grad():
+            for pname, full in ref_module.named_parameters(recurse=False):  # the materialised ones
+                fqn = f"{name}.{pname}"
+                if fqn not in targets:  # a tied weight: initialised under its first name
+                    continue
+                _copy_into(targets[fqn], full)
+                digests[fqn] = tensor_sha256(full)
+        with _swap_on_conversion():
+            ref_module.to_empty(device="meta", recurse=False)  # free it before the next module
+    return combine_digests(digests, prefix="model.")
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def combine_digests(digests: dict[str, str], prefix: str) -> str:
+    """One hash over the named tensors under `prefix` (the backbone: what pairs and layouts must share)."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in digests if k.startswith(prefix)):
+        h.update(name.encode())
+        h.update(digests[name].encode())
+    return h.hexdigest()
+
+
+def weights_sha256(model: nn.Module, prefix: str = "") -> str:
+    """The same hash as `materialise` returns, recomputed from a plain (unsharded) module's parameters."""
+    digests = {f"{prefix}{n}": tensor_sha256(p) for n, p in model.named_parameters()}
+    return combine_digests(digests, prefix=prefix)
+
+
+def make_optimizer(cfg: TrainConfig, module: nn.Module):
+    """AdamW (no decay on norms and biases) and the WSD schedule over the run's LR horizon, `cfg.steps`."""
+    from transformers import get_wsd_schedule
+
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+    )
+    sched = get_wsd_schedule(
+        opt,
+        num_warmup_steps=cfg.optim.warmup_steps,  # validated to fit before the decay: never clipped
+        num_decay_steps=cfg.decay_steps,
+        num_training_steps=cfg.steps,
+        decay_type=cfg.optim.decay_type,
+        min_lr_ratio=cfg.optim.min_lr_ratio,
+    )
+    return opt, sched

@@ -1,0 +1,178 @@
+"""`nitp-train plan`: what a run costs before it runs (steps, tokens, FLOPs) and whether it fits per GPU.
+
+Memory per GPU is the sum of
+    parameters   fp32 master weights (sharded over GPUs under FSDP)
+    gradients    fp32, same sharding
+    optimizer    AdamW's two fp32 moments, same sharding
+    gathered     FSDP's unsharded compute copies: the root group (embeddings, LM head) and two decoder
+                 layers at a time (the current one and the prefetched next), at the compute dtype
+    activations  what autograd saves per token and layer (counted below), for one micro-batch, or with
+                 activation checkpointing the layer inputs plus one layer recomputed at a time
+    logits       the LM head's output and its fp32 loss copies ([tokens, vocab]: the largest tensor)
+The per-layer activation count follows HF's Qwen2 / Qwen2-MoE layers with SDPA attention (no
+[seq x seq] scores): checked against measured peaks on CPU (tests/test_plan.py, docs/training.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from nitp_train.config import TrainConfig
+from nitp_train.flops import flops_per_token
+from nitp_train.model import resolved_preset
+from nitp_train.objective import PROJECTORS
+from nitp_train.presets import param_counts
+
+GB = 1e9
+
+
+@dataclass
+class MemoryPlan:
+    parameters: float
+    gradients: float
+    optimizer: float
+    gathered: float
+    activations: float
+    activations_checkpointed: float
+    logits: float
+    projector_activations: float
+
+    def total(self, checkpointed: bool) -> float:
+        """The peak: at the start of the backward every activation is alive and few gradients exist yet;
+        by its end the activations are freed and the gradients complete (set_to_none between steps)."""
+        acts = (self.activations_checkpointed if checkpointed else self.activations) + self.logits
+        return self.parameters + self.optimizer + self.gathered + max(self.gradients, acts + self.projector_activations)
+
+
+def _layer_activation_elems(hf: dict, moe_layer: bool, bytes_act: int) -> float:
+    """Elements (of the activation dtype) saved for backward per token in one decoder layer.
+
+    Each RMSNorm keeps its input and normalised output (plus fp32 copies of both under bf16: the norm
+    computes in fp32); attention keeps the rotated q and k, v and the SDPA output; a SwiGLU MLP keeps
+    gate, act(gate), up and their product. Fitted to measured CPU peaks (fp32) within a few per cent.
+    """
+    d = hf["hidden_size"]
+    heads = hf["num_attention_heads"]
+    kv = hf.get("num_key_value_heads") or heads
+    hd = hf.get("head_dim") or d // heads
+    norms = 2 * d + (2 * 2 * d * 4 // bytes_act if bytes_act < 4 else 0)
+    attention = 2 * heads * hd + 2 * kv * hd
+    if not moe_layer:
+        mlp = 4 * hf["intermediate_size"]  # gate, up, act(gate), act(gate) * up
+    else:
+        k = hf["num_experts_per_tok"]
+        mlp = (
+            k * (d + 4 * hf["moe_intermediate_size"])  # each routed copy of the token: its input and SwiGLU parts
+            + 4 * hf.get("shared_expert_intermediate_size", 0)
+            + 2 * d  # shared expert and its gate
+            + 3 * hf["num_experts"]  # router logits, softmax, top-k bookkeeping
+        )
+    return norms + attention + mlp
+
+
+def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2, bytes_compute: int = 2) -> MemoryPlan:
+    preset = resolved_preset(cfg, vocab_size)
+    hf = preset.hf
+    counts = param_counts(preset, vocab_size=vocab_size)
+    d, L, V = hf["hidden_size"], hf["num_hidden_layers"], hf.get("vocab_size", vocab_size)
+    nitp = cfg.objective.name == "nitp"
+    proj_params = {"swiglu": 3 * cfg.objective.projector_mult * d * d, "linear": d * d, "none": 0}
+    n_params = counts["total"] + (proj_params[cfg.objective.projector] if nitp else 0)
+    shards = gpus if cfg.parallel == "fsdp" else 1
+    tokens = cfg.micro_batch * cfg.seq_len
+    moe_layers = set(range(L)) - set(hf.get("mlp_only_layers") or []) if preset.is_moe else set()
+    per_layer = [_layer_activation_elems(hf, i in moe_layers, bytes_act) for i in range(L)]
+    embed = V * d * (1 if hf.get("tie_word_embeddings") else 2)
+    layer_params = (counts["total"] - embed) / L
+    gathered = 0.0
+    if cfg.parallel == "fsdp" and gpus > 1:
+        gathered = (embed + 2 * layer_params) * bytes_compute * 2  # the copies and their unsharded gradients
+    hidden_states = d  # the final norm's output (each layer's output is the next one's saved input)
+    return MemoryPlan(
+        parameters=4 * n_params / shards,
+        gradients=4 * n_params / shards,
+        optimizer=8 * n_params / shards,
+        gathered=gathered,
+        activations=tokens * bytes_act * (sum(per_layer) + hidden_states),
+        activations_checkpointed=tokens * bytes_act * (max(per_layer) + hidden_states + L * d),
+        # logits at the compute dtype, their fp32 copy, log-softmax and its gradient (fp32)
+        logits=tokens * V * (bytes_act + 3 * 4),
+        projector_activations=tokens * bytes_act * (2 * cfg.objective.projector_mult * d + 2 * d) if nitp else 0.0,
+    )
+
+
+def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2) -> dict:
+    """Everything `nitp-train plan` prints, as a dict (bytes in GB)."""
+    from nitp_train.errors import UserError
+
+    if gpus < 1 or gpu_mem_gb <= 0:
+        raise UserError(f"--gpus {gpus} and --gpu-mem {gpu_mem_gb} must be positive")
+    if cfg.objective.projector not in PROJECTORS:
+        raise UserError(f"objective.projector={cfg.objective.projector!r} is unknown")
+    if cfg.global_batch % (gpus * cfg.micro_batch):
+        raise UserError(
+            f"global_batch={cfg.global_batch} does not split over {gpus} GPUs x micro_batch={cfg.micro_batch}"
+        )
+    preset = resolved_preset(cfg, 151936)
+    vocab = preset.hf.get("vocab_size", 151936)
+    mem = memory_plan(cfg, vocab, gpus, bytes_act=bytes_act)
+    flops = flops_per_token(preset, seq_len=cfg.seq_len, projector=cfg.objective.projector,
+                            projector_mult=cfg.objective.projector_mult)  # fmt: skip
+    budget = gpu_mem_gb * GB * 0.9  # ~10 % for the allocator's fragmentation, NCCL buffers and the CUDA context
+    fits = {"without_ac": mem.total(False) <= budget, "with_ac": mem.total(True) <= budget}
+    return {
+        "preset": cfg.model.preset,
+        "gpus": gpus,
+        "gpu_mem_gb": gpu_mem_gb,
+        "parallel": cfg.parallel,
+        "steps": cfg.steps,
+        "tokens": cfg.tokens,
+        "global_batch": cfg.global_batch,
+        "seq_len": cfg.seq_len,
+        "micro_batch": cfg.micro_batch,
+        "grad_accumulation": cfg.global_batch // (gpus * cfg.micro_batch),
+        "warmup_steps": cfg.optim.warmup_steps,
+        "decay_start": cfg.decay_start,
+        "flops_per_step": flops.exact_baseline * cfg.tokens_per_step + flops.exact_nitp_extra * cfg.tokens_per_step,
+        "nitp_overhead": flops.exact_overhead,
+        "memory_gb": {k: v / GB for k, v in asdict(mem).items()},
+        "largest_logits_gb": cfg.micro_batch * cfg.seq_len * vocab * 4 / GB,
+        "total_gb": {"without_ac": mem.total(False) / GB, "with_ac": mem.total(True) / GB},
+        "fits": fits,
+        "advice": _advice(cfg, mem, fits, budget, gpus),
+    }
+
+
+def _advice(cfg: TrainConfig, mem: MemoryPlan, fits: dict, budget: float, gpus: int) -> str:
+    if fits["without_ac"]:
+        return "fits as configured"
+    if fits["with_ac"]:
+        return "fits with --set activation_checkpointing=true"
+    states = mem.parameters + mem.gradients + mem.optimizer
+    if cfg.parallel != "fsdp":
+        return "use --set parallel=fsdp to shard parameters, gradients and optimizer state"
+    if states + mem.gathered > budget:
+        need = math.ceil(gpus * states / max(budget - mem.gathered, 1))
+        return f"parameters + optimizer state alone exceed the GPU: shard over >= {need} GPUs"
+    return "lower micro_batch (more accumulation steps) or seq_len; activation checkpointing is not enough"
+
+
+def format_plan(p: dict) -> str:
+    m = p["memory_gb"]
+    lines = [
+        f"preset {p['preset']} on {p['gpus']} x {p['gpu_mem_gb']:g} GB ({p['parallel']})",
+        f"  steps {p['steps']:,}  tokens {p['tokens']:.4g}  global batch {p['global_batch']} x {p['seq_len']}  "
+        f"micro-batch {p['micro_batch']}  accumulation {p['grad_accumulation']}",
+        f"  schedule: warm-up {p['warmup_steps']:,}, decay from step {p['decay_start']:,}",
+        f"  FLOPs per step {p['flops_per_step']:.4g} (Appendix G model; NITP overhead {100 * p['nitp_overhead']:.2f} %)",
+        "  memory per GPU (GB):",
+    ]
+    for key in ("parameters", "gradients", "optimizer", "gathered", "activations", "activations_checkpointed",
+                "logits", "projector_activations"):  # fmt: skip
+        lines.append(f"    {key:26} {m[key]:10.2f}")
+    lines.append(f"    {'largest logits tensor':26} {p['largest_logits_gb']:10.2f}")
+    t = p["total_gb"]
+    lines.append(f"  total: {t['without_ac']:.2f} GB without activation checkpointing, {t['with_ac']:.2f} GB with it")
+    lines.append(f"  fits: {p['advice']}")
+    return "\n".join(lines)
