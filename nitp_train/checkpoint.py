@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,7 +80,9 @@ class Checkpointer:
     def __init__(self, out: Path, cfg, dist: Dist):
         self.out, self.cfg, self.dist = out, cfg, dist
         self.fsdp = uses_fsdp(cfg, dist)
-        self.no_dist = dist.world == 1  # one process: DCP without collectives (and without its warning)
+        self.no_dist = dist.world == 1  # one process: DCP without collectives
+        if self.no_dist:  # ... which is what DCP warns it assumes
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         self._pending = None  # (future, tmp dir, final dir) of an asynchronous save not yet finalised
         self._async_group = None
         if cfg.async_checkpoint and dist.world > 1:

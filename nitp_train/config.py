@@ -253,11 +253,13 @@ def load_config(config_file: str | Path | None = None, sets: list[str] | None = 
 
 def _resolve_length(full: dict, user: dict, preset: dict) -> None:
     """steps or tokens: the highest layer that gives one decides; tokens = steps x global batch x seq_len."""
-    if user.get("steps") is not None and user.get("tokens") is not None:
-        raise UserError("give steps or tokens, not both (tokens = steps x global_batch x seq_len)")
     per_step = _number(full.get("global_batch", TrainConfig.global_batch), int, "global_batch") * _number(
         full.get("seq_len", TrainConfig.seq_len), int, "seq_len"
     )
+    if user.get("steps") is not None and user.get("tokens") is not None:
+        steps, tokens = _number(user["steps"], int, "steps"), _number(user["tokens"], float, "tokens")
+        if steps * per_step != tokens:  # a written config.yaml has both, consistent
+            raise UserError("give steps or tokens, not both (tokens = steps x global_batch x seq_len)")
     source = user if user.get("steps") is not None or user.get("tokens") is not None else preset
     tokens = source.get("tokens")
     if source.get("steps") is None and tokens is not None:

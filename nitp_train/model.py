@@ -112,7 +112,11 @@ def build_meta_module(cfg: TrainConfig, config) -> TrainModule:
     if config.tie_word_embeddings:
         model.tie_weights()  # accelerate's meta constructor unties them
     if cfg.activation_checkpointing:  # per decoder layer; non-reentrant works under FSDP2 and torch.compile
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return TrainModule(model, objective)
 
 

@@ -87,7 +87,9 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2
     layer_params = (counts["total"] - embed) / L
     gathered = 0.0
     if cfg.parallel == "fsdp" and gpus > 1:
-        gathered = (embed + 2 * layer_params) * bytes_compute * 2  # the copies and their unsharded gradients
+        gathered = (
+            embed + 2 * layer_params
+        ) * bytes_compute  # the unsharded copies (their gradients are freed per layer)
     hidden_states = d  # the final norm's output (each layer's output is the next one's saved input)
     return MemoryPlan(
         parameters=4 * n_params / shards,

@@ -218,10 +218,11 @@ def write_provenance(out: Path, cfg, data, init_sha: str, config, dist: Dist, am
         record.pop("consumed_order_sha256", None)
         record.pop("consumed_steps", None)
         record["extended_from"] = str(start_state[0])
+    # Appendix G for this exact config: the NTP baseline and what NITP (with this projector) adds to it
     flops = flops_per_token(
         resolved_preset(cfg, config.vocab_size),
         seq_len=cfg.seq_len,
-        projector=cfg.objective.projector if cfg.objective.name == "nitp" else "none",
+        projector=cfg.objective.projector,
         projector_mult=cfg.objective.projector_mult,
     )
     record.update({
@@ -238,6 +239,8 @@ def write_provenance(out: Path, cfg, data, init_sha: str, config, dist: Dist, am
         "schedule": {"steps": cfg.steps, "tokens": cfg.tokens, "warmup_steps": cfg.optim.warmup_steps,
                      "decay_start": cfg.decay_start, "decay_type": cfg.optim.decay_type},  # fmt: skip
         "flops": flops.to_dict(),
+        # what this arm's steps cost per token: the baseline, plus the NITP extra only in an NITP arm
+        "train_flops_per_token": flops.exact_baseline + (flops.exact_nitp_extra if cfg.objective.name == "nitp" else 0),
     })  # fmt: skip
     path.write_text(json.dumps(record, indent=2))
 

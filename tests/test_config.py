@@ -7,16 +7,16 @@ import torch
 
 from nitp_train.config import load_config
 from nitp_train.errors import UserError
-from nitp_train.train import make_optimizer
+from nitp_train.model import make_optimizer
 
 
 def test_layers_preset_file_options_set(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("steps: 40\nseq_len: 128\nobjective:\n  lambda: 0.5\n  loss: smooth_l1\noptim:\n  lr: 1.0e-3\n")
-    cfg = load_config(path, ["objective.lambda=0.25", "optim.betas=[0.8, 0.9]"], steps=30, seed=7)
+    path.write_text("steps: 50\nseq_len: 128\nobjective:\n  lambda: 0.5\n  loss: smooth_l1\noptim:\n  lr: 1.0e-3\n")
+    cfg = load_config(path, ["objective.lambda=0.25", "optim.betas=[0.8, 0.9]"], steps=45, seed=7)
     assert cfg.objective.lam == 0.25  # --set beats the file
     assert cfg.objective.loss == "smooth_l1"  # the file beats the default
-    assert cfg.steps == 30 and cfg.seed == 7  # options beat the file
+    assert cfg.steps == 45 and cfg.seed == 7  # options beat the file
     assert cfg.seq_len == 128 and cfg.optim.lr == 1e-3
     assert cfg.optim.betas == (0.8, 0.9)
     assert cfg.objective.target_layer == 2 and cfg.global_batch == 16  # from the tiny-dense preset

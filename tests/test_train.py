@@ -89,17 +89,26 @@ def test_pairing_records_the_consumed_batches_and_catches_a_mismatch(tiny_run, t
 
 def test_projector_init_leaves_the_backbone_and_global_rng_alone(tiny_sets, tiny_corpus, tmp_path):
     from nitp_train.data import prepare_data
-    from nitp_train.train import build_model, weights_sha256
+    from nitp_train.model import build_meta_module, hf_config, materialise, weights_sha256
 
     base = tiny_sets + [f"data.path={tiny_corpus}"]
     tok = prepare_data(load_config(sets=base).data, tmp_path / "cache").tokenizer
     after = {}
     for name in ("ntp", "nitp"):
-        model, objective = build_model(load_config(sets=base + [f"objective.name={name}"]), tok)
-        after[name] = (weights_sha256(model), torch.get_rng_state(), sum(p.numel() for p in objective.parameters()))
+        cfg = load_config(sets=base + [f"objective.name={name}"])
+        config = hf_config(cfg, tok)
+        module = build_meta_module(cfg, config)
+        rng = torch.get_rng_state()
+        sha = materialise(module, cfg, config, torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), rng)  # every draw came from its own (seed, module) stream
+        assert sha == weights_sha256(module.model, prefix="model.")  # the hash is of the weights really there
+        assert module.model.lm_head.weight is module.model.model.embed_tokens.weight  # still tied
+        after[name] = (sha, sum(p.numel() for p in module.objective.parameters()))
     assert after["ntp"][0] == after["nitp"][0]  # bit-identical backbones
-    assert torch.equal(after["ntp"][1], after["nitp"][1])  # the projector drew from its own stream
-    assert after["ntp"][2] == 0 and after["nitp"][2] == 12 * 64 * 64  # and it does exist in the NITP arm
+    assert after["ntp"][1] == 0 and after["nitp"][1] == 12 * 64 * 64  # and the projector exists in the NITP arm
+    other = load_config(sets=base + ["seed=5"])
+    module = build_meta_module(other, hf_config(other, tok))
+    assert materialise(module, other, hf_config(other, tok), torch.device("cpu")) != after["ntp"][0]  # seed matters
 
 
 def test_lambda_zero_reproduces_ntp(tmp_path, tiny_sets, tiny_corpus):
@@ -126,7 +135,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_sets, tiny_corpus)
     args = [sys.executable, "-m", "nitp_train", "run", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "checkpoints" / "step-000006").exists():
+    while not (out / "state" / "step-000006").exists():
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
@@ -144,15 +153,17 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_sets, tiny_corpus)
     assert _losses(ref, "loss_total") == _losses(out, "loss_total")  # metrics.jsonl has no duplicate steps
 
 
-def test_resume_refuses_a_changed_config_but_may_run_longer(tmp_path, tiny_sets, tiny_corpus):
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "eval_every=0", "probe_every=0"]
+def test_resume_refuses_a_changed_config_and_a_new_horizon(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=3", "save_every=2", "eval_every=0", "probe_every=0"]
     out = tmp_path / "run"
     train(load_config(sets=sets), out, progress=False)
+    before = sorted(p.name for p in (out / "state").iterdir())
     with pytest.raises(UserError, match=r"different config \(objective: .*lambda"):
         train(load_config(sets=sets + ["objective.lambda=0.5"]), out, resume=True, progress=False)
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
-    train(load_config(sets=sets + ["steps=3"]), out, resume=True, progress=False)
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    with pytest.raises(UserError, match=r"LR horizon of 3 steps .*--extend-from"):
+        train(load_config(sets=sets + ["steps=6"]), out, resume=True, progress=False)
+    assert sorted(p.name for p in (out / "state").iterdir()) == before
+    train(load_config(sets=sets + ["log_every=2"]), out, resume=True, progress=False)  # allowed: nothing left to do
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
