@@ -176,9 +176,12 @@ MID = ["model.hf_overrides.hidden_size=512", "model.hf_overrides.num_hidden_laye
        "model.hf_overrides.intermediate_size=1536", "seq_len=256"]  # fmt: skip
 
 
-@pytest.mark.parametrize("size, n", [("tiny", 1), ("tiny", 2), ("mid", 1), ("mid", 2)])
+MOE = ["model.preset=tiny-moe", "seq_len=256"]
+
+
+@pytest.mark.parametrize("size, n", [("tiny", 1), ("tiny", 2), ("mid", 1), ("mid", 2), ("moe", 1)])
 def test_plan_is_within_25_percent_of_the_measured_peak(size, n):
-    sets = (TINY if size == "tiny" else MID) + ["micro_batch=4", "global_batch=8", "parallel=fsdp"]
+    sets = {"tiny": TINY, "mid": MID, "moe": MOE}[size] + ["micro_batch=4", "global_batch=8", "parallel=fsdp"]
     script = [str(REPO / "benchmarks" / "memory_plan.py"), *_flags(sets)]
     if n == 1:
         res = subprocess.run([sys.executable, *script], env=ENV, capture_output=True, text=True)
