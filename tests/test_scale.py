@@ -48,7 +48,7 @@ def _run(layout: tuple[int, str], out: Path, sets: list[str], *extra: str) -> No
 
 @pytest.fixture(scope="module")
 def base(tiny_sets, tiny_corpus) -> list[str]:
-    return tiny_sets + [f"data.path={tiny_corpus}", "micro_batch=2", "eval_every=2", "probe_every=0", "save_every=3"]
+    return tiny_sets + [f"data.path={tiny_corpus}", "micro_batch=2", "eval_every=2", "probe_every=3", "save_every=3"]
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +247,20 @@ def test_ctrl_c_names_the_intact_state_and_how_to_resume(tmp_path, base):
     assert proc.returncode == 130
     assert "interrupted at step" in err and "last intact training state is" in err and "--resume" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_asynchronous_checkpoints_resume_like_synchronous_ones(tmp_path, base, reference, n):
+    out = tmp_path / "nitp"
+    sets = base + ["steps=6", "async_checkpoint=true", "keep_last=0"]
+    _run((n, "fsdp"), out, sets)
+    assert [p.name for p in sorted((out / "state").iterdir())] == ["step-000003", "step-000005", "step-000006"]
+    for state in ("step-000005", "step-000006"):
+        subprocess.run(["rm", "-r", str(out / "state" / state)], check=True)
+    _run((n, "fsdp"), out, sets, "--resume")
+    assert [r["loss_total"] for r in _records(out)] == pytest.approx(
+        [r["loss_total"] for r in _records(reference)], rel=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------- 6. distributed hygiene
