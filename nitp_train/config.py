@@ -48,11 +48,17 @@ class OptimConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False  # the metrics.jsonl scalars also as TensorBoard event files in <arm>/tb
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # The run's length, and so its LR horizon: fixed when the run starts (docs/training.md, "Schedule").
     # Give `steps` or `tokens` (the paper presets give tokens: steps = tokens / (global_batch x seq_len)).
     steps: int = 1000
@@ -77,6 +83,11 @@ class TrainConfig:
     fsdp_reduce_dtype: str = "fp32"  # FSDP mixed precision: gradient reductions
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward (HF gradient checkpointing)
     dist_timeout_s: int = 1800  # process-group timeout (collectives that wait longer fail with a clear error)
+    compile: bool = False  # torch.compile each decoder layer (in place: parameter names unchanged)
+    deterministic: bool = (
+        False  # deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace, math SDPA)
+    )
+    peak_tflops: float | None = None  # the device's peak for MFU; None = a table of GPUs, or measured on a CPU
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,6 +120,8 @@ class TrainConfig:
                 raise UserError(
                     f"{name}={getattr(self, name)} must be >= 0 (0 = {'keep all' if name == 'keep_last' else 'never'})"
                 )
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise UserError(f"peak_tflops={self.peak_tflops} must be > 0 (or unset)")
         if self.export_every is not None and self.export_every < 1:
             raise UserError(f"export_every={self.export_every} must be >= 1 (or unset: every save_every steps)")
         if self.precision not in ("auto", "bf16", "fp32"):

@@ -417,3 +417,29 @@ def fixed_windows(tokens: np.ndarray, seq_len: int, n: int):
     if n == 0:
         return None
     return torch.from_numpy(np.asarray(tokens[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
+
+
+def prefetched_batches(sampler: WindowSampler, steps: range, global_batch: int, rank: int, per_rank: int, micro: int,
+                       device) -> Iterator[tuple[int, list[int], list]]:  # fmt: skip
+    """(step, the step's global window ids, this rank's micro-batches on `device`), for each step.
+
+    The next step's windows are read and stacked in a background thread while the current step
+    computes; on CUDA they are pinned, so the copy to the GPU is asynchronous (non_blocking).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pin = getattr(device, "type", "cpu") == "cuda"
+
+    def load(step: int):
+        ids = sampler.sample_ids(step, global_batch)
+        mine = ids[rank * per_rank : (rank + 1) * per_rank]
+        micro_batches = [sampler.batch(mine[i : i + micro]) for i in range(0, per_rank, micro)]
+        return ids, [b.pin_memory() for b in micro_batches] if pin else micro_batches
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(load, steps.start) if len(steps) else None
+        for step in steps:
+            ids, cpu_batches = future.result()
+            if step + 1 < steps.stop:
+                future = pool.submit(load, step + 1)
+            yield step, ids, [b.to(device, non_blocking=True) for b in cpu_batches]

@@ -58,6 +58,34 @@ class Dist:
         return box[0]
 
 
+def configure_kernels(cfg: TrainConfig) -> None:
+    """TF32 matmuls on CUDA (fp32 work outside autocast on tensor cores); `deterministic` kernels on request.
+
+    Called before the first CUDA/cuBLAS work: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates a handle.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # the flash and memory-efficient SDPA backward kernels accumulate with atomics: math SDPA only
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+
+
+def compile_layers(module: nn.Module, cfg: TrainConfig) -> None:
+    """torch.compile each decoder layer in place (`Module.compile`: parameter names, and so checkpoints, unchanged).
+
+    Per layer, as torchtitan does: one graph serves every layer, compile time stays that of one layer,
+    and FSDP's per-layer communication stays outside the compiled regions.
+    """
+    if cfg.compile:
+        for layer in module.model.model.layers:
+            layer.compile()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on GPUs that support it and on CPUs with AMX tiles; fp32 otherwise (docs/training.md: measured).
 

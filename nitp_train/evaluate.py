@@ -14,6 +14,7 @@ import torch
 
 from nitp_train.distributed import Dist, autocast
 from nitp_train.metrics import probe_metrics
+from nitp_train.model import causal_masks
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def validation_ce(model, windows: torch.Tensor, micro_batch: int, dist: Dist, am
             x = windows[:1]  # keeps this rank in FSDP's collectives; counted with weight 0
         x = x.to(dist.device, non_blocking=True)
         with autocast(dist.device, amp):
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            loss = model(input_ids=x, labels=x, attention_mask=causal_masks(model.config), use_cache=False).loss
         total += torch.stack([loss.double() * weight, loss.new_tensor(weight, dtype=torch.float64)])
     model.train()
     dist.all_reduce_sum(total)
@@ -50,7 +51,8 @@ def geometry_probe(model, windows: torch.Tensor, dist: Dist, amp) -> dict:
     x = (mine if len(mine) else windows[:1]).to(dist.device, non_blocking=True)
     model.eval()
     with autocast(dist.device, amp):
-        h = model(input_ids=x, use_cache=False, output_hidden_states=True).hidden_states[-1].float()
+        out = model(input_ids=x, attention_mask=causal_masks(model.config), use_cache=False, output_hidden_states=True)
+        h = out.hidden_states[-1].float()
     model.train()
     if dist.world > 1:
         padded = h.new_zeros((per, *h.shape[1:]))

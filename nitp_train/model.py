@@ -40,6 +40,7 @@ class TrainModule(nn.Module):
         out = self.model(
             input_ids=input_ids,
             labels=input_ids,
+            attention_mask=causal_masks(self.model.config),
             use_cache=False,
             output_hidden_states=self.objective.needs_hidden_states,
             **kwargs,
@@ -55,6 +56,17 @@ class TrainModule(nn.Module):
         if aux is not None:
             parts.update(aux.metrics)
         return total, parts
+
+
+def causal_masks(config) -> dict | None:
+    """Packed full windows need only the causal mask, which SDPA applies itself (`is_causal`): giving HF's
+    per-layer-type mask mapping as {"full_attention": None} skips its mask construction, which reads the
+    position ids on the host (a sync per forward). None (HF builds the masks) when a layer type differs, and
+    for MoE models, whose load-balancing loss takes the attention mask as a tensor (their expert dispatch
+    reads the routing on the host anyway)."""
+    types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    moe = getattr(config, "num_experts", 0) > 0
+    return {"full_attention": None} if types == {"full_attention"} and not moe else None
 
 
 def resolved_preset(cfg: TrainConfig, vocab_size: int) -> Preset:
@@ -208,8 +220,16 @@ def weights_sha256(model: nn.Module, prefix: str = "") -> str:
     return combine_digests(digests, prefix=prefix)
 
 
-def make_optimizer(cfg: TrainConfig, module: nn.Module):
-    """AdamW (no decay on norms and biases) and the WSD schedule over the run's LR horizon, `cfg.steps`."""
+def fused_adamw(device: torch.device | None) -> bool | None:
+    return True if device is not None and device.type in ("cuda", "cpu") else None
+
+
+def make_optimizer(cfg: TrainConfig, module: nn.Module, device: torch.device | None = None):
+    """AdamW (no decay on norms and biases) and the WSD schedule over the run's LR horizon, `cfg.steps`.
+
+    Fused AdamW on CUDA and CPU: one kernel per step, and it honours `opt.found_inf` (set by the loop), so
+    a step with a non-finite loss or gradient is skipped on the device without a host read.
+    """
     from transformers import get_wsd_schedule
 
     decay, no_decay = [], []
@@ -220,6 +240,7 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module):
         [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
+        fused=fused_adamw(device),
     )
     sched = get_wsd_schedule(
         opt,

@@ -204,7 +204,7 @@ def build_projector(kind: str, d: int, mult: int = 4) -> nn.Module:
 class ObjectiveOutput(NamedTuple):
     loss: torch.Tensor  # lambda-weighted auxiliary loss to add to L_NTP (0 before start_step or for ntp)
     raw: torch.Tensor | None  # unweighted auxiliary loss (L_NITP or the mean pairwise cosine), None for ntp
-    metrics: dict  # floats for logging
+    metrics: dict  # detached 0-d tensors for logging (read on the host only when the caller logs)
 
 
 class NITPObjective(nn.Module):
@@ -245,7 +245,7 @@ class NITPObjective(nn.Module):
         h_last = hidden_states[-1]
         if cfg.name == "cosine_reg":
             raw = mean_pairwise_cosine(h_last, attention_mask)
-            return ObjectiveOutput(self.weight(step) * raw, raw, {"loss_cosine_reg": raw.item()})
+            return ObjectiveOutput(self.weight(step) * raw, raw, {"loss_cosine_reg": raw.detach()})
         if len(hidden_states) != self.num_layers + 1:
             raise ValueError(
                 f"expected {self.num_layers + 1} hidden states (embeddings + {self.num_layers} blocks), got {len(hidden_states)}"
@@ -256,10 +256,10 @@ class NITPObjective(nn.Module):
         src, tgt, valid = shifted_pairs(h_last, z, attention_mask, cfg.shift)
         pred = self.projector(src)
         raw = masked_mean(alignment_loss(pred, tgt, cfg.loss), valid)
-        metrics = {"loss_nitp": raw.item()}
+        metrics = {"loss_nitp": raw.detach()}
         if cfg.loss != "cosine":  # the paper's cosine s, comparable across loss types
             with torch.no_grad():
-                metrics["nitp_cos"] = masked_mean(1 - alignment_loss(pred, tgt, "cosine"), valid).item()
+                metrics["nitp_cos"] = masked_mean(1 - alignment_loss(pred, tgt, "cosine"), valid)
         return ObjectiveOutput(self.weight(step) * raw, raw, metrics)
 
     # -- saved beside each checkpoint, never part of the exported model

@@ -12,18 +12,19 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from nitp_train.checkpoint import Checkpointer, latest_state, read_trainer, state_dirs, step_of
 from nitp_train.config import TrainConfig, dump_config
-from nitp_train.data import WindowSampler, fixed_windows, prepare_data
-from nitp_train.distributed import Dist, autocast, autocast_dtype, replicate, shard
+from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, prepare_data
+from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
 from nitp_train.errors import Interrupted, UserError
 from nitp_train.evaluate import geometry_probe, validation_ce
 from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
+from nitp_train.step_log import NonFinite, StepLog
+from nitp_train.throughput import device_peak
 
 # Fields a resumed run may change: how often it saves, logs and measures, and where and how it runs
 # (the global batch, the LR horizon and so the maths stay the same).
@@ -59,6 +60,7 @@ def train(
 
     hf_config(cfg)  # settings that cannot work fail here, before minutes of tokenising
     data = prepare_data(cfg.data, Path(cfg.data.cache_dir or cache_dir or out.parent / "data"), is_main=_rank() == 0)
+    configure_kernels(cfg)  # TF32, deterministic kernels: before the first CUDA work
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # after tokenising: no rank waits in a collective meanwhile
     per_rank, accum, micro = batch_split(cfg, dist.world)
     torch.manual_seed(cfg.seed)
@@ -68,10 +70,11 @@ def train(
     prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
 
     amp = autocast_dtype(cfg.precision, dist.device)
+    compile_layers(module, cfg)
     shard(module, cfg, dist, amp)  # FSDP2 on the meta device: nothing is allocated yet
     init_sha = materialise(module, cfg, config, dist.device, init=start_state is None)
     wrapped = replicate(module, cfg, dist)  # DDP, when several processes and no FSDP (fully_shard wraps in place)
-    opt, sched = make_optimizer(cfg, module)  # after sharding: FSDP2 swaps parameters for DTensors
+    opt, sched = make_optimizer(cfg, module, dist.device)  # after sharding: FSDP2 swaps parameters for DTensors
     ckpt = Checkpointer(out, cfg, dist)
     start, consumed_sha = 0, ""  # hash chain over the window ids of every global batch consumed so far
     if start_state:
@@ -86,74 +89,68 @@ def train(
         dump_config(cfg, out / "config.yaml")
         write_provenance(out, cfg, data, init_sha, config, dist, amp, start_state, extend_from is not None)
         _truncate_metrics(out / "metrics.jsonl", start, source=Path(extend_from) if extend_from else None)
+    flops = json.loads((out / "provenance.json").read_text())["train_flops_per_token"] if dist.is_main else 0.0
+    peak, _ = device_peak(dist.device, cfg.peak_tflops) if dist.is_main else (None, "")
 
     params = [p for p in module.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, out, start) if progress and dist.is_main else None
-    last: dict = {}
+    log = StepLog(out, cfg, dist, flops, peak, start, bar)
+    skip_on_device = bool(opt.defaults.get("fused"))  # else: read every step, before its update
     trainer = {"config": cfg.to_dict(), "decay_start": cfg.decay_start}
     step = start
     try:
-        t_start = time.perf_counter()
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            global_ids = sampler.sample_ids(step, cfg.global_batch)
+        for step, global_ids, batches in prefetched_batches(sampler, range(start, cfg.steps), cfg.global_batch,
+                                                             dist.rank, per_rank, micro, dist.device):  # fmt: skip
             consumed_sha = hashlib.sha256(f"{consumed_sha}:{global_ids}".encode()).hexdigest()
-            ids = global_ids[dist.rank * per_rank : (dist.rank + 1) * per_rank]
             sums: dict[str, torch.Tensor] = {}
-            for m in range(accum):
-                x = sampler.batch(ids[m * micro : (m + 1) * micro]).to(dist.device, non_blocking=True)
+            for m, x in enumerate(batches):
                 with _no_sync(wrapped, last_micro=m == accum - 1), autocast(dist.device, amp):
                     total, parts = wrapped(x, step)
                 (total / accum).backward()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=dist.device, dtype=torch.float32) / accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                for k, v in parts.items():  # device tensors: no host read here
+                    sums[k] = sums.get(k, 0.0) + v.float() / accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
                 grad_norm = grad_norm.full_tensor()
-            keys = sorted(sums)
-            stats = dist.all_reduce_sum(torch.stack([sums[k] for k in keys])) / dist.world
-            # one host read per step: the finiteness check needs it before the update
-            values = torch.cat([stats, grad_norm.detach().float().reshape(1)]).tolist()
-            means, norm = dict(zip(keys, values[:-1])), values[-1]
-            if not all(map(_finite, values)):
-                what = "gradient norm" if _finite(means["loss_total"]) else f"loss ({means['loss_total']})"
-                raise _non_finite(what, step, out)
+            bad = ~(torch.isfinite(sums["loss_total"]) & torch.isfinite(grad_norm))
+            if dist.world > 1:  # every rank skips, or none (a NaN on one rank poisons the reduced gradients anyway)
+                bad = dist.all_reduce_sum(bad.float()) > 0
+            done = step + 1
+            log.step(done, sums, grad_norm)
             lr = sched.get_last_lr()[0]
+            if skip_on_device:
+                opt.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when it is 1
+            else:
+                log.check()  # one read per step, raising before the update
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            done = step + 1
-            dt = time.perf_counter() - t0
-            record = {"step": done, "tokens": done * cfg.tokens_per_step, "lr": lr, **means, "grad_norm": norm,
-                      "tokens_per_s": cfg.tokens_per_step / dt, "elapsed_s": time.perf_counter() - t_start}  # fmt: skip
+            save = done % cfg.save_every == 0 or done == cfg.steps or done == cfg.decay_start
+            export = done % (cfg.export_every or cfg.save_every) == 0 or done == cfg.steps
+            extra, values = {}, {}
             if cfg.eval_every and val_windows is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                record["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp).item()
+                extra["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp)
             if cfg.probe_every and probe_windows is not None and _probe_step(cfg, done):
-                record.update(geometry_probe(module.model, probe_windows, dist, amp))
-            measured = "val_ce" in record or "probe_erank" in record
-            if dist.is_main and (done % cfg.log_every == 0 or done == cfg.steps or measured):
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            last = record
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{means['loss_ntp']:.3f}", **_nitp_postfix(means))
-            if done % cfg.save_every == 0 or done == cfg.steps or done == cfg.decay_start:
+                values.update(geometry_probe(module.model, probe_windows, dist, amp))
+            if done % cfg.log_every == 0 or done == cfg.steps or extra or values or save or export:
+                log.flush(done, lr, extra, values)  # checks every step since the last read before anything is saved
+            if save:
                 ckpt.save(done, module, opt, sched, {**trainer, "consumed_order_sha256": consumed_sha})
-            if done % (cfg.export_every or cfg.save_every) == 0 or done == cfg.steps:
+            if export:
                 ckpt.export(done, module, data.tokenizer)
         ckpt.wait()
+    except NonFinite as e:
+        raise _non_finite(e.what, e.step, out, skipped=skip_on_device) from None
     except KeyboardInterrupt:
         raise _interrupted(out, step) from None
     finally:
-        if bar is not None:
-            bar.close()
+        log.close()
     if dist.is_main:
         provenance = json.loads((out / "provenance.json").read_text())
         provenance.update(consumed_order_sha256=consumed_sha, consumed_steps=cfg.steps)
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     dist.barrier()
-    return {"out": str(out), "step": cfg.steps, "last": last, "init_weights_sha256": init_sha}
+    return {"out": str(out), "step": cfg.steps, "last": log.last, "init_weights_sha256": init_sha}
 
 
 # ---------------------------------------------------------------------------- pieces of the run
@@ -183,14 +180,6 @@ def _no_sync(wrapped, last_micro: bool):
 
 def _probe_step(cfg: TrainConfig, done: int) -> bool:
     return done % cfg.probe_every == 0 or done == 1 or done == cfg.steps
-
-
-def _nitp_postfix(means: dict) -> dict:
-    return {"nitp": f"{means['loss_nitp']:.3f}"} if "loss_nitp" in means else {}
-
-
-def _finite(v: float) -> bool:
-    return v == v and abs(v) != float("inf")
 
 
 def _progress_bar(cfg: TrainConfig, out: Path, start: int):
@@ -337,10 +326,11 @@ def _interrupted(out: Path, step: int) -> Interrupted:
     return Interrupted(f"interrupted at step {step + 1}; {kept}: rerun the same command with --resume to continue")
 
 
-def _non_finite(what: str, step: int, out: Path) -> UserError:
+def _non_finite(what: str, step: int, out: Path, skipped: bool) -> UserError:
     kept = state_dirs(out)
+    how = "its update was skipped on the device" if skipped else "stopped before its update"
     return UserError(
-        f"non-finite {what} at step {step + 1}: stopped before the update; "
+        f"non-finite {what} at step {step}: {how}; "
         f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data"
     )
 

@@ -135,7 +135,7 @@ def test_projector_cos_is_one_minus_nitp_loss(tiny, loss):
         hs = model(input_ids=torch.from_numpy(np.stack(windows)).long(), output_hidden_states=True).hidden_states
         out = obj(hs, None)
     # the trainer logs 1 - L_NITP for the cosine loss, and the cosine s as nitp_cos for the others
-    expected = 1 - out.raw.item() if loss == "cosine" else out.metrics["nitp_cos"]
+    expected = 1 - out.raw.item() if loss == "cosine" else float(out.metrics["nitp_cos"])
     assert res["alignment"]["projector_cos"] == pytest.approx(expected, abs=1e-6)
     assert res["alignment"]["projector_target_layer"] == 2 and res["alignment"]["target_layer"] == 3
     h, z = hs[L][:, :-1].double().numpy(), hs[3][:, 1:].double().numpy()

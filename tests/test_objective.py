@@ -376,8 +376,8 @@ def test_cosine_reg_hand_case():
 def test_non_cosine_losses_log_the_cosine():
     states, _, _ = _states([H], [Z])
     metrics = _objective(loss="mse")(states, torch.ones(1, 3)).metrics
-    assert metrics["loss_nitp"] == pytest.approx(_expected("mse", "next"), rel=1e-6)
-    assert metrics["nitp_cos"] == pytest.approx(1 - _expected("cosine", "next"), rel=1e-6)
+    assert float(metrics["loss_nitp"]) == pytest.approx(_expected("mse", "next"), rel=1e-6)
+    assert float(metrics["nitp_cos"]) == pytest.approx(1 - _expected("cosine", "next"), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- config

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from nitp_train.config import load_config
@@ -319,3 +320,89 @@ def test_an_error_under_torchrun_is_printed_once(tmp_path):
     res = _torchrun(2, "-m", "nitp_train", "run", "--out", str(tmp_path / "x"), "--preset", "nope")
     assert res.returncode != 0
     assert res.stderr.count("error: unknown preset") == 1
+
+
+# ---------------------------------------------------------------------------- the hot loop (issue: speed)
+
+
+def test_no_host_read_in_the_step_only_one_per_logged_step(tmp_path, base, monkeypatch):
+    """Every Tensor -> host read (item, tolist, float, int, bool) made inside the training loop is counted,
+    with where it happened; setup, checkpoint writing and the probes are outside the step and not counted."""
+    import sys as _sys
+
+    calls = []
+    outside = {"save", "export", "_finalise", "materialise", "write_provenance", "geometry_probe", "wait", "load"}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **k):
+            frame, names = _sys._getframe(1), []
+            while frame is not None:
+                if "nitp_train" in frame.f_code.co_filename:
+                    names.append(frame.f_code.co_name)
+                frame = frame.f_back
+            if "train" in names and not outside & set(names):
+                calls.append("flush" in names)
+            return original(self, *a, **k)
+
+        return wrapper
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    out = tmp_path / "run"
+    train(load_config(sets=base + ["steps=12", "log_every=4", "eval_every=4", "probe_every=0", "save_every=12"]),
+          out, progress=False)  # fmt: skip
+    monkeypatch.undo()
+    logged = [r["step"] for r in _records(out)]
+    assert logged == [4, 8, 10, 12]  # log_every, and the state at the decay start (step 10)
+    assert calls == [True] * len(logged)  # one read per logged step, none anywhere else in the loop
+
+
+def test_non_finite_steps_are_skipped_on_the_device_and_reported_at_the_next_read(tmp_path, base):
+    out = tmp_path / "nan"
+    sets = base + ["steps=8", "log_every=4", "save_every=8", "eval_every=0", "probe_every=0", "optim.lr=1e12",
+                   "optim.grad_clip=1e30", "optim.warmup_steps=0"]  # fmt: skip
+    with pytest.raises(UserError, match=r"non-finite .* at step [1-4]: its update was skipped on the device"):
+        train(load_config(sets=sets), out, progress=False)
+    assert not list((out / "state").glob("step-*"))  # nothing saved after it
+
+
+def test_metrics_report_mfu_and_tensorboard_gets_the_same_scalars(tmp_path, base):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(load_config(sets=base + ["steps=3", "log.tensorboard=true", "peak_tflops=0.5"]), out, progress=False)
+    records = _records(out)
+    prov = json.loads((out / "provenance.json").read_text())
+    for r in records:
+        assert r["flops_per_s"] == pytest.approx(r["tokens_per_s"] * prov["train_flops_per_token"])
+        assert r["mfu"] == pytest.approx(r["flops_per_s"] / 0.5e12)
+    events = EventAccumulator(str(out / "tb")).Reload()
+    got = [e.value for e in events.Scalars("loss_total")]
+    assert got == pytest.approx([r["loss_total"] for r in records], rel=1e-6)
+    assert [e.step for e in events.Scalars("loss_total")] == [r["step"] for r in records]
+
+
+@pytest.mark.parametrize(
+    "objective, model, layout",
+    [
+        ("nitp", "dense", (1, "none")),
+        ("ntp", "dense", (1, "none")),
+        pytest.param("nitp", "moe", (1, "none"), marks=pytest.mark.slow),
+        pytest.param("ntp", "moe", (1, "none"), marks=pytest.mark.slow),
+        pytest.param("nitp", "dense", (2, "fsdp"), marks=pytest.mark.slow),
+        pytest.param("nitp", "moe", (2, "fsdp"), marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_layers_train_like_eager(tmp_path, base, objective, model, layout):
+    """compile=true (torch.compile per decoder layer) against eager over 20 steps: the same losses."""
+    sets = base + ["steps=20", "eval_every=0", "probe_every=0", "save_every=20", f"objective.name={objective}"]
+    if model == "moe":
+        sets += ["model.preset=tiny-moe", "model.hf_overrides.num_hidden_layers=3", "model.hf_overrides.hidden_size=64",
+                 "model.hf_overrides.num_attention_heads=2", "model.hf_overrides.num_key_value_heads=1"]  # fmt: skip
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    _run(layout, eager, sets)
+    _run(layout, compiled, sets + ["compile=true"])
+    want = [r["loss_total"] for r in _records(eager)]
+    assert [r["loss_total"] for r in _records(compiled)] == pytest.approx(want, rel=1e-4)
