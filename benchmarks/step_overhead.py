@@ -1,13 +1,16 @@
-"""NITP vs NTP training-step time, and the trainer vs a bare loop, measured in one process.
+"""NITP vs NTP training-step time, the trainer vs a bare loop, compile on vs off, and the roofline, in one run.
 
-    python benchmarks/step_overhead.py [--preset tiny-dense] [--steps 20] [--batch 16] [--seq-len 256]
+    python benchmarks/step_overhead.py [--preset tiny-dense] [--steps 20] [--batch 16] [--seq-len 256] [--bf16]
 
-1. NTP and NITP steps (forward, backward, clip, AdamW) on the same model init and batch,
+1. NTP and NITP steps (forward, backward, clip, fused AdamW) on the same model init and batch,
    alternated so that machine load affects both alike; the median ratio is printed beside
    the analytic FLOPs overhead of the same config (nitp_train.flops).
-2. The trainer (`nitp_train.train.train`, NTP arm, no eval/probes) against a bare loop over the
-   same HF model, AdamW and batch size: median tokens/s of each.
-3. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
+2. The trainer (`nitp_train.train.train`, NTP arm, no eval/probes) against a bare nanoGPT-style loop
+   over the same HF model, AdamW and batch size (timed before and after the trainer): median tokens/s.
+3. The NITP step with every decoder layer compiled (compile=true) against eager, alternated.
+4. The trainer's achieved FLOP/s (Appendix G FLOPs of the exact config x tokens/s) as a fraction of
+   this machine's measured fp32 matmul FLOP/s (the CPU roofline).
+5. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from pathlib import Path
 import torch
 
 from nitp_train.config import load_config
+from nitp_train.distributed import autocast, autocast_dtype, compile_layers
 from nitp_train.flops import flops_per_token
-from nitp_train.presets import get_preset
-from nitp_train.train import TrainModule, _autocast, autocast_dtype, build_model, make_optimizer, train
+from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
+from nitp_train.throughput import measure_cpu_peak
+from nitp_train.train import train
+
+CPU = torch.device("cpu")
 
 
 class _Vocab:
@@ -36,17 +43,22 @@ class _Vocab:
         return self.n
 
 
-def step_fn(cfg, vocab):
-    model, objective = build_model(cfg, vocab)
-    module = TrainModule(model, objective).train()
-    opt, sched = make_optimizer(cfg, module)
-    params = [p for p in module.parameters()]
+def build(cfg, vocab):
+    """The trainer's own module (meta build, seeded init, compiled layers if asked) and its fused AdamW."""
+    config = hf_config(cfg, vocab)
+    module = build_meta_module(cfg, config)
+    compile_layers(module, cfg)
+    materialise(module, cfg, config, CPU)
+    return module.train(), *make_optimizer(cfg, module, CPU)
 
-    cpu = torch.device("cpu")
-    amp = autocast_dtype(cfg.precision, cpu)  # the trainer's own choice, so "fp32" here is what it runs
+
+def step_fn(cfg, vocab):
+    module, opt, sched = build(cfg, vocab)
+    params = [p for p in module.parameters()]
+    amp = autocast_dtype(cfg.precision, CPU)  # the trainer's own choice, so "fp32" here is what it runs
 
     def step(x):
-        with _autocast(cpu, amp):
+        with autocast(CPU, amp):
             total, _ = module(x, 0)
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -55,6 +67,19 @@ def step_fn(cfg, vocab):
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def alternate(fns: dict, x, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Step times of each function, run in alternating order so that machine load affects all alike."""
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for i in range(steps + warmup):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            fns[name](x)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times
 
 
 def main():
@@ -81,15 +106,9 @@ def main():
     # 1. NITP vs NTP, alternated
     ntp = step_fn(load_config(sets=sets + ["objective.name=ntp"]), vocab)
     nitp = step_fn(load_config(sets=sets + ["objective.name=nitp"]), vocab)
-    times = {"ntp": [], "nitp": []}
-    for i in range(args.steps + 2):
-        for name, fn in (("ntp", ntp), ("nitp", nitp)) if i % 2 == 0 else (("nitp", nitp), ("ntp", ntp)):
-            t = time.perf_counter()
-            fn(x)
-            if i >= 2:  # warm-up
-                times[name].append(time.perf_counter() - t)
+    times = alternate({"ntp": ntp, "nitp": nitp}, x, args.steps)
     ratios = [b / a for a, b in zip(times["ntp"], times["nitp"])]
-    flops = flops_per_token(get_preset(args.preset), seq_len=args.seq_len, vocab_size=args.vocab)
+    flops = flops_per_token(resolved_preset(load_config(sets=sets), args.vocab), seq_len=args.seq_len)
     measured = statistics.median(ratios) - 1
     print(
         f"preset {args.preset}, batch {args.batch} x {args.seq_len}, fp32, {torch.get_num_threads()} threads, {args.steps} steps each"
@@ -102,34 +121,42 @@ def main():
         f"   paper formula {100 * flops.paper_overhead:5.2f} %   measured/analytic {measured / flops.exact_overhead:.2f}x"
     )
 
-    if args.bf16:  # 3. bf16 autocast vs fp32, same model init and batch, alternated
+    # 3. compile on vs off (the first compiled steps, which compile, are warm-up)
+    compiled = step_fn(load_config(sets=sets + ["objective.name=nitp", "compile=true"]), vocab)
+    ct = alternate({"eager": nitp, "compiled": compiled}, x, args.steps, warmup=3)
+    eager_ms, compiled_ms = 1e3 * statistics.median(ct["eager"]), 1e3 * statistics.median(ct["compiled"])
+    print(
+        f"  NITP step eager {eager_ms:8.1f} ms   compiled layers {compiled_ms:8.1f} ms   compiled/eager {compiled_ms / eager_ms:.2f}"
+    )
+
+    if args.bf16:  # 5. bf16 autocast vs fp32, same model init and batch, alternated
         fns = {"fp32": nitp, "bf16": step_fn(load_config(sets=sets + ["objective.name=nitp", "precision=bf16"]), vocab)}
-        bt = {"fp32": [], "bf16": []}
-        for i in range(args.steps + 2):
-            for name in ("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32"):
-                t = time.perf_counter()
-                fns[name](x)
-                if i >= 2:
-                    bt[name].append(time.perf_counter() - t)
+        bt = alternate(fns, x, args.steps)
         f32, b16 = statistics.median(bt["fp32"]), statistics.median(bt["bf16"])
         print(
             f"  NITP step fp32 {1e3 * f32:8.1f} ms   bf16 autocast {1e3 * b16:8.1f} ms   bf16/fp32 {b16 / f32:.2f}"
             f"   (AMX tiles visible to torch: {torch.cpu._is_amx_tile_supported()})"
         )
 
-    # 2. trainer vs a bare loop on the same model and batch size
-    model, _ = build_model(load_config(sets=sets + ["objective.name=ntp"]), vocab)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    bare = []
-    for i in range(args.steps + 2):
-        t = time.perf_counter()
-        loss = model(input_ids=x, labels=x, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= 2:
-            bare.append(args.batch * args.seq_len / (time.perf_counter() - t))
+    # 2. trainer vs a bare loop on the same model and batch size (the bare loop timed before and after)
+    model = build(load_config(sets=sets + ["objective.name=ntp"]), vocab)[0].model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+
+    def bare_loop() -> list[float]:
+        tokens_per_s = []
+        for i in range(args.steps // 2 + 2):
+            t = time.perf_counter()
+            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()  # nanoGPT reads the loss each step too
+            if i >= 2:
+                tokens_per_s.append(args.batch * args.seq_len / (time.perf_counter() - t))
+        return tokens_per_s
+
+    bare = bare_loop()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(
             sets=sets
@@ -137,20 +164,28 @@ def main():
                 "objective.name=ntp",
                 f"steps={args.steps + 2}",
                 f"save_every={10**6}",
+                "optim.warmup_steps=2",
                 "eval_every=0",
                 "probe_every=0",
                 f"data.tokenizer=train:{args.vocab}",
             ]
         )
-        cfg.save_every = args.steps + 2
         train(cfg, Path(tmp) / "ntp", progress=False)
         import json
 
         records = [json.loads(line) for line in (Path(tmp) / "ntp" / "metrics.jsonl").read_text().splitlines()]
+    bare += bare_loop()
     ours = statistics.median(r["tokens_per_s"] for r in records[2:])
     print(
         f"  trainer {ours:8.0f} tokens/s   bare loop {statistics.median(bare):8.0f} tokens/s   "
         f"trainer/bare {ours / statistics.median(bare):.2f}"
+    )
+    # 4. the roofline: achieved FLOP/s against this machine's measured matmul FLOP/s
+    achieved = statistics.median(r["flops_per_s"] for r in records[2:])
+    peak = measure_cpu_peak(seconds=1.0)
+    print(
+        f"  trainer achieved {achieved / 1e9:7.1f} GFLOP/s (Appendix G FLOPs, NTP)   fp32 matmul peak "
+        f"{peak / 1e9:7.1f} GFLOP/s   fraction of roofline {achieved / peak:.2f}"
     )
 
 

@@ -14,7 +14,7 @@ from nitp_train.errors import UserError
 from nitp_train.flops import flops_per_token
 from nitp_train.presets import get_preset, param_counts, preset_names
 
-PAPER = [n for n in preset_names() if not n.startswith("tiny")]
+PAPER = [n for n in preset_names() if get_preset(n).description.startswith("paper ")]
 
 
 def _sizes_from_name(name: str) -> tuple[float, float]:
