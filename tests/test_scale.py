@@ -406,3 +406,22 @@ def test_compiled_layers_train_like_eager(tmp_path, base, objective, model, layo
     _run(layout, compiled, sets + ["compile=true"])
     want = [r["loss_total"] for r in _records(eager)]
     assert [r["loss_total"] for r in _records(compiled)] == pytest.approx(want, rel=1e-4)
+
+
+def test_gpu_check_fails_loudly_without_a_gpu():
+    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env={**ENV, "PYTHON": sys.executable},
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: gpu_check.sh needs a CUDA GPU")
+    assert "Traceback" not in res.stderr
+
+
+def test_throughput_table_script_runs(tmp_path):
+    """The GPU table's own code, as a tiny CPU smoke run (its numbers mean nothing here)."""
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--device", "cpu", "--quick",
+                          "--out", str(tmp_path)], env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads((tmp_path / "throughput.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["dense-125m", "moe-small"]
+    assert all(r["ntp_tokens_per_s"] > 0 and r["mfu"] is not None for r in rows)
+    assert (tmp_path / "throughput.md").read_text().count("\n| ") == 3  # header + 2 rows
