@@ -34,6 +34,7 @@ class TrainModule(nn.Module):
         self.model = model
         self.objective = objective
         self.is_moe = getattr(model.config, "num_experts", 0) > 0
+        self.eos_token_id = model.config.eos_token_id  # documents are joined with it (nitp_train.data)
 
     def forward(self, input_ids: torch.Tensor, step: int):
         kwargs = {"output_router_logits": True} if self.is_moe else {}
@@ -50,7 +51,10 @@ class TrainModule(nn.Module):
         if self.is_moe:  # HF adds coef * load-balancing loss to out.loss; log the CE alone
             loss_ntp = out.loss - self.model.config.router_aux_loss_coef * out.aux_loss
             parts["loss_router"] = out.aux_loss.detach()
-        aux = self.objective(out.hidden_states, None, step) if self.objective.needs_hidden_states else None
+        aux = None
+        if self.objective.needs_hidden_states:
+            boundaries = input_ids == self.eos_token_id if not self.objective.config.cross_document else None
+            aux = self.objective(out.hidden_states, None, step, boundaries=boundaries)
         total = out.loss + (aux.loss if aux is not None else 0.0)
         parts.update({"loss_ntp": loss_ntp.detach(), "loss_total": total.detach()})
         if aux is not None:
@@ -233,11 +237,15 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module, device: torch.device | N
     from transformers import get_wsd_schedule
 
     decay, no_decay = [], []
-    for p in module.parameters():
+    for p in module.model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
+    projector = [p for p in module.objective.parameters() if p.requires_grad]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if projector:  # its own group, so that it can be frozen before start_step
+        groups.append({"params": projector, "weight_decay": cfg.optim.weight_decay})
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        groups,
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
         fused=fused_adamw(device),
@@ -250,4 +258,8 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module, device: torch.device | N
         decay_type=cfg.optim.decay_type,
         min_lr_ratio=cfg.optim.min_lr_ratio,
     )
+    if projector and cfg.objective.freeze_projector and cfg.objective.start_step > 0:
+        wsd, start = sched.lr_lambdas[0], cfg.objective.start_step
+        # lr 0 until start_step: AdamW's update and its decoupled decay (lr x weight_decay) are both zero
+        sched.lr_lambdas[2] = lambda step: 0.0 if step < start else wsd(step)
     return opt, sched

@@ -32,6 +32,7 @@ OBJECTIVES = ("ntp", "nitp", "cosine_reg")
 LOSSES = ("cosine", "mse", "smooth_l1", "kl")
 SHIFTS = ("next", "current")
 PROJECTORS = ("swiglu", "linear", "none")
+TARGET_NORMS = ("none", "rms")
 PROJECTOR_FILE = "nitp_projector.safetensors"
 
 
@@ -48,6 +49,10 @@ class ObjectiveConfig:
     projector: str = "swiglu"  # swiglu (d -> 4d -> d) | linear (d -> d) | none (identity)
     projector_mult: int = 4  # SwiGLU intermediate size = projector_mult * d
     start_step: int = 0  # the auxiliary loss is off (weight 0) before this optimiser step
+    # paper-silent choices a replicator may vary (defaults: this toolkit's behaviour before they existed)
+    cross_document: bool = True  # a target may come from the next document of a packed window (as NTP's labels)
+    target_norm: str = "none"  # none | rms: divide z by its root-mean-square over features before the loss
+    freeze_projector: bool = False  # before start_step, the projector is not updated nor decayed by AdamW
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -64,8 +69,13 @@ class ObjectiveConfig:
             isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam >= 0
         ):  # also catches NaN
             raise ValueError(f"objective.lambda={self.lam!r} must be a number >= 0")
-        if not isinstance(self.stop_grad, bool):
-            raise ValueError(f"objective.stop_grad={self.stop_grad!r} must be true or false")
+        for name in ("stop_grad", "cross_document", "freeze_projector"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"objective.{name}={getattr(self, name)!r} must be true or false")
+        if self.target_norm not in TARGET_NORMS:
+            raise ValueError(
+                f"objective.target_norm={self.target_norm!r} is unknown; choose one of {', '.join(TARGET_NORMS)}"
+            )
         if isinstance(self.projector_mult, bool) or not isinstance(self.projector_mult, int) or self.projector_mult < 1:
             raise ValueError(
                 f"objective.projector_mult={self.projector_mult!r} must be an int >= 1 (SwiGLU width = mult * d)"
@@ -121,18 +131,26 @@ def resolve_target_layer(target_layer: int | float, num_layers: int) -> int:
 
 
 def shifted_pairs(
-    h_last: torch.Tensor, z_layer: torch.Tensor, attention_mask: torch.Tensor | None, shift: str = "next"
+    h_last: torch.Tensor,
+    z_layer: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    shift: str = "next",
+    boundaries: torch.Tensor | None = None,
 ):
     """(sources, targets, valid) aligned per position.
 
-    next:    source h_t, target z_{t+1}, valid where t and t+1 are real tokens (last position never).
+    next:    source h_t, target z_{t+1}, valid where t and t+1 are real tokens (last position never),
+             and, given `boundaries` ([B, T], True at a document's last token: its EOS), t is not one.
     current: source h_t, target z_t,     valid where t is a real token.
     """
     if attention_mask is None:
         attention_mask = torch.ones(h_last.shape[:2], dtype=torch.bool, device=h_last.device)
     mask = attention_mask.bool()
     if shift == "next":
-        return h_last[:, :-1], z_layer[:, 1:], mask[:, :-1] & mask[:, 1:]
+        valid = mask[:, :-1] & mask[:, 1:]
+        if boundaries is not None:  # the EOS position's target would be the next document's first state
+            valid = valid & ~boundaries[:, :-1].bool()
+        return h_last[:, :-1], z_layer[:, 1:], valid
     if shift == "current":
         return h_last, z_layer, mask
     raise ValueError(f"shift={shift!r} is unknown; choose one of {', '.join(SHIFTS)}")
@@ -236,8 +254,13 @@ class NITPObjective(nn.Module):
         return self.config.lam
 
     def forward(
-        self, hidden_states, attention_mask: torch.Tensor | None = None, step: int | None = None
+        self,
+        hidden_states,
+        attention_mask: torch.Tensor | None = None,
+        step: int | None = None,
+        boundaries: torch.Tensor | None = None,
     ) -> ObjectiveOutput:
+        """`boundaries` ([B, T], True at EOS positions) is used only with cross_document=False."""
         cfg = self.config
         if cfg.name == "ntp":
             zero = hidden_states[-1].new_zeros((), dtype=torch.float32)
@@ -253,7 +276,13 @@ class NITPObjective(nn.Module):
         z = hidden_states[self.target_layer]
         if cfg.stop_grad:
             z = z.detach()
-        src, tgt, valid = shifted_pairs(h_last, z, attention_mask, cfg.shift)
+        if cfg.target_norm == "rms":  # scale-free targets for the scale-sensitive losses (cosine is unaffected)
+            z = z * torch.rsqrt(z.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(z.dtype)
+        if not cfg.cross_document and boundaries is None:
+            raise ValueError("objective.cross_document=false needs the document boundaries (EOS positions)")
+        src, tgt, valid = shifted_pairs(
+            h_last, z, attention_mask, cfg.shift, None if cfg.cross_document else boundaries
+        )
         pred = self.projector(src)
         raw = masked_mean(alignment_loss(pred, tgt, cfg.loss), valid)
         metrics = {"loss_nitp": raw.detach()}

@@ -458,3 +458,38 @@ def test_save_load_round_trip(tmp_path, projector):
 def test_load_without_projector_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no NITP projector"):
         NITPObjective.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------- replication knobs
+
+
+@pytest.mark.parametrize("loss", ["cosine", "mse"])
+def test_cross_document_false_drops_pairs_whose_source_is_an_eos(loss):
+    states, _, _ = _states([H], [Z])
+    eos_at_1 = torch.tensor([[False, True, False]])  # position 1 ends a document: pair B = (h1, z2) crosses it
+    kept = _objective(loss=loss, cross_document=False)(states, None, boundaries=eos_at_1)
+    assert kept.raw.item() == pytest.approx(_expected(loss, "next", pairs="A"), rel=1e-6)
+    across = _objective(loss=loss)(states, None, boundaries=eos_at_1)  # the default ignores boundaries
+    assert across.raw.item() == pytest.approx(_expected(loss, "next"), rel=1e-6)
+    with pytest.raises(ValueError, match="needs the document boundaries"):
+        _objective(cross_document=False)(states, None)
+
+
+def test_target_norm_rms_divides_z_by_its_root_mean_square():
+    states, _, _ = _states([H], [Z])
+    # rms of z1 = [1, 1] is 1; of z2 = [3, .5]: sqrt((9 + .25) / 2) = sqrt(4.625)
+    r2 = math.sqrt(4.625)
+    z2 = [3 / r2, 0.5 / r2]
+    want_b = ((0 - z2[0]) ** 2 + (1 - z2[1]) ** 2) / 2  # mse of h1 = [0, 1] against z2 / rms
+    want = (PER_PAIR["mse"]["A"] + want_b) / 2
+    got = _objective(loss="mse", target_norm="rms")(states, None).raw.item()
+    assert got == pytest.approx(want, rel=1e-5)
+    # cosine is scale-free: unchanged
+    cos = _objective(loss="cosine", target_norm="rms")(states, None).raw.item()
+    assert cos == pytest.approx(_expected("cosine", "next"), rel=1e-5)
+
+
+@pytest.mark.parametrize("field, value", [("cross_document", "no"), ("target_norm", "l2"), ("freeze_projector", 1)])
+def test_knob_validation(field, value):
+    with pytest.raises(ValueError, match=f"objective.{field}"):
+        ObjectiveConfig(**{field: value})

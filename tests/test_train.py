@@ -330,3 +330,34 @@ def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):
     for arm in ("ntp", "nitp"):
         assert json.loads((out / arm / "provenance.json").read_text())["world_size"] == 2
         assert (out / arm / "checkpoints" / "step-000002" / "model.safetensors").exists()
+
+
+def test_frozen_projector_is_untouched_before_start_step(tmp_path, tiny_sets, tiny_corpus):
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=5", "save_every=1", "eval_every=0", "probe_every=0",
+                        "objective.start_step=3", "optim.warmup_steps=0", "keep_last=0"]  # fmt: skip
+    proj = {}
+    for frozen in (True, False):
+        out = tmp_path / f"frozen-{frozen}"
+        train(load_config(sets=sets + [f"objective.freeze_projector={str(frozen).lower()}"]), out, progress=False)
+        proj[frozen] = [load_file(str(out / "checkpoints" / f"step-{s:06d}" / "nitp_projector.safetensors"))
+                        for s in range(1, 6)]  # fmt: skip
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(proj[True], proj[True][1:])]
+    assert same == [True, True, False, False]  # frozen through the update of step 3 (start_step), then trained
+    # without the knob, AdamW's decoupled weight decay moves it even while its loss weight is 0
+    assert not all(torch.equal(proj[False][0][k], proj[False][1][k]) for k in proj[False][0])
+
+
+def test_cross_document_false_changes_the_nitp_loss_only(tmp_path, tiny_sets, tiny_corpus):
+    # the stories of the text, one jsonl document each: packed windows then hold document boundaries
+    stories = [s for s in tiny_corpus.read_text().split("\n\n") if s.strip()][:400]
+    docs = tmp_path / "stories.jsonl"
+    docs.write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    sets = [s for s in tiny_sets if not s.startswith("data.cache_dir")] + [
+        f"data.path={docs}", "steps=1", "eval_every=0", "probe_every=0", "optim.warmup_steps=0",
+        f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    a, b = tmp_path / "across", tmp_path / "within"
+    train(load_config(sets=sets), a, progress=False)
+    train(load_config(sets=sets + ["objective.cross_document=false"]), b, progress=False)
+    ra, rb = _losses(a, "loss_nitp"), _losses(b, "loss_nitp")
+    assert _losses(a) == _losses(b)  # the NTP loss of step 1 (same init and batch) is untouched
+    assert ra != rb  # TinyStories windows contain document boundaries: some pairs were dropped
