@@ -148,12 +148,26 @@ def pair(
     resume: bool = typer.Option(False, help="Continue both arms from their last checkpoints."),
     overwrite: bool = typer.Option(False, help="Delete an existing pair dir and start over."),
     extend_from: str = _EXTEND,
+    seeds: str = typer.Option(
+        None, help="One pair per seed, e.g. 0,1,2: <out>/seed-<s>/{ntp,nitp} (init and data order change per seed)."
+    ),
 ) -> None:
     """Train the NTP baseline and the NITP arm from identical weights on identical batches."""
-    from nitp_train.pair import train_pair
+    from nitp_train.errors import UserError
+    from nitp_train.pair import parse_seeds, train_pair, train_study
 
     cfg = _config(preset, data, steps, save_every, seed, config, set_)
     out = out or f"runs/{cfg.model.preset}"
+    if seeds is not None:
+        if seed is not None or extend_from is not None:
+            raise UserError("--seeds excludes --seed and --extend-from (each seed is its own pair)")
+        study = train_study(cfg, out, parse_seeds(seeds), resume=resume, overwrite=overwrite)
+        for result in study["seeds"].values():
+            for summary in result["arms"].values():
+                _print_summary(summary)
+        if _is_main():
+            typer.echo(f"paired: {study['paired']}")
+        return
     result = train_pair(cfg, out, resume=resume, overwrite=overwrite, extend_from=extend_from)
     for summary in result["arms"].values():
         _print_summary(summary)

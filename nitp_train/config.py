@@ -67,6 +67,7 @@ class TrainConfig:
     micro_batch: int = 8  # sequences per forward pass per process
     seq_len: int = 256
     seed: int = 1234
+    data_seed: int | None = None  # the data order's seed; None = `seed` (set it to hold the order fixed across seeds)
     save_every: int = 250  # sharded training state (for --resume) every N steps and at the end
     keep_last: int = 2  # training states kept (older ones deleted; 0 = keep all); HF exports are never deleted
     export_every: int | None = None  # HF export (checkpoints/step-N) every N steps and at the end; None = save_every
@@ -94,6 +95,10 @@ class TrainConfig:
         d["objective"] = self.objective.to_dict()
         d["optim"]["betas"] = list(self.optim.betas)
         return d
+
+    @property
+    def order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def tokens_per_step(self) -> int:

@@ -82,6 +82,41 @@ def train_pair(
     return {"arms": summaries, "paired": record["paired"]}
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (distinct ints >= 0)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds {text!r}: give distinct integers >= 0, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def train_study(
+    cfg: TrainConfig, out: str | Path, seeds: list[int], resume: bool = False, overwrite: bool = False,
+    progress: bool = True,
+) -> dict:  # fmt: skip
+    """One pair per seed, `<out>/seed-<s>/{ntp,nitp}`: within a seed everything is paired; across seeds the
+    init and (unless `data_seed` holds it) the data order change. The token cache `<out>/data` is shared."""
+    out = Path(out)
+    if check_out_dir(out, resume, overwrite) and overwrite and not resume and int(os.environ.get("RANK", "0")) == 0:
+        for p in out.iterdir():  # the old study's seeds go; its token cache stays
+            if p.name != "data":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    record = {"name": out.name, "seeds": seeds, "data_seed": cfg.data_seed, "shared": cfg.to_dict(), "pairs": {}}
+    results = {}
+    for seed in seeds:
+        arm_cfg = dataclasses.replace(
+            cfg, seed=seed, data=dataclasses.replace(cfg.data, cache_dir=cfg.data.cache_dir or str(out / "data"))
+        )
+        results[seed] = train_pair(arm_cfg, out / f"seed-{seed}", resume=resume, overwrite=overwrite, progress=progress)
+        record["pairs"][f"seed-{seed}"] = results[seed]["paired"]
+        if int(os.environ.get("RANK", "0")) == 0:  # as each seed lands, so a killed study shows what is done
+            (out / "study.json").write_text(json.dumps(record, indent=2))
+    return {"seeds": results, "paired": record["pairs"]}
+
+
 def check_paired(out: Path, arms: list[str]) -> dict:
     """Compare the arms' provenance: same initial backbone weights, token file, planned sample order and
     (once trained) the hash chain of the batches each arm actually consumed."""

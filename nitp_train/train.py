@@ -66,7 +66,7 @@ def train(
     torch.manual_seed(cfg.seed)
     config = hf_config(cfg, data.tokenizer)
     module = build_meta_module(cfg, config)
-    sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
+    sampler = WindowSampler(data.train, cfg.seq_len, cfg.order_seed)
     prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
 
     amp = autocast_dtype(cfg.precision, dist.device)
@@ -196,7 +196,7 @@ def write_provenance(out: Path, cfg, data, init_sha: str, config, dist: Dist, am
     path = out / "provenance.json"
     if start_state and not extended:  # a resume keeps the run's record
         return
-    sampler = WindowSampler(data.train, cfg.seq_len, cfg.seed)
+    sampler = WindowSampler(data.train, cfg.seq_len, cfg.order_seed)
     order = hashlib.sha256(
         json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode()
     )

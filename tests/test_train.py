@@ -361,3 +361,26 @@ def test_cross_document_false_changes_the_nitp_loss_only(tmp_path, tiny_sets, ti
     ra, rb = _losses(a, "loss_nitp"), _losses(b, "loss_nitp")
     assert _losses(a) == _losses(b)  # the NTP loss of step 1 (same init and batch) is untouched
     assert ra != rb  # TinyStories windows contain document boundaries: some pairs were dropped
+
+
+def test_seeds_are_an_axis_of_paired_runs(tmp_path, tiny_sets, tiny_corpus):
+    from nitp_train.pair import train_study
+
+    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=2", "save_every=2", "eval_every=0", "probe_every=0",
+                        "optim.warmup_steps=0"]  # fmt: skip
+    prov = {}
+    for name, extra in {"varied": [], "fixed": ["data_seed=7"]}.items():
+        study = train_study(load_config(sets=sets + extra), tmp_path / name, [0, 1], progress=False)
+        record = json.loads((tmp_path / name / "study.json").read_text())
+        assert record["seeds"] == [0, 1] and all(all(v.values()) for v in record["pairs"].values())
+        assert set(study["paired"]) == {"seed-0", "seed-1"}
+        prov[name] = {
+            s: json.loads((tmp_path / name / f"seed-{s}" / "nitp" / "provenance.json").read_text()) for s in (0, 1)
+        }
+    for name in ("varied", "fixed"):  # the init changes with the seed either way
+        assert prov[name][0]["init_weights_sha256"] != prov[name][1]["init_weights_sha256"]
+    assert prov["varied"][0]["order_sha256"] != prov["varied"][1]["order_sha256"]
+    assert prov["fixed"][0]["order_sha256"] == prov["fixed"][1]["order_sha256"]  # data_seed holds the order
+    res = subprocess.run([sys.executable, "-m", "nitp_train", "pair", "--out", str(tmp_path / "x"), "--seeds", "1,1"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "distinct" in res.stderr
