@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--preset", default="dense-0.5b")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--record", action="store_true", help="write benchmarks/results/sharded_init.json (make bench)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(build(args.preset)), flush=True)
@@ -93,6 +94,18 @@ def main() -> None:
                   f"{r['peak_rss_mb'] / one['peak_rss_mb']:>12.2f}x {r['seconds']:>8.1f}")  # fmt: skip
     hashes = {r["init_weights_sha256"] for rs in rows.values() for r in rs}
     print(f"init_weights_sha256 identical in every run: {len(hashes) == 1}")
+    if args.record:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from results import record
+
+        ranks = " / ".join(f"{r['peak_rss_mb']:.0f}" for r in rows[f"{args.nproc} processes (FSDP)"])
+        fracs = " / ".join(
+            f"{r['peak_rss_mb'] / one['peak_rss_mb']:.2f}x" for r in rows[f"{args.nproc} processes (FSDP)"]
+        )
+        record("sharded_init", "python benchmarks/sharded_init.py", [(
+            f"building {args.preset} ({one['local_params'] / 1e6:.0f}M fp32 parameters): peak RSS, 1 process vs each "
+            f"rank of {args.nproc} (FSDP, sharded before allocation)",
+            f"{one['peak_rss_mb']:.0f} MB vs {ranks} MB ({fracs}); init hashes identical: {len(hashes) == 1}")])  # fmt: skip
 
 
 if __name__ == "__main__":

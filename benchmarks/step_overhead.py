@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from nitp_train.flops import flops_per_token
 from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
 from nitp_train.throughput import measure_cpu_peak
 from nitp_train.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -90,6 +94,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--bf16", action="store_true", help="also time the NITP step under bf16 autocast vs fp32")
+    ap.add_argument("--record", action="store_true", help="write benchmarks/results/step_overhead.json (make bench)")
     args = ap.parse_args()
     torch.manual_seed(0)
     sets = [
@@ -110,6 +115,10 @@ def main():
     ratios = [b / a for a, b in zip(times["ntp"], times["nitp"])]
     flops = flops_per_token(resolved_preset(load_config(sets=sets), args.vocab), seq_len=args.seq_len)
     measured = statistics.median(ratios) - 1
+    setup = f"{args.preset}, batch {args.batch} x {args.seq_len}"
+    rows = [(f"NITP step-time overhead, {setup}, fp32",
+             f"measured {100 * measured:+.1f} % vs analytic (exact FLOPs) {100 * flops.exact_overhead:+.1f} %: "
+             f"{measured / flops.exact_overhead:.2f}x")]  # fmt: skip
     print(
         f"preset {args.preset}, batch {args.batch} x {args.seq_len}, fp32, {torch.get_num_threads()} threads, {args.steps} steps each"
     )
@@ -137,6 +146,8 @@ def main():
             f"  NITP step fp32 {1e3 * f32:8.1f} ms   bf16 autocast {1e3 * b16:8.1f} ms   bf16/fp32 {b16 / f32:.2f}"
             f"   (AMX tiles visible to torch: {torch.cpu._is_amx_tile_supported()})"
         )
+        rows.append((f"NITP step, bf16 autocast vs fp32, {setup}",
+                     f"{1e3 * b16:.0f} vs {1e3 * f32:.0f} ms: {b16 / f32:.2f}x (AMX: {torch.cpu._is_amx_tile_supported()})"))  # fmt: skip
 
     # 2. trainer vs a bare loop on the same model and batch size (the bare loop timed before and after)
     model = build(load_config(sets=sets + ["objective.name=ntp"]), vocab)[0].model
@@ -180,6 +191,8 @@ def main():
         f"  trainer {ours:8.0f} tokens/s   bare loop {statistics.median(bare):8.0f} tokens/s   "
         f"trainer/bare {ours / statistics.median(bare):.2f}"
     )
+    rows.append((f"trainer vs a bare nanoGPT-style loop (same HF model, fused AdamW, batch), {setup}",
+                 f"{ours:.0f} vs {statistics.median(bare):.0f} tokens/s: {ours / statistics.median(bare):.2f}x"))  # fmt: skip
     # 4. the roofline: achieved FLOP/s against this machine's measured matmul FLOP/s
     achieved = statistics.median(r["flops_per_s"] for r in records[2:])
     peak = measure_cpu_peak(seconds=1.0)
@@ -187,6 +200,10 @@ def main():
         f"  trainer achieved {achieved / 1e9:7.1f} GFLOP/s (Appendix G FLOPs, NTP)   fp32 matmul peak "
         f"{peak / 1e9:7.1f} GFLOP/s   fraction of roofline {achieved / peak:.2f}"
     )
+    rows.append((f"trainer's achieved FLOP/s (Appendix G, NTP) vs this CPU's fp32 matmul peak, {setup}",
+                 f"{achieved / 1e9:.1f} vs {peak / 1e9:.1f} GFLOP/s: {achieved / peak:.2f} of the roofline"))  # fmt: skip
+    if args.record:
+        record("step_overhead", "python benchmarks/step_overhead.py" + (" --bf16" if args.bf16 else ""), rows)
 
 
 if __name__ == "__main__":

@@ -47,14 +47,17 @@ def read_trainer(state: Path) -> dict:
         raise unreadable(state, e) from e
 
 
-def unreadable(state: Path, err: Exception) -> UserError:
+def unreadable(state: Path, err: Exception, loading: bool = False) -> UserError:
     earlier = [s for s in state_dirs(state.parent.parent) if step_of(s) < step_of(state)]
     offer = (
         f"the previous intact state is {earlier[-1]}: remove {state} (or move it away) and rerun with --resume"
         if earlier
         else "no earlier state exists: start over with --overwrite"
     )
-    return UserError(f"training state {state} is unreadable ({err.__class__.__name__}: {err}); {offer}")
+    first = (str(err).splitlines() or [""])[0][:300]
+    what = "could not be loaded into this run's model and optimizer" if loading else "is unreadable"
+    hint = " (same preset, objective and nitp version?); if its files are damaged, " if loading else "; "
+    return UserError(f"training state {state} {what} ({err.__class__.__name__}: {first}){hint}{offer}")
 
 
 def latest_state(out: Path) -> tuple[Path, dict] | None:
@@ -112,6 +115,11 @@ class Checkpointer:
             dcp.save(state, checkpoint_id=str(tmp), no_dist=self.no_dist)
             self._finalise(tmp, final, info)
 
+    def close(self) -> None:
+        if self._async_group is not None:
+            torch.distributed.destroy_process_group(self._async_group)
+            self._async_group = None
+
     def wait(self) -> None:
         """Finish an asynchronous save (at the next save and at the end of the run)."""
         if self._pending is not None:
@@ -137,6 +145,7 @@ class Checkpointer:
         stable = [s for s in states if step_of(s) <= self.cfg.decay_start][-1:]
         for old in states[: -self.cfg.keep_last]:
             if old not in stable:
+                (old / TRAINER_FILE).unlink()  # first: a kill mid-delete leaves a dir no resume takes
                 shutil.rmtree(old)
 
     def load(self, state_dir: Path, module, opt, sched, info: dict) -> None:
@@ -148,8 +157,8 @@ class Checkpointer:
         state["rng_cpu"] = torch.get_rng_state()
         try:
             dcp.load(state, checkpoint_id=str(state_dir), no_dist=self.no_dist)
-        except Exception as e:  # a truncated or foreign shard file
-            raise unreadable(state_dir, e) from e
+        except Exception as e:  # a truncated shard file, or a state this run's model and optimizer do not match
+            raise unreadable(state_dir, e, loading=True) from e
         set_model_state_dict(module, state["model"])
         set_optimizer_state_dict(module, opt, state["optimizer"])
         sched.load_state_dict(info["scheduler"])
@@ -166,7 +175,9 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         self.dist.barrier()
         model = module.model
-        if self.fsdp:
+        if self.fsdp and getattr(model.config, "num_experts", 0) > 0:
+            self._export_gathered(model, tmp)
+        elif self.fsdp:
             self._export_sharded(model, tmp)
         elif self.dist.is_main:
             from transformers.utils import logging
@@ -201,6 +212,20 @@ class Checkpointer:
         if self.dist.is_main:
             shutil.rmtree(tmp / "sharded", ignore_errors=True)
             _name_for_from_pretrained(tmp)
+
+    def _export_gathered(self, model, tmp: Path) -> None:
+        """MoE under FSDP: save_pretrained converts the fused expert tensors to transformers' per-expert keys,
+        which DCP's HF writer would not, so the full weights are gathered to rank 0's CPU first."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if model.config.tie_word_embeddings:
+            full.pop("lm_head.weight", None)  # stored once, as HF does
+        if self.dist.is_main:
+            from transformers.utils import logging
+
+            logging.disable_progress_bar()
+            model.save_pretrained(tmp, state_dict=full)
 
     def _projector_state(self, module) -> dict | None:
         """The projector's full weights on the main rank (small: 12 d^2; gathered under FSDP)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
@@ -217,7 +216,9 @@ def plan(
 
 
 def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # under torchrun one process reports
+    from nitp_train.launch import is_main_process
+
+    return is_main_process()  # under torchrun one process reports
 
 
 def _print_summary(summary: dict) -> None:

@@ -96,6 +96,19 @@ class TrainConfig:
         d["optim"]["betas"] = list(self.optim.betas)
         return d
 
+    def batch_split(self, world: int) -> tuple[int, int, int]:
+        """(sequences per process, accumulation steps, micro-batch) of one optimiser step on `world` processes.
+
+        The micro-batch is at most the per-process share; the global batch must split evenly.
+        """
+        per_rank, rem = divmod(self.global_batch, world)
+        micro = min(self.micro_batch, per_rank)
+        if rem or not per_rank or per_rank % micro:
+            raise UserError(
+                f"global_batch={self.global_batch} must split evenly over {world} process(es) x micro_batch={self.micro_batch}"
+            )
+        return per_rank, per_rank // micro, micro
+
     @property
     def order_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
@@ -131,6 +144,8 @@ class TrainConfig:
             raise UserError(f"export_every={self.export_every} must be >= 1 (or unset: every save_every steps)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"precision={self.precision!r} is unknown; choose auto, bf16 or fp32")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device={self.device!r} is unknown; choose auto, cpu or cuda")
         if self.parallel not in ("ddp", "fsdp"):
             raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):

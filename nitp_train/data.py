@@ -250,7 +250,9 @@ def _cache_key(cfg: DataConfig) -> dict:
     }
 
 
-def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, num_proc: int = 1) -> TokenData:
+def prepare_data(
+    cfg: DataConfig, cache_dir: Path, is_main: bool = True, num_proc: int = 1, wait_s: float = 1800
+) -> TokenData:
     """The token files of `cfg`: a pre-tokenised dir as it is, else tokenised once into the cache and reused.
 
     Called before any process group exists: the main process tokenises while the others wait for its
@@ -272,8 +274,14 @@ def prepare_data(cfg: DataConfig, cache_dir: Path, is_main: bool = True, num_pro
     if not (out / "meta.json").exists():
         if is_main:
             _build_token_dir(cfg, out, key_src, num_proc)
-        else:
-            while not (out / "meta.json").exists():  # torchrun stops this process if the main one fails
+        else:  # torchrun stops this process if the main one fails
+            deadline = time.monotonic() + wait_s
+            while not (out / "meta.json").exists():
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"waited {wait_s:.0f} s for rank 0's token files in {out}: is the run dir on a file system "
+                        f"every node sees? Tokenise ahead with nitp-train tokenize and pass --data TOKEN_DIR"
+                    )
                 time.sleep(1.0)
     return load_token_dir(out)
 

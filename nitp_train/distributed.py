@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nitp_train.config import TrainConfig
+from nitp_train.errors import UserError
 
 
 class Dist:
@@ -26,6 +27,11 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+        if use_cuda and not torch.cuda.is_available():
+            raise UserError("device=cuda but torch sees no CUDA GPU here; use device=auto or cpu")
+        if use_cuda and local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) here; "
+                            f"start at most that many processes per node (--nproc_per_node)")  # fmt: skip
         self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
@@ -48,14 +54,6 @@ class Dist:
         if self.world > 1:
             torch.distributed.all_reduce(t)
         return t
-
-    def broadcast_object(self, obj):
-        """rank 0's value on every rank (a small Python object: a decision every rank must share)."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
 
 
 def configure_kernels(cfg: TrainConfig) -> None:
@@ -119,13 +117,13 @@ def uses_fsdp(cfg: TrainConfig, dist: Dist) -> bool:
     return cfg.parallel == "fsdp" and dist.world > 1
 
 
-def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | None) -> nn.Module:
+def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | None) -> None:
     """FSDP2 per decoder layer, then the backbone (its own group, so evaluation can call it alone), then the root.
 
-    Runs on the meta device, before any parameter is allocated; returns the module to call in training.
+    Runs on the meta device, before any parameter is allocated; `fully_shard` wraps the modules in place.
     """
     if not uses_fsdp(cfg, dist):
-        return module
+        return
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 compute copies of the parameters, fp32 master weights and (by default) fp32 gradient reductions
@@ -135,7 +133,7 @@ def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | No
     for layer in module.model.model.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(module.model, mp_policy=mp)
-    return fully_shard(module, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
 
 
 def replicate(module: nn.Module, cfg: TrainConfig, dist: Dist) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -27,7 +26,9 @@ def run_cli(app) -> None:
     try:
         app()
     except UserError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        from nitp_train.launch import is_main_process
+
+        if is_main_process():
             print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     finally:  # destroy the process group at exit (a clean NCCL shutdown); torch only if it was imported

@@ -237,10 +237,11 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module, device: torch.device | N
     from transformers import get_wsd_schedule
 
     decay, no_decay = [], []
-    for p in module.model.parameters():
+    for p in getattr(module, "model", module).parameters():  # a TrainModule's backbone, or any module
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    projector = [p for p in module.objective.parameters() if p.requires_grad]
+    objective = getattr(module, "objective", None)
+    projector = [p for p in objective.parameters() if p.requires_grad] if objective is not None else []
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if projector:  # its own group, so that it can be frozen before start_step
         groups.append({"params": projector, "weight_decay": cfg.optim.weight_decay})
@@ -262,4 +263,5 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module, device: torch.device | N
         wsd, start = sched.lr_lambdas[0], cfg.objective.start_step
         # lr 0 until start_step: AdamW's update and its decoupled decay (lr x weight_decay) are both zero
         sched.lr_lambdas[2] = lambda step: 0.0 if step < start else wsd(step)
+        opt.param_groups[2]["lr"] = 0.0  # LambdaLR already set step 0's lr from the old lambda
     return opt, sched

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from nitp_train.config import TrainConfig
 from nitp_train.data import prepare_data
 from nitp_train.distributed import Dist
 from nitp_train.errors import UserError
+from nitp_train.launch import is_main_process
 from nitp_train.model import hf_config
 from nitp_train.train import check_out_dir, train
 
@@ -44,7 +44,9 @@ def train_pair(
     if extend_from is not None and not all((Path(extend_from) / name).is_dir() for name in arms):
         raise UserError(f"--extend-from {extend_from}: not a pair dir with arms {', '.join(arms)}")
     cache = Path(cfg.data.cache_dir or out / "data")
-    prepare_data(cfg.data, cache, is_main=int(os.environ.get("RANK", "0")) == 0)  # once, before any process group
+    prepare_data(
+        cfg.data, cache, is_main=is_main_process(), wait_s=cfg.dist_timeout_s
+    )  # once, before any process group
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # under torchrun every process runs this; the main one writes
     shared = {k: v for k, v in cfg.to_dict().items() if k != "objective"}
     record = {
@@ -100,7 +102,7 @@ def train_study(
     """One pair per seed, `<out>/seed-<s>/{ntp,nitp}`: within a seed everything is paired; across seeds the
     init and (unless `data_seed` holds it) the data order change. The token cache `<out>/data` is shared."""
     out = Path(out)
-    if check_out_dir(out, resume, overwrite) and overwrite and not resume and int(os.environ.get("RANK", "0")) == 0:
+    if check_out_dir(out, resume, overwrite) and overwrite and not resume and is_main_process():
         for p in out.iterdir():  # the old study's seeds go; its token cache stays
             if p.name != "data":
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -112,7 +114,7 @@ def train_study(
         )
         results[seed] = train_pair(arm_cfg, out / f"seed-{seed}", resume=resume, overwrite=overwrite, progress=progress)
         record["pairs"][f"seed-{seed}"] = results[seed]["paired"]
-        if int(os.environ.get("RANK", "0")) == 0:  # as each seed lands, so a killed study shows what is done
+        if is_main_process():  # as each seed lands, so a killed study shows what is done
             (out / "study.json").write_text(json.dumps(record, indent=2))
     return {"seeds": results, "paired": record["pairs"]}
 

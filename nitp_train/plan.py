@@ -15,6 +15,7 @@ The per-layer activation count follows HF's Qwen2 / Qwen2-MoE layers with SDPA a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -112,10 +113,8 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2)
         raise UserError(f"--gpus {gpus} and --gpu-mem {gpu_mem_gb} must be positive")
     if cfg.objective.projector not in PROJECTORS:
         raise UserError(f"objective.projector={cfg.objective.projector!r} is unknown")
-    if cfg.global_batch % (gpus * cfg.micro_batch):
-        raise UserError(
-            f"global_batch={cfg.global_batch} does not split over {gpus} GPUs x micro_batch={cfg.micro_batch}"
-        )
+    _, accumulation, micro = cfg.batch_split(gpus)  # as the trainer splits it (a one-line error otherwise)
+    cfg = dataclasses.replace(cfg, micro_batch=micro)
     preset = resolved_preset(cfg, 151936)
     vocab = preset.hf.get("vocab_size", 151936)
     mem = memory_plan(cfg, vocab, gpus, bytes_act=bytes_act)
@@ -133,7 +132,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2)
         "global_batch": cfg.global_batch,
         "seq_len": cfg.seq_len,
         "micro_batch": cfg.micro_batch,
-        "grad_accumulation": cfg.global_batch // (gpus * cfg.micro_batch),
+        "grad_accumulation": accumulation,
         "warmup_steps": cfg.optim.warmup_steps,
         "decay_start": cfg.decay_start,
         "flops_per_step": flops.exact_baseline * cfg.tokens_per_step + flops.exact_nitp_extra * cfg.tokens_per_step,

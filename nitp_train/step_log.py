@@ -22,7 +22,7 @@ class StepLog:
     def __init__(self, out: Path, cfg, dist, train_flops_per_token: float, peak: float | None, start: int, bar=None):
         self.out, self.cfg, self.dist, self.bar = out, cfg, dist, bar
         self.flops_per_token, self.peak = train_flops_per_token, peak
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss_total, grad_norm]) since the last read
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, [bad, loss_total, grad_norm]) since the last read
         self.last: dict = {}
         self.t_start = self.t_last = time.perf_counter()
         self.steps_since = 0
@@ -32,8 +32,9 @@ class StepLog:
 
             self.tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)  # a resume replaces what it redoes
 
-    def step(self, done: int, stats: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
-        self.pending.append((done, torch.stack([stats["loss_total"], grad_norm])))
+    def step(self, done: int, stats: dict[str, torch.Tensor], grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        """`bad`: the step's non-finite flag reduced over ranks, so that every rank raises at the same read."""
+        self.pending.append((done, torch.stack([bad.float(), stats["loss_total"].float(), grad_norm.float()])))
         self.stats, self.grad_norm = stats, grad_norm
         self.steps_since += 1
         if self.bar is not None:
@@ -51,13 +52,13 @@ class StepLog:
                           *(v.reshape(1).float() for v in extra.values())])  # fmt: skip
         host = flat.tolist()  # the one host read of these steps (a CPU-GPU sync point)
         k, n = len(keys), len(self.pending)
-        self._raise_if_non_finite(host[k : k + 2 * n])
+        self._raise_if_non_finite(host[k : k + 3 * n])
         now = time.perf_counter()
         tokens_per_s = self.steps_since * self.cfg.tokens_per_step / max(now - self.t_last, 1e-9)
         self.t_last, self.steps_since = now, 0
         per_device = tokens_per_s * self.flops_per_token / self.dist.world
         record = {"step": done, "tokens": done * self.cfg.tokens_per_step, "lr": lr, **dict(zip(keys, host[:k])),
-                  "grad_norm": host[k + 2 * n], **dict(zip(extra, host[k + 2 * n + 1 :])), **(values or {}),
+                  "grad_norm": host[k + 3 * n], **dict(zip(extra, host[k + 3 * n + 1 :])), **(values or {}),
                   "tokens_per_s": tokens_per_s, "flops_per_s": per_device,
                   "mfu": per_device / self.peak if self.peak else None, "elapsed_s": now - self.t_start}  # fmt: skip
         if self.dist.is_main:
@@ -75,16 +76,18 @@ class StepLog:
         self.last = record
         return record
 
-    def check(self) -> None:
-        """Only the finiteness of the steps since the last read (for optimizers that cannot skip on the device)."""
-        if self.pending:
-            self._raise_if_non_finite(torch.cat([p for _, p in self.pending]).tolist())
-
     def _raise_if_non_finite(self, flags: list[float]) -> None:
         for i, (step, _) in enumerate(self.pending):
-            loss, norm = flags[2 * i], flags[2 * i + 1]
-            if not (_finite(loss) and _finite(norm)):
-                raise NonFinite(f"loss ({loss})" if not _finite(loss) else "gradient norm", step)
+            bad, loss, norm = flags[3 * i : 3 * i + 3]
+            if bad:  # on some rank; this rank's values say which, where it saw it
+                what = (
+                    f"loss ({loss})"
+                    if not _finite(loss)
+                    else "gradient norm"
+                    if not _finite(norm)
+                    else "loss on another rank"
+                )
+                raise NonFinite(what, step)
         self.pending.clear()
 
     def close(self) -> None:

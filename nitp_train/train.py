@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, pr
 from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
 from nitp_train.errors import Interrupted, UserError
 from nitp_train.evaluate import geometry_probe, validation_ce
+from nitp_train.launch import is_main_process
 from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
 from nitp_train.step_log import NonFinite, StepLog
 from nitp_train.throughput import device_peak
@@ -30,7 +30,8 @@ from nitp_train.throughput import device_peak
 # (the global batch, the LR horizon and so the maths stay the same).
 RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
-    "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s",
+    "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
+    "peak_tflops",
 }  # fmt: skip
 
 
@@ -51,18 +52,21 @@ def train(
     out = Path(out)
     has_content = check_out_dir(out, resume, overwrite)
     if resume and extend_from is not None:
-        raise UserError("--resume and --extend-from exclude each other (an extension starts a new run dir)")
+        raise UserError("--resume and --extend-from exclude each other (resume an extension with --resume alone)")
     start_state = latest_state(out) if resume else None
     if start_state:
         check_resume_config(cfg, start_state[1]["config"], start_state[0])
+    elif resume and (out / "provenance.json").exists():  # an extension killed before its first save
+        extend_from = json.loads((out / "provenance.json").read_text()).get("extended_from") or extend_from
     if extend_from is not None:
         start_state = extension_point(Path(extend_from), cfg)
 
     hf_config(cfg)  # settings that cannot work fail here, before minutes of tokenising
-    data = prepare_data(cfg.data, Path(cfg.data.cache_dir or cache_dir or out.parent / "data"), is_main=_rank() == 0)
+    cache = Path(cfg.data.cache_dir or cache_dir or out.parent / "data")
+    data = prepare_data(cfg.data, cache, is_main=is_main_process(), wait_s=cfg.dist_timeout_s)
     configure_kernels(cfg)  # TF32, deterministic kernels: before the first CUDA work
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # after tokenising: no rank waits in a collective meanwhile
-    per_rank, accum, micro = batch_split(cfg, dist.world)
+    per_rank, accum, micro = cfg.batch_split(dist.world)
     torch.manual_seed(cfg.seed)
     config = hf_config(cfg, data.tokenizer)
     module = build_meta_module(cfg, config)
@@ -95,7 +99,6 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, out, start) if progress and dist.is_main else None
     log = StepLog(out, cfg, dist, flops, peak, start, bar)
-    skip_on_device = bool(opt.defaults.get("fused"))  # else: read every step, before its update
     trainer = {"config": cfg.to_dict(), "decay_start": cfg.decay_start}
     step = start
     try:
@@ -116,12 +119,9 @@ def train(
             if dist.world > 1:  # every rank skips, or none (a NaN on one rank poisons the reduced gradients anyway)
                 bad = dist.all_reduce_sum(bad.float()) > 0
             done = step + 1
-            log.step(done, sums, grad_norm)
+            log.step(done, sums, grad_norm, bad)
             lr = sched.get_last_lr()[0]
-            if skip_on_device:
-                opt.found_inf = bad.float()  # fused AdamW leaves weights and moments untouched when it is 1
-            else:
-                log.check()  # one read per step, raising before the update
+            opt.found_inf = bad.float()  # fused AdamW leaves weights, moments and step count untouched when it is 1
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -130,9 +130,11 @@ def train(
             extra, values = {}, {}
             if cfg.eval_every and val_windows is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
                 extra["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp)
-            if cfg.probe_every and probe_windows is not None and _probe_step(cfg, done):
-                values.update(geometry_probe(module.model, probe_windows, dist, amp))
-            if done % cfg.log_every == 0 or done == cfg.steps or extra or values or save or export:
+            probed = bool(cfg.probe_every and probe_windows is not None and _probe_step(cfg, done))
+            if probed:
+                values = geometry_probe(module.model, probe_windows, dist, amp)  # {} on ranks other than 0
+            # decided from what every rank knows alike: flush all-reduces
+            if done % cfg.log_every == 0 or done == cfg.steps or extra or probed or save or export:
                 log.flush(done, lr, extra, values)  # checks every step since the last read before anything is saved
             if save:
                 ckpt.save(done, module, opt, sched, {**trainer, "consumed_order_sha256": consumed_sha})
@@ -140,11 +142,13 @@ def train(
                 ckpt.export(done, module, data.tokenizer)
         ckpt.wait()
     except NonFinite as e:
-        raise _non_finite(e.what, e.step, out, skipped=skip_on_device) from None
+        ckpt.wait()  # an asynchronous save of an earlier, checked step still lands
+        raise _non_finite(e.what, e.step, out) from None
     except KeyboardInterrupt:
         raise _interrupted(out, step) from None
     finally:
         log.close()
+        ckpt.close()
     if dist.is_main:
         provenance = json.loads((out / "provenance.json").read_text())
         provenance.update(consumed_order_sha256=consumed_sha, consumed_steps=cfg.steps)
@@ -154,21 +158,6 @@ def train(
 
 
 # ---------------------------------------------------------------------------- pieces of the run
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def batch_split(cfg: TrainConfig, world: int) -> tuple[int, int, int]:
-    """(sequences per rank, accumulation steps, micro-batch) of one optimiser step."""
-    per_rank, rem = divmod(cfg.global_batch, world)
-    accum, rem2 = divmod(per_rank, min(cfg.micro_batch, max(per_rank, 1))) if per_rank else (0, 1)
-    if rem or rem2 or not per_rank:
-        raise UserError(
-            f"global_batch={cfg.global_batch} must split evenly over {world} process(es) x micro_batch={cfg.micro_batch}"
-        )
-    return per_rank, accum, per_rank // accum
 
 
 def _no_sync(wrapped, last_micro: bool):
@@ -326,11 +315,10 @@ def _interrupted(out: Path, step: int) -> Interrupted:
     return Interrupted(f"interrupted at step {step + 1}; {kept}: rerun the same command with --resume to continue")
 
 
-def _non_finite(what: str, step: int, out: Path, skipped: bool) -> UserError:
+def _non_finite(what: str, step: int, out: Path) -> UserError:
     kept = state_dirs(out)
-    how = "its update was skipped on the device" if skipped else "stopped before its update"
     return UserError(
-        f"non-finite {what} at step {step}: {how}; "
+        f"non-finite {what} at step {step}: its update was skipped on the device; "
         f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data"
     )
 

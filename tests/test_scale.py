@@ -425,3 +425,39 @@ def test_throughput_table_script_runs(tmp_path):
     assert [r["model"] for r in rows] == ["dense-125m", "moe-small"]
     assert all(r["ntp_tokens_per_s"] > 0 and r["mfu"] is not None for r in rows)
     assert (tmp_path / "throughput.md").read_text().count("\n| ") == 3  # header + 2 rows
+
+
+def test_probes_on_unlogged_steps_under_two_processes(tmp_path, base):
+    """Probe steps that are not log steps: every rank must take the same read (it all-reduces)."""
+    sets = base + ["steps=6", "log_every=4", "probe_every=3", "eval_every=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run((1, "none"), one, sets)
+    _run((2, "fsdp"), two, sets)
+    assert [r["step"] for r in _records(two)] == [1, 3, 4, 5, 6]  # probes 1, 3, 6; log 4; states 3, 5, 6
+    for key in ("loss_total", "probe_erank", "probe_cosine"):
+        want = [r[key] for r in _records(one) if key in r]
+        assert [r[key] for r in _records(two) if key in r] == pytest.approx(want, rel=1e-4)
+
+
+def test_an_extension_killed_before_its_first_save_resumes_as_an_extension(tmp_path, base):
+    sets = base + ["eval_every=0", "probe_every=0", "save_every=2", "optim.warmup_steps=2"]
+    src, ext = tmp_path / "src", tmp_path / "ext"
+    train(load_config(sets=sets + ["steps=10"]), src, progress=False)
+    train(load_config(sets=sets + ["steps=20"]), ext, extend_from=src, progress=False)
+    want = _records(ext)
+    # what a kill before the extension's first save leaves: its provenance and the copied records
+    subprocess.run(["rm", "-r", str(ext / "state"), str(ext / "checkpoints")], check=True)
+    train(load_config(sets=sets + ["steps=20"]), ext, resume=True, progress=False)
+    assert [r["loss_total"] for r in _records(ext)] == pytest.approx([r["loss_total"] for r in want], rel=1e-6)
+    assert json.loads((ext / "provenance.json").read_text())["extended_from"].endswith("step-000008")
+
+
+@pytest.mark.slow
+def test_moe_export_under_fsdp_has_the_keys_of_a_single_process_export(tmp_path, base):
+    sets = base + ["steps=1", "eval_every=0", "probe_every=0", "optim.warmup_steps=0", "model.preset=tiny-moe",
+                   "model.hf_overrides.num_hidden_layers=2", "model.hf_overrides.hidden_size=64"]  # fmt: skip
+    _run((1, "none"), tmp_path / "one", sets)
+    _run((2, "fsdp"), tmp_path / "two", sets)
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "step-000001" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "step-000001" / "model.safetensors"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

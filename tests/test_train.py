@@ -333,6 +333,8 @@ def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):
 
 
 def test_frozen_projector_is_untouched_before_start_step(tmp_path, tiny_sets, tiny_corpus):
+    from transformers import AutoTokenizer
+
     sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=5", "save_every=1", "eval_every=0", "probe_every=0",
                         "objective.start_step=3", "optim.warmup_steps=0", "keep_last=0"]  # fmt: skip
     proj = {}
@@ -343,6 +345,15 @@ def test_frozen_projector_is_untouched_before_start_step(tmp_path, tiny_sets, ti
                         for s in range(1, 6)]  # fmt: skip
     same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(proj[True], proj[True][1:])]
     assert same == [True, True, False, False]  # frozen through the update of step 3 (start_step), then trained
+    # and untouched by the very first update too: equal to its initial weights
+    from nitp_train.model import build_meta_module, hf_config, materialise
+
+    cfg = load_config(sets=sets + ["objective.freeze_projector=true"])
+    tok = AutoTokenizer.from_pretrained(tmp_path / "frozen-True" / "checkpoints" / "step-000001")
+    module = build_meta_module(cfg, hf_config(cfg, tok))
+    materialise(module, cfg, hf_config(cfg, tok), torch.device("cpu"))
+    init = {k: v for k, v in module.objective.state_dict().items()}
+    assert all(torch.equal(init[k], proj[True][0][k]) for k in init)
     # without the knob, AdamW's decoupled weight decay moves it even while its loss weight is 0
     assert not all(torch.equal(proj[False][0][k], proj[False][1][k]) for k in proj[False][0])
 
