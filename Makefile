@@ -41,11 +41,16 @@ test: lint
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# The README's measured ratios: NITP vs NTP step time, trainer vs a bare loop, bf16 vs fp32, and
-# streaming geometry vs stack + SVD (minutes; the 10^6-token naive case needs ~12 GB).
+# The README's "Measured by make bench" table: each benchmark records dated rows in
+# benchmarks/results/*.json, then the table is rendered from them (tests check they agree).
+# ~20 min on 2 cores: step times, sharded init, the planner vs measured peaks, streaming geometry
+# (its 10^6-token naive case needs ~12 GB).
 bench: setup
-	$(PY) benchmarks/step_overhead.py --steps 20 --bf16
-	$(PY) benchmarks/geometry_scale.py
+	$(PY) benchmarks/step_overhead.py --steps 20 --bf16 --record
+	$(PY) benchmarks/sharded_init.py --record
+	$(PY) benchmarks/memory_plan.py --sweep
+	$(PY) benchmarks/geometry_scale.py --record
+	$(PY) benchmarks/results.py --update-readme
 
 clean:
 	rm -rf $(VENV) runs/quickstart reports/quickstart

@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=896)
     ap.add_argument("--methods", nargs="+", default=["stream", "naive"])
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--record", action="store_true", help="write benchmarks/results/geometry_scale.json (make bench)")
     ap.add_argument("--worker", nargs=3, metavar=("METHOD", "TOKENS", "DIM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -112,6 +113,7 @@ def main() -> None:
                 f"{r['erank_cov']:>10.3f} {r['erank_sv']:>9.3f} {r['anisotropy_exact']:>8.4f}"
             )
     by = {(r["method"], r["tokens"]): r for r in rows}
+    recorded = []
     for n in args.tokens:
         s, v = by.get(("stream", n)), by.get(("naive", n))
         if s and v:
@@ -120,6 +122,16 @@ def main() -> None:
                 f"{n:>9} tokens: naive / stream = {v['seconds'] / s['seconds']:.2f}x time, "
                 f"{v['extra_mb'] / max(s['extra_mb'], 1):.1f}x extra memory; erank_cov rel. diff {agree:.1e}"
             )
+            recorded.append((f"geometry statistics, streaming vs stack + SVD, {n:.0e} tokens at d = {args.dim}",
+                             f"{s['extra_mb']:.0f} MB vs {v['extra_mb']:.0f} MB extra memory, {s['seconds']:.0f} s vs "
+                             f"{v['seconds']:.0f} s; erank_cov rel. diff {agree:.1e}"))  # fmt: skip
+    if args.record and recorded:
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from results import record
+
+        record("geometry_scale", "python benchmarks/geometry_scale.py", recorded[-1:])
     streams = [by[("stream", n)] for n in args.tokens if ("stream", n) in by]
     if len(streams) > 1:
         print(

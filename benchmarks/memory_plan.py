@@ -67,11 +67,69 @@ def measure(sets: list[str], vocab: int) -> dict:
             "ratio": plan.total(cfg.activation_checkpointing) / measured}  # fmt: skip
 
 
+TINY = ["model.hf_overrides.hidden_size=64", "model.hf_overrides.num_hidden_layers=4",
+        "model.hf_overrides.num_attention_heads=2", "model.hf_overrides.num_key_value_heads=1",
+        "model.hf_overrides.intermediate_size=128", "objective.target_layer=1", "seq_len=64"]  # fmt: skip
+MID = ["model.hf_overrides.hidden_size=512", "model.hf_overrides.num_hidden_layers=8",
+       "model.hf_overrides.num_attention_heads=8", "model.hf_overrides.num_key_value_heads=2",
+       "model.hf_overrides.intermediate_size=1536", "seq_len=256"]  # fmt: skip
+SWEEP = {  # name: (config fields, processes); batch 4 x seq_len per process, FSDP when 2
+    "tiny dense (d 64, 4 layers), 1 process": (TINY, 1),
+    "tiny dense, 2 FSDP ranks": (TINY, 2),
+    "d 512, 8 layers, 1 process": (MID, 1),
+    "d 512, 8 layers, 2 FSDP ranks": (MID, 2),
+    "d 512, 8 layers, activation checkpointing": (MID + ["activation_checkpointing=true"], 1),
+    "tiny-moe, 1 process": (["model.preset=tiny-moe", "seq_len=256"], 1),
+}
+
+
+def sweep() -> None:
+    """Every configuration of SWEEP in its own process(es); records the ratios (make bench)."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import record
+
+    rows = []
+    for name, (sets, n) in SWEEP.items():
+        flags = [a for s in [*sets, "micro_batch=4", "global_batch=8", "parallel=fsdp"] for a in ("--set", s)]
+        cmd = [sys.executable, __file__, *flags]
+        if n > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(n),
+                "--master_port",
+                "29688",
+                *cmd[1:],
+            ]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if res.returncode:
+            sys.exit(f"{name} failed:\n{res.stderr[-2000:]}")
+        r = max(
+            (json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")), key=lambda r: r["ratio"]
+        )
+        print(
+            f"{name:45} planned {r['planned_bytes'] / 1e6:8.1f} MB  measured {r['measured_bytes'] / 1e6:8.1f} MB  ratio {r['ratio']:.2f}"
+        )
+        rows.append((f"`nitp-train plan` vs the peak torch's MemTracker measures in real CPU steps (fp32): {name}",
+                     f"planned / measured {r['ratio']:.2f} ({r['planned_bytes'] / 1e6:.0f} vs {r['measured_bytes'] / 1e6:.0f} MB)"))  # fmt: skip
+    record("memory_plan", "python benchmarks/memory_plan.py --sweep", rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config field, e.g. micro_batch=2")
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument(
+        "--sweep", action="store_true", help="measure every configuration the README reports and record them"
+    )
     args = ap.parse_args()
+    if args.sweep:
+        sweep()
+        return
     result = measure(args.sets, args.vocab)
     print(json.dumps(result), flush=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
