@@ -79,3 +79,34 @@ def _no_loading_bar():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def gguf_to_hf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain HF model dir (config, safetensors, tokenizer); returns out_dir.
+
+    transformers loads GGUF files (`gguf_file=`, needs `pip install gguf`) but refuses to
+    `save_pretrained` the result, so a plain model is rebuilt from its config and given the
+    dequantised weights. Written beside `out_dir` and moved into place: an interrupted call
+    leaves no half dir. Used for SmolLM2-135M (docs/geometry.md, "A real model: SmolLM2").
+    """
+    import os
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    if not gguf_file.is_file():
+        raise UserError(f"{gguf_file}: no such GGUF file")
+    kw = {"gguf_file": gguf_file.name}
+    with _no_loading_bar():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, **kw)
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
+        cfg = AutoConfig.from_pretrained(gguf_file.parent, **kw)
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

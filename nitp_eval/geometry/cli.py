@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -53,7 +54,22 @@ def command(
         help="Layer k for cos(h_t, z_{t+1}). Default: the checkpoint's NITP projector, "
         "else the run's objective.target_layer, else ceil(0.2 L) (the trainer's default).",
     ),
-    bos: bool = typer.Option(False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted)."),
+    bos: bool = typer.Option(
+        False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted); auto does it anyway."
+    ),
+    exclude_positions: str = typer.Option(
+        "auto",
+        help="Window positions left out of every statistic: auto = content tokens (a BOS is prepended and "
+        "not counted where the tokenizer has one, else position 0 of every window is left out: real LLMs "
+        "put a massive-norm attention sink there); none = every token (the paper's literal choice); or "
+        "comma-separated positions, e.g. 0 or 0,1,-1 (negative from the window's end).",
+    ),
+    exclude_massive: float = typer.Option(
+        None,
+        help="Also leave out every token whose norm exceeds K x its batch's median norm in any reported "
+        "layer (e.g. 20). Default: none left out by norm (layers where a few tokens dominate are flagged).",
+        show_default=False,
+    ),
     all_steps: bool = typer.Option(
         False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."
     ),
@@ -78,6 +94,11 @@ def command(
         raise UserError(f"--n-pairs {n_pairs}: must be >= 0")
     if seq_len is not None and seq_len < 2:
         raise UserError(f"--seq-len {seq_len}: must be at least 2 (cos_next pairs t with t+1)")
+    if exclude_massive is not None and not (exclude_massive > 1 and math.isfinite(exclude_massive)):
+        raise UserError(
+            f"--exclude-massive {exclude_massive}: must be a finite factor > 1 of the median norm (e.g. 20)"
+        )
+    positions_rule = extract.parse_exclude_positions(exclude_positions)
     common = {
         "tokens_requested": tokens,
         "batch_size": batch_size,
@@ -85,8 +106,9 @@ def command(
         "n_pairs": n_pairs,
         "seed": seed,
         "cka_matrix": cka_matrix,
-        "bos": bos,
         "dtype": dtype,
+        "exclude_positions_option": exclude_positions,
+        "exclude_massive": exclude_massive,
     }
 
     if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
@@ -97,6 +119,7 @@ def command(
                 ("--text-split", text_split != "validation"),
                 ("--seq-len", seq_len is not None),
                 ("--bos", bos),
+                ("--exclude-positions", exclude_positions != "auto"),
                 ("--target-layer", target_layer is not None),
                 ("--all-steps", all_steps),
                 ("--device", device is not None),
@@ -143,6 +166,8 @@ def command(
                     cka_matrix=cka_matrix,
                     target_layer=target_layer,
                     bos=bos,
+                    positions_rule=positions_rule,
+                    exclude_massive=exclude_massive,
                     device=device,
                     dtype=dtype,
                     overwrite=overwrite,
@@ -197,6 +222,8 @@ def _analyse_checkpoint(
     cka_matrix,
     target_layer,
     bos,
+    positions_rule,
+    exclude_massive,
     device,
     dtype,
     overwrite,
@@ -232,6 +259,18 @@ def _analyse_checkpoint(
         _note(f"{spec} holds only {len(ids)} tokens (asked for {tokens}); analysing all of them", notes)
     _check_rank_cap(len(ids), extract.hidden_size(model), notes)
 
+    # which tokens count: a BOS prepended (never counted) and/or window positions left out
+    bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    if bos and bos_id is None:
+        raise UserError(f"{target.checkpoint}: the tokenizer has no BOS (or CLS) token; drop --bos")
+    if positions_rule == "auto":
+        bos = bos_id is not None
+        excluded_positions = () if bos else (0,)
+    else:
+        excluded_positions = positions_rule
+    if not bos:
+        bos_id = None
+
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if seq_len is None:
         seq_len = int(run_cfg.get("seq_len") or DEFAULT_SEQ_LEN)
@@ -241,17 +280,17 @@ def _analyse_checkpoint(
         raise UserError(
             f"--seq-len {seq_len}: longer than the model's max_position_embeddings={max_pos}; use --seq-len {max_pos - int(bos)} or less"
         )
+    if len(excluded_positions) >= seq_len:
+        raise UserError(
+            f"--exclude-positions leaves out {len(excluded_positions)} of --seq-len {seq_len} positions; "
+            "leave out fewer or use longer windows"
+        )
     windows = extract.make_windows(ids, seq_len)
     if n_pairs > 0 and len(windows) < 2:
         raise UserError(
             f"{len(ids)} tokens make one window of --seq-len {seq_len}: the sampled anisotropy needs tokens from "
             f"2 different sequences; give more text, a smaller --seq-len or --n-pairs 0"
         )
-    bos_id = None
-    if bos:
-        bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-        if bos_id is None:
-            raise UserError(f"{target.checkpoint}: the tokenizer has no BOS (or CLS) token; drop --bos")
 
     res = extract.analyse_model(
         model,
@@ -265,6 +304,8 @@ def _analyse_checkpoint(
         cka_matrix=cka_matrix,
         target_layer=k,
         projector=projector,
+        exclude_positions=excluded_positions,
+        exclude_massive=exclude_massive,
     )
     settings = {
         **common,
@@ -272,6 +313,8 @@ def _analyse_checkpoint(
         "text_source": source,
         "text_split": split if source == "--text" else None,
         "seq_len": seq_len,
+        "bos": bos,
+        "exclude_positions": list(excluded_positions),
         "layers": chosen,
         "target_layer": k,
         "target_layer_source": k_source,
@@ -281,6 +324,12 @@ def _analyse_checkpoint(
             f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
             "padded (padding excluded); windows batched in a seeded random order"
             + ("; BOS prepended to each window and excluded" if bos else "; no BOS")
+            + (f"; window positions {list(excluded_positions)} excluded" if excluded_positions else "")
+            + (
+                f"; tokens with norm > {exclude_massive} x their batch's median in any reported layer excluded"
+                if exclude_massive
+                else ""
+            )
         ),
     }
     return _write(target, dest, settings, res, extract.hidden_size(model), last, notes, overwrite)
@@ -417,12 +466,16 @@ def _finish(written) -> None:
         typer.echo(f"\n{target.label}: {r['tokens']} tokens, dim {r['dim']}, rank cap {r['rank_cap']}  -> {r['_path']}")
         typer.echo(
             f"{'layer':>5} {'erank_cov':>9} {'erank_sv':>9} {'aniso':>9} {'aniso_ex':>9} {'cka_last':>9} {'norm':>9}"
+            f" {'norm_med':>9} {'max/med':>9} {'top1%':>9}"
         )
         for i, layer in enumerate(r["layers"]):
+            med, mx = pl["norm_median"][i], pl["norm_max"][i]
+            ratio = mx / med if med else None
             typer.echo(
                 f"{layer:>5} {_fmt(pl['erank_cov'][i], digits=1)} {_fmt(pl['erank_sv'][i], digits=1)} "
                 f"{_fmt(pl['anisotropy'][i])} {_fmt(pl['anisotropy_exact'][i])} {_fmt(pl['cka_to_last'][i])} "
-                f"{_fmt(pl['mean_norm'][i], digits=2)}"
+                f"{_fmt(pl['mean_norm'][i], digits=2)} {_fmt(med, digits=2)} {_fmt(ratio, digits=1)} "
+                f"{_fmt(pl['top1pct_share'][i])}"
             )
         a = r["alignment"]
         if a.get("target_layer") is not None:
@@ -434,6 +487,12 @@ def _finish(written) -> None:
                     else ""
                 )
             )
+        excluded = r["massive"]["excluded"]
+        if excluded:
+            typer.echo("left out of every statistic: " + ", ".join(f"{n} {why}" for why, n in excluded.items()))
+        flag = massive_flag(r)
+        if flag:
+            _note(f"{target.label}: {flag}")
     if len(written) > 1:
         typer.echo(
             f"\n{'target':24} {'tokens':>8} {'erank_cov':>9} {'aniso':>9} {'cos_next':>9} {'proj_cos':>9}   (erank, aniso: last reported layer)"
@@ -444,3 +503,42 @@ def _finish(written) -> None:
                 f"{target.label:24} {r['tokens']:>8} {_fmt(pl['erank_cov'][-1], digits=1)} {_fmt(pl['anisotropy'][-1])} "
                 f"{_fmt(a['cos_next'], digits=4)} {_fmt(a['projector_cos'], digits=4)}"
             )
+
+
+def massive_flag(r: dict) -> str | None:
+    """One sentence when some layers are dominated by a few tokens (also used by the report), else None."""
+    m = r.get("massive") or {}
+    dominated = m.get("dominated_layers") or []
+    if not dominated:
+        return None
+    pl = r["per_layer"]
+    idx = [r["layers"].index(layer) for layer in dominated]
+    where: dict[int, int] = {}
+    for i in idx:
+        for pos, n in (pl["outlier_positions"][i] or {}).items():
+            where[int(pos)] = max(where.get(int(pos), 0), n)
+    top = sorted(where.items(), key=lambda kv: -kv[1])[:3]
+    at = (
+        f"; outliers (norm > {m['k']:g} x median) sit at window positions "
+        + ", ".join(f"{p} ({n} tokens)" for p, n in top)
+        if top
+        else ""
+    )
+    return (
+        f"in layers {_ranges(dominated)} the top 1 % of tokens carry >= {m['dominated_share']:.0%} of the squared "
+        f"norms (max {max(pl['norm_max'][i] / pl['norm_median'][i] for i in idx):.0f} x the median){at}: these "
+        "layers' effective rank and CKA describe those few tokens; see --exclude-positions / --exclude-massive "
+        "(docs/footguns.md)"
+    )
+
+
+def _ranges(layers: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out, start = [], None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            out.append(f"{start}-{layer}" if layer != start else f"{layer}")
+            start = None
+    return ", ".join(out)
