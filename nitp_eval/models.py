@@ -43,19 +43,23 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
     device = pick_device(device)  # before loading: a bad device should not cost a model load
     torch_dtype = getattr(torch, dtype)
+    from safetensors import SafetensorError
+
     try:
         with _no_loading_bar():  # transformers' per-load bar on stderr would break one-line errors after it
-            archs = AutoConfig.from_pretrained(path).architectures or []
             # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
-            causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+            causal = is_causal_lm(AutoConfig.from_pretrained(path))
             try:
                 model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
             except ValueError:  # no causal-LM class for this architecture: an encoder
                 model = AutoModel.from_pretrained(path, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError) as e:  # no weights, unknown model_type, unreadable file
+    # no weights, unknown model_type, a truncated or corrupt weights file
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise UserError(
-            f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})"
+            f"{path}: cannot load the model ({e.__class__.__name__}: {first_line(e)}); "
+            "check that the checkpoint was saved completely (save_pretrained) or re-export it"
         ) from e
+    check_finite_weights(model, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
@@ -66,6 +70,35 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: errors stay one line."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else e.__class__.__name__)[:limit]
+
+
+def is_causal_lm(config) -> bool:
+    """Whether an HF config describes a causal LM (no `architectures` recorded: assume one, as the trainer saves)."""
+    archs = getattr(config, "architectures", None) or []
+    return not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def check_finite_weights(model, path) -> None:
+    """UserError naming the tensors (and counts) of non-finite weights: every result would be NaN."""
+    import torch
+
+    bad = [
+        (name, int((~torch.isfinite(p)).sum())) for name, p in model.named_parameters() if not torch.isfinite(p).all()
+    ]
+    if bad:
+        where = ", ".join(f"{name}: {n}" for name, n in bad[:3]) + (
+            f", ... ({len(bad)} tensors)" if len(bad) > 3 else ""
+        )
+        raise UserError(
+            f"{path}: the weights hold non-finite values (NaN or inf) ({where}); the checkpoint is broken "
+            "(e.g. a diverged run): evaluate an earlier checkpoint"
+        )
 
 
 @contextmanager

@@ -167,6 +167,26 @@ def check_destinations(targets: list[Target], what: str, out: Path | None, overw
     return list(paths)
 
 
+def read_jsonl(path: Path, raw: bytes | None = None) -> list:
+    """Every record of a jsonl file; UserError naming the file and line of the first one that does not parse.
+
+    Splits on "\n" only: str.splitlines would also split on U+2028 inside JSON strings.
+    """
+    raw = Path(path).read_bytes() if raw is None else raw
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise UserError(
+                f"{path}:{number}: not valid JSON ({e.__class__.__name__}); the file is cut short or corrupt: "
+                "copy it again"
+            ) from None
+    return rows
+
+
 def write_json(path: Path, payload: dict, overwrite: bool = False) -> Path:
     """Write results atomically (temp file + rename); never silently replaces an existing file."""
     path = Path(path)

@@ -406,7 +406,13 @@ def _run_validation_tokens(target, tokens: int):
         return None
     if not meta.get("val_tokens") or not (data_dir / "val.bin").exists():
         return None
-    val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    try:
+        val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    except (ValueError, TypeError) as e:  # a size that is no whole number of tokens: cut short
+        raise UserError(
+            f"{data_dir / 'val.bin'}: unreadable as {meta['dtype']} tokens ({e.__class__.__name__}); the token cache "
+            "is cut short or corrupt: delete its dir and re-run `nitp-train pair` to re-tokenise, or pass --text"
+        ) from e
     # a memmap slice: windows are views of it, read from disk batch by batch
     return val[:tokens], str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
 
@@ -433,7 +439,17 @@ def _target_layer(target, run_cfg, option, last):
 
     projector = None
     if (target.checkpoint / PROJECTOR_FILE).exists():
-        projector = NITPObjective.load(target.checkpoint)
+        from safetensors import SafetensorError
+
+        from nitp_eval.models import first_line
+
+        try:
+            projector = NITPObjective.load(target.checkpoint)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            raise UserError(
+                f"{target.checkpoint / PROJECTOR_FILE}: unreadable ({e.__class__.__name__}: {first_line(e)}); the file "
+                "is cut short or corrupt: restore it, or remove it to analyse the model without its projector"
+            ) from e
         if projector.num_layers != last:
             raise UserError(
                 f"{target.checkpoint / PROJECTOR_FILE}: made for {projector.num_layers} layers, the model has {last}"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from nitp_train.errors import UserError
 from nitp_train.metrics import (
@@ -455,8 +456,13 @@ def load_states(path: Path):
             x = _single_tensor(path, load_file(str(path)))
         else:
             raise UserError(f"{path}: unknown states format; give .npy, .pt or .safetensors")
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path}: unreadable states file ({e.__class__.__name__}: {e})") from e
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
+        from nitp_eval.models import first_line
+
+        raise UserError(
+            f"{path}: unreadable states file ({e.__class__.__name__}: {first_line(e)}); is it cut short or not a "
+            ".npy/.pt/.safetensors file? Save it again"
+        ) from e
     if not isinstance(x, (np.ndarray, torch.Tensor)):  # e.g. torch.save(list_of_tensors)
         raise UserError(
             f"{path}: holds a {type(x).__name__}, not one tensor; save a single [tokens, dim] or "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def command(
     gen_kwargs: str = typer.Option(
         None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."
     ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse generation tasks whose max_gen_toks exceeds half the model's positions, instead of capping "
+        "them there (the default, with a recorded note).",
+    ),
     bootstrap_iters: int = typer.Option(
         100_000,
         min=0,
@@ -71,6 +78,11 @@ def command(
         )
     if limit is not None and limit <= 0:
         raise UserError(f"--limit {limit}: must be > 0 (a count, or a fraction below 1)")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot {num_fewshot}: must be >= 0")
+    if not re.fullmatch(r"[1-9]\d*|auto(:[1-9]\d*)?", batch_size):
+        raise UserError(f"--batch-size {batch_size}: give a positive integer, auto or auto:N (as lm_eval takes)")
+    user_gen = ev.parse_gen_kwargs(gen_kwargs)
     limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -97,11 +109,16 @@ def command(
     targets = list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
     dests = check_destinations(targets, "lm", out, overwrite)  # fail before hours of evaluation, not after
     run_kw["device"] = pick_device(device)  # recorded as used, so lm_eval_command reproduces the run
+    # generation lengths against the models' positions, before any weights load (lm-eval would fail mid-run)
+    positions = min(ev.model_positions(t.checkpoint) for t in targets)
+    generation, notes = ev.fit_generation(names, positions, user_gen, strict)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
 
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
-        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot)
+        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot, generation=generation)
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         for target, dest in tqdm(
             list(zip(targets, dests)), desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2
@@ -123,6 +140,9 @@ def command(
                     target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw
                 ),
                 "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
+                "model_positions": positions,
+                "generation_overrides": generation,
+                "notes": notes,
             }
             payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
             path = write_json(dest, payload, overwrite)

@@ -51,6 +51,89 @@ def run_harness(
     )
 
 
+def parse_gen_kwargs(text: str | None) -> dict:
+    """lm_eval's `--gen_kwargs` string (k=v,k=v) as a dict of strings; UserError when malformed."""
+    from nitp_train.errors import UserError
+
+    out = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--gen-kwargs {text!r}: give key=value pairs separated by commas, e.g. max_gen_toks=256")
+        out[key.strip()] = value.strip()
+    if "max_gen_toks" in out and not out["max_gen_toks"].isdigit():
+        raise UserError(f"--gen-kwargs max_gen_toks={out['max_gen_toks']}: must be a positive integer")
+    return out
+
+
+def model_positions(checkpoint: Path) -> int:
+    """The context length lm-eval's HF model will use for this checkpoint, from its config and tokenizer only.
+
+    Also refuses, before any weights load, a model that is not a causal LM (lm-eval scores next tokens).
+    """
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nitp_eval.models import first_line, is_causal_lm
+    from nitp_train.errors import UserError
+
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(
+            f"{checkpoint}: cannot read its config or tokenizer ({e.__class__.__name__}: {first_line(e)})"
+        ) from e
+    if not is_causal_lm(config):
+        raise UserError(
+            f"{checkpoint}: an encoder ({', '.join(config.architectures)}), not a causal LM; lm-eval needs next-token "
+            "log-likelihoods: use nitp-eval mteb or nitp-eval geometry for this model"
+        )
+    return int(resolve_max_length(config, tokenizer))
+
+
+def fit_generation(names: list[str], positions: int, user_gen: dict, strict: bool) -> tuple[dict, list[str]]:
+    """(generation_kwargs per capped task, notes): every generation task's max_gen_toks fitted to `positions`.
+
+    lm-eval keeps max_length - max_gen_toks positions for the prompt and stops with an error when
+    that is <= 0. A task asking for more than half the positions is capped at half (a note says so),
+    or refused with `strict`. A max_gen_toks given in --gen-kwargs is the user's: it overrides every
+    task and is only refused when it cannot run at all.
+    """
+    from nitp_eval.lm.taskdir import generation_caps
+    from nitp_train.errors import UserError
+
+    if "max_gen_toks" in user_gen:
+        asked = int(user_gen["max_gen_toks"])
+        if asked >= positions:
+            raise UserError(
+                f"--gen-kwargs max_gen_toks={asked}: the model has {positions} positions and lm-eval keeps "
+                f"{positions} - max_gen_toks for the prompt; give max_gen_toks={positions // 2} or less"
+            )
+        return {}, []
+    cap = positions // 2
+    caps = generation_caps(names, cap)
+    if caps and strict:
+        task, (asked, _) = next(iter(caps.items()))
+        raise UserError(
+            f"{task}: asks for max_gen_toks={asked} new tokens but the model has {positions} positions "
+            f"({len(caps)} task(s) like this); drop --strict to cap them at {cap}, or pass --gen-kwargs max_gen_toks=N"
+        )
+    notes = []
+    by_length: dict[int, list[str]] = {}
+    for task, (asked, _) in caps.items():
+        by_length.setdefault(asked, []).append(task)
+    for asked, tasks in by_length.items():
+        shown = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        notes.append(
+            f"{shown}: max_gen_toks {asked} capped at {cap}, half the model's {positions} positions (the prompt keeps "
+            "the rest; lm-eval cuts longer prompts from the left); --strict refuses instead"
+        )
+    return {task: kwargs for task, (_, kwargs) in caps.items()}, notes
+
+
 def _batch_size(b):
     return int(b) if str(b).isdigit() else b  # "auto" / "auto:4" stay strings, as on lm-eval's command line
 
