@@ -211,3 +211,33 @@ def test_probe_metrics_matches_definitions(exclude):
     again = probe_metrics(h, mask, n_pairs=100, seed=1, exclude_positions=exclude)
     assert again["anisotropy"] == probe_metrics(h, mask, n_pairs=100, seed=1, exclude_positions=exclude)["anisotropy"]
     assert math.isnan(probe_metrics(h[:1])["anisotropy"])  # one sequence: no cross-sequence pairs
+
+
+def test_sampled_anisotropy_estimates_the_within_batch_cross_mean():
+    """With several batches the pairs come from inside each batch: anisotropy_batch_cross_exact is the target."""
+    rng = np.random.default_rng(3)
+    batches = []
+    for _ in range(3):  # batches that differ in their mean direction: within-batch pairs are more alike
+        offset = rng.standard_normal(6) * 2
+        batches.append([rng.standard_normal((20, 6)) + offset for _ in range(4)])
+    acc = CovarianceAccumulator(6)
+    gen = torch.Generator().manual_seed(0)
+    for windows in batches:
+        x = np.concatenate(windows)
+        groups = np.repeat(np.arange(4), 20)
+        acc.update(x, groups=groups, pairs=sample_cross_pairs(groups, 100_000, gen))
+
+    # numpy: the mean cosine over pairs from different windows of the same batch, and over all windows
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    within = []
+    for windows in batches:
+        u, g = unit(np.concatenate(windows)), np.repeat(np.arange(4), 20)
+        within.append((u @ u.T)[g[:, None] != g[None, :]])
+    u_all = unit(np.concatenate([np.concatenate(w) for w in batches]))
+    g_all = np.repeat(np.arange(12), 20)
+    assert acc.anisotropy_batch_cross_exact() == pytest.approx(np.concatenate(within).mean(), rel=1e-10)
+    assert acc.anisotropy_cross_exact() == pytest.approx((u_all @ u_all.T)[g_all[:, None] != g_all[None, :]].mean())
+    assert acc.anisotropy_sampled() == pytest.approx(acc.anisotropy_batch_cross_exact(), abs=0.01)
+    assert abs(acc.anisotropy_batch_cross_exact() - acc.anisotropy_cross_exact()) > 0.05  # they really differ

@@ -285,11 +285,11 @@ def test_bold_delta_and_count_agree_at_the_shown_rounding(tmp_path):
         tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001}, {"STS12": 0.300051, "STSBenchmark": 0.30004}
     )
     md = (out / "tables" / "mteb_tasks.md").read_text()
-    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 |" in md
-    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 |" in md
+    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 | 100 |" in md
+    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 | 100 |" in md
     assert "NITP improves 1 of 2 tasks over NTP (not improved: STSBenchmark +0.00)." in md
-    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|"  # text columns left-aligned
-    assert "\\begin{tabular}{lllrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
+    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|---:|"  # text columns left-aligned
+    assert "\\begin{tabular}{lllrrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
 
 
 def test_mteb_tables(report):
@@ -518,9 +518,11 @@ variants:
         "Small NTP",
         "Small NITP",
         "Δ Small NITP − NTP",
+        "n Small",
         "Large NTP",
         "Large NITP",
         "Δ Large NITP − NTP",
+        "n Large",
     ]
     assert rows[0] == ["Model", "ARC-C", "CSQA", "Avg."]
     abl = read_csv(out / "tables" / "ablation.csv")
@@ -894,3 +896,51 @@ def test_short_run_has_integer_step_ticks(tmp_path, drawn):
                 lo, hi = ax.get_xlim()
                 ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
                 assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+
+
+def test_subsampled_and_degenerate_scores_say_what_they_are(tmp_path):
+    """A --limit score shows its n of N; a task answered with one letter is flagged beside its majority baseline."""
+    from nitp_eval.lm.evaluate import answer_concentration
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 5, 50)
+    for arm, picks in (("ntp", np.zeros(50, int)), ("nitp", rng.integers(0, 5, 50))):
+        res = _lm(arm, 200, {"commonsense_qa": (picks == gold).astype(int).tolist()})
+        recs = res["samples"]["commonsense_qa"]
+        for r, g, p in zip(recs, gold, picks):
+            r["target"] = int(g)
+            r["loglikelihoods"] = [0.0 if i == p else -1.0 for i in range(5)]
+        res["tasks"]["commonsense_qa"]["n_docs"] = 1221
+        res["tasks"]["commonsense_qa"]["answers"] = answer_concentration(recs, "acc_norm")
+        _write(run / "eval" / "lm" / f"{arm}-step-000200.json", res)
+    out = build_report(spec_from_paths([run]), tmp_path / "out", progress=False).parent
+    rows = {r[0]: r for r in read_csv(out / "tables" / "downstream.csv")}
+    assert rows["n"][1] == "50 of 1221"
+    majority = np.bincount(gold).max() / 50  # always answering the most frequent gold answer
+    assert num(rows["Majority answer"][1]) == shown(majority)
+    assert rows["NTP"][1] == f"{shown(float(np.mean(gold == 0))):.2f}!"  # one answer to every question
+    assert not rows["NITP"][1].endswith("!")
+    md = (out / "report.md").read_text()
+    assert "NTP gives answer 0 to 100% of the 50 commonsense_qa questions" in md and "paper-cloze" in md
+    assert "commonsense_qa scored on --limit subsamples (row n): not full evaluations" in md
+
+
+def test_answer_concentration_by_hand():
+    from nitp_eval.lm.evaluate import answer_concentration
+
+    mc = [{"loglikelihoods": [-1, -2, -3], "target": t} for t in (0, 0, 1, 2)]
+    mc[3]["loglikelihoods"] = [-3, -1, -2]
+    a = answer_concentration(mc, "acc")
+    assert a == {
+        "n": 4,
+        "top_answer": 0,
+        "top_share": 0.75,
+        "majority_answer": "0",
+        "majority_baseline": 0.5,
+        "degenerate": False,
+    }
+    gen = [{"extracted": {"flexible-extract": "7", "strict-match": "[invalid]"}, "target": "7"} for _ in range(10)]
+    g = answer_concentration(gen, "exact_match,flexible-extract")
+    assert g["top_answer"] == "7" and g["top_share"] == 1.0 and g["degenerate"]
+    assert answer_concentration([{"doc_id": 1}], "acc") is None

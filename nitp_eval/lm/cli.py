@@ -18,7 +18,8 @@ def command(
     ),
     suite: str = typer.Option(
         "paper",
-        help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k.",
+        help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k; "
+        "paper-cloze = the same with CommonsenseQA scored on the answer texts (for small models).",
     ),
     tasks: str = typer.Option(
         None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."
@@ -148,6 +149,15 @@ def command(
             path = write_json(dest, payload, overwrite)
             summary = ", ".join(f"{n} {_num(r['metrics'].get(r['primary']))}" for n, r in task_records.items())
             typer.echo(f"{path}: {summary}")
+            for name, rec in task_records.items():
+                ans = rec.get("answers") or {}
+                if ans.get("degenerate"):
+                    typer.echo(
+                        f"note: {name}: answer {ans['top_answer']!r} given to {ans['top_share']:.0%} of {ans['n']} "
+                        f"questions (majority-answer baseline {100 * ans['majority_baseline']:.2f} %): the score "
+                        "measures that answer's share, not the model",
+                        err=True,
+                    )
             del results, task_records, samples, payload
             _free_memory()  # the model of this checkpoint, before loading the next one
 

@@ -207,7 +207,48 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
             for leaf in leaves
             for rec in sample_records(results["samples"].get(leaf, []), prefix=f"{leaf}:" if is_group else None)
         ]
+        entry["answers"] = answer_concentration(samples[name], entry["primary"])
     return tasks, samples
+
+
+DEGENERATE_SHARE = 0.9  # a task is flagged when one answer is given to at least this share of its questions
+
+
+def answer_concentration(records: list[dict], primary: str | None) -> dict | None:
+    """How concentrated a model's answers are, beside the majority-answer baseline (None without records).
+
+    Answers: the option of highest log-likelihood (multiple choice; the `acc` choice, unnormalised),
+    else what the primary metric's filter extracted from the generation. `top_share` is the share of
+    the most frequent answer, `majority_baseline` the score of always giving the most frequent gold
+    answer; `degenerate` when top_share >= DEGENERATE_SHARE: the score then mostly measures how often
+    that one answer is right, not the model's knowledge (a lettered task's letter bias, say).
+    """
+    from collections import Counter
+
+    filt = (primary or "").partition(",")[2] or "none"
+    answers, golds = [], []
+    for r in records:
+        if r.get("loglikelihoods"):
+            lls = r["loglikelihoods"]
+            answers.append(max(range(len(lls)), key=lls.__getitem__))
+        elif "extracted" in r:
+            answers.append(str(r["extracted"].get(filt, r.get("response"))))
+        else:
+            continue
+        golds.append(str(r.get("target")))
+    if not answers:
+        return None
+    top, top_n = Counter(answers).most_common(1)[0]
+    gold, gold_n = Counter(golds).most_common(1)[0]
+    share = top_n / len(answers)
+    return {
+        "n": len(answers),
+        "top_answer": top,
+        "top_share": share,
+        "majority_answer": gold,
+        "majority_baseline": gold_n / len(golds),
+        "degenerate": share >= DEGENERATE_SHARE,
+    }
 
 
 def sample_records(logged: list[dict], prefix: str | None = None) -> list[dict]:

@@ -153,7 +153,7 @@ def _derive(name, index, configs, data_dir, local, num_fewshot) -> None:
     if entry is None:
         raise UserError(
             f"--tasks: unknown lm-eval task or group {name!r}; list them with `lm_eval ls tasks` "
-            "(nitp ships c3, c3_dialogue and c3_test)"
+            "(nitp ships c3, c3_dialogue, c3_test and commonsense_qa_cloze)"
         )
     if entry.kind == kind.TAG:
         for child in sorted(entry.tags):

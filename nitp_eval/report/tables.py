@@ -125,6 +125,29 @@ def lm_score(res: Result, task: str) -> float | None:
     return score if finite(score) else None
 
 
+def lm_count(res: Result, task: str) -> tuple[int | None, int | None]:
+    """(documents scored, documents in the task's split): fewer scored means a --limit subsample."""
+    t = res.data.get("tasks", {}).get(task) or {}
+    return t.get("n_samples"), t.get("n_docs")
+
+
+def subsampled(res: Result, task: str) -> bool:
+    n, of = lm_count(res, task)
+    return n is not None and of is not None and n < of
+
+
+def count_cell(res: Result, task: str) -> Cell:
+    n, of = lm_count(res, task)
+    if n is None:
+        return Cell(NA)
+    return Cell(f"{n} of {of}" if subsampled(res, task) else f"{n}")
+
+
+def lm_answers(res: Result, task: str) -> dict | None:
+    """The answer-concentration record `nitp-eval lm` wrote for the task (nitp_eval.lm.evaluate), or None."""
+    return (res.data.get("tasks", {}).get(task) or {}).get("answers")
+
+
 def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: list[str]) -> dict:
     """Per-task paired per-document values of the primary metric, for the tasks that have samples."""
     pairs = {}
@@ -178,7 +201,10 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
         f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Δ = difference of the "
         f"shown scores. Avg. = unweighted mean over the tasks every arm has (marked k/{len(tasks)} "
-        "when fewer)."
+        'when fewer). n = documents scored ("k of N": a --limit subsample of the task\'s N documents, not a '
+        "full evaluation). Majority answer = the score of always giving the most frequent gold answer; "
+        "! = the arm gave one answer to at least 90 % of the questions (a degenerate task: its score mostly "
+        "measures how often that answer is right)."
     )
     for run in runs:
         picked = picked_all[run.label]
@@ -204,11 +230,21 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         columns = [[scores[a][i] for a in arms] for i in range(len(tasks))] + [[avg[a] for a in arms]]
         bold = [_bold_best(col) for col in columns]
         for j, a in enumerate(arms):
+            flags = ["!" if (lm_answers(picked[a], t) or {}).get("degenerate") else "" for t in tasks] + [""]
             cells = [
-                Cell(pct(col[j]) + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
+                Cell(pct(col[j]) + flags[i] + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
                 for i, col in enumerate(columns)
             ]
             table.add(_row_label(run, a, len(runs) > 1), *cells, rule=(j == 0))
+            for t in tasks:
+                ans = lm_answers(picked[a], t)
+                if ans and ans["degenerate"]:
+                    notes.append(
+                        f"{run.label}: {arm_name(a)} gives answer {ans['top_answer']!r} to {ans['top_share']:.0%} of "
+                        f"the {ans['n']} {t} questions (majority-answer baseline {pct(ans['majority_baseline'])} %): "
+                        "a degenerate task; its score, and any delta on it, measure answer bias"
+                        + ("; try the cloze variant (--suite paper-cloze)" if t == "commonsense_qa" else "")
+                    )
         base = arms[0]
         for a in arms[1:]:
             pairs = lm_pairs(run, picked[base], picked[a], [tasks[i] for i in common], notes)
@@ -223,6 +259,22 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
                     cells.append(delta_cell(scores[base][i], scores[a][i], per_task.get(t)))
             cells.append(delta_cell(avg[base], avg[a], avg_ci) if common else Cell(NA))
             table.add(f"Δ {_row_label(run, a, len(runs) > 1)} − {arm_name(base)}", *cells)
+        # what the scores are: documents scored and the majority-answer baseline (of the first arm)
+        first = picked[arms[0]]
+        suffix = f" {run.label}" if len(runs) > 1 else ""
+        table.add(f"n{suffix}", *[count_cell(first, t) for t in tasks], Cell(""))
+        majority = [(lm_answers(first, t) or {}).get("majority_baseline") for t in tasks]
+        if any(m is not None for m in majority):
+            table.add(f"Majority answer{suffix}", *[Cell(pct(m)) for m in majority], Cell(""))
+        for t in tasks:
+            counts = {lm_count(picked[a], t) for a in arms if lm_score(picked[a], t) is not None}
+            if len(counts) > 1:
+                notes.append(f"{run.label}: {t}: the arms scored different numbers of documents {sorted(counts)}")
+        limited = [t for t in tasks if subsampled(first, t)]
+        if limited:
+            notes.append(
+                f"{run.label}: {', '.join(limited)} scored on --limit subsamples (row n): not full evaluations"
+            )
     return table if table.rows else None
 
 
@@ -290,16 +342,26 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
             rule=(g == "Overall"),
         )
 
-    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads], left=3)
+    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads, "n"], left=3)
+    per_task.notes.append("n = rows evaluated; (limit) = a --limit subsample, not comparable to published scores.")
+    limited = [t for t in common if tasks[base][t].get("limited")]
+    if limited:
+        groups.notes.append(
+            f"{len(limited)} of {len(common)} tasks evaluated on --limit subsamples (n in the per-task table): "
+            "not comparable to published scores."
+        )
     for t in common:
         vals = [tasks[a][t]["main_score"] for a in arms]
         bold = _bold_best(vals)
+        n_eval = tasks[base][t].get("n_eval") or {}
+        rows = sum(v for v in n_eval.values() if isinstance(v, int)) if n_eval else None
         per_task.add(
             t,
             tasks[base][t].get("group", ""),
             tasks[base][t].get("main_score_name", ""),
             *[Cell(pct(v), b) for v, b in zip(vals, bold)],
             *[Cell(pct_delta(vals[0], v)) for v in vals[1:]],
+            (NA if rows is None else str(rows)) + (" (limit)" if tasks[base][t].get("limited") else ""),
         )
     for a in others:
         # counted on the shown differences, so the count agrees with the table's Δ and bold
