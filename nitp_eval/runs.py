@@ -37,6 +37,11 @@ class Target:
     pair_dir: Path | None = None  # runs/x, where eval/ results go
 
     @property
+    def from_trainer(self) -> bool:
+        """A checkpoint of one of our run dirs (runs/x/<arm>/checkpoints/step-N), whose config and caches exist."""
+        return self.arm is not None and self.checkpoint.parent.name == "checkpoints"
+
+    @property
     def label(self) -> str:
         """File stem of this target's results: <arm>-step-NNNNNN, or the model dir's name."""
         if self.arm is not None and self.step is not None:
@@ -100,6 +105,89 @@ def _arm_targets(arm_dir: Path, pair_dir: Path, all_steps: bool) -> list[Target]
         raise UserError(f"{arm_dir}: no checkpoints yet (expected {arm_dir}/checkpoints/step-NNNNNN/config.json)")
     chosen = found if all_steps else found[-1:]
     return [Target(d, arm_dir.name, step, pair_dir) for step, d in chosen]
+
+
+STEP_AT_END = re.compile(r"(\d+)$")  # step-001000, checkpoint-500, global_step300, step1000 (hub revisions)
+
+
+def _step_of(name: str, what: str) -> int:
+    m = STEP_AT_END.search(name)
+    if not m:
+        raise UserError(
+            f"{what}: no step number at the end of its name (e.g. step-1000, checkpoint-500, step143000); "
+            "a series needs one per checkpoint"
+        )
+    return int(m.group(1))
+
+
+def series_targets(paths: list[str | Path], series: str | Path) -> list[Target]:
+    """Checkpoint dirs (paths or quoted glob patterns) as the steps of one run, `series`.
+
+    The step of each dir is the number its name ends with. Results go to <series>/eval/<what>/
+    <name>-step-NNNNNN.json, <name> = the last part of `series`; `nitp-eval report <series>` then
+    draws the series' dynamics like a trainer run's.
+    """
+    import glob
+
+    series = Path(series)
+    by_step: dict[int, Target] = {}
+    for p in paths:
+        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        if not matches:
+            raise UserError(f"{p}: matches no file or directory; give checkpoint dirs or a glob such as 'ckpts/step-*'")
+        for m in matches:
+            d = Path(m).resolve()
+            if not (d / "config.json").is_file():
+                raise UserError(f"{d}: not an HF model dir (no config.json); --series takes checkpoint dirs")
+            step = _step_of(d.name, str(d))
+            if step in by_step and by_step[step].checkpoint != d:
+                raise UserError(f"{by_step[step].checkpoint} and {d} both name step {step}; give one dir per step")
+            by_step[step] = Target(d, series.name, step, series)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def revision_targets(repo_id: str, revisions: list[str], series: str | Path | None = None) -> list[Target]:
+    """Revisions (branches or tags such as step1000) of one hub model as a series, through huggingface_hub.
+
+    Each revision resolves with `snapshot_download`: from the hub when it is reachable, else from the
+    local HF cache (HF_HUB_OFFLINE=1, or no network) laid out by huggingface_hub (refs/<revision> ->
+    snapshots/<commit>/). The series defaults to the model's name (EleutherAI/pythia-160m -> pythia-160m).
+    """
+    from huggingface_hub import snapshot_download
+
+    from nitp_eval.models import first_line
+
+    series = Path(series) if series is not None else Path(repo_id.rstrip("/").split("/")[-1])
+    targets = []
+    for rev in revisions:
+        step = _step_of(rev, f"--revisions {rev}")
+        try:
+            path = snapshot_download(repo_id, revision=rev)
+        except Exception as e:  # offline without a cached copy, unknown repo or revision, gated
+            raise UserError(
+                f"{repo_id}@{rev}: cannot get it ({e.__class__.__name__}: {first_line(e)}); with no hub access, "
+                "download it on a machine that has one into the HF cache (huggingface-cli download "
+                f"{repo_id} --revision {rev}) and copy the cache over"
+            ) from e
+        targets.append(Target(Path(path), series.name, step, series))
+    return sorted(targets, key=lambda t: t.step)
+
+
+def resolve_series(paths: list, series=None, revisions: str | None = None, all_steps: bool = False) -> list[Target]:
+    """The targets of an eval command's paths: hub revisions, a series of checkpoint dirs, or run/model dirs."""
+    if revisions is not None:
+        if len(paths) != 1:
+            raise UserError("--revisions: give exactly one hub model id as PATH, e.g. EleutherAI/pythia-160m")
+        names = [r.strip() for r in revisions.split(",") if r.strip()]
+        if not names:
+            raise UserError("--revisions: give comma-separated revisions, e.g. step1000,step8000")
+        return revision_targets(str(paths[0]), names, series)
+    if series is not None:
+        if all_steps:
+            raise UserError("--all-steps applies to run dirs; with --series every dir given is one step already")
+        return series_targets(paths, series)
+    # the same checkpoint named twice (e.g. as a run dir and as a path) is evaluated once
+    return list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
 
 
 def library_versions(*names: str) -> dict[str, str]:

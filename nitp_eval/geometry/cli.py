@@ -13,10 +13,25 @@ DEFAULT_SEQ_LEN = 512
 
 
 def command(
-    path: Path = typer.Argument(
+    paths: list[Path] = typer.Argument(
         ...,
-        help="Run dir, arm dir, checkpoint dir, any HF model dir, or a states file "
-        "(.npy/.pt/.safetensors holding tokens x dim or layers x tokens x dim).",
+        help="Run dir(s), arm dir(s), checkpoint dir(s), any HF model dir(s), or one states file "
+        "(.npy/.pt/.safetensors holding tokens x dim or layers x tokens x dim). With --series: checkpoint "
+        "dirs or quoted globs ('ckpts/step-*'); with --revisions: one hub model id.",
+        show_default=False,
+    ),
+    series: Path = typer.Option(
+        None,
+        help="Treat the checkpoint dirs as the steps of one run, this dir: the step is the number each dir name "
+        "ends with; results go to SERIES/eval/geometry/<name>-step-N.json and `nitp-eval report SERIES` draws "
+        "their dynamics. Default: off (with --revisions: the model's name).",
+        show_default=False,
+    ),
+    revisions: str = typer.Option(
+        None,
+        help="Comma-separated hub revisions of the model id given as PATH (e.g. step1000,step8000), "
+        "analysed as a series (from the local HF cache when the hub is unreachable). Default: off.",
+        show_default=False,
     ),
     text: str = typer.Option(
         None,
@@ -82,7 +97,7 @@ def command(
 ) -> None:
     """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory."""
     from nitp_eval.geometry import extract
-    from nitp_eval.runs import check_destinations, resolve_targets
+    from nitp_eval.runs import check_destinations, resolve_series
 
     if tokens < 2:
         raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
@@ -111,7 +126,13 @@ def command(
         "exclude_massive": exclude_massive,
     }
 
-    if path.is_file() and path.suffix.lower() in extract.STATES_SUFFIXES:
+    path = paths[0]
+    states = [p for p in paths if p.is_file() and p.suffix.lower() in extract.STATES_SUFFIXES]
+    if states and (len(paths) > 1 or series is not None or revisions is not None):
+        raise UserError(
+            f"{states[0]}: a states file is analysed on its own; give it alone, without --series/--revisions"
+        )
+    if states:
         ignored = [
             name
             for name, given in (
@@ -145,7 +166,7 @@ def command(
         )
         return
 
-    targets = resolve_targets(path, all_steps)
+    targets = resolve_series(paths, series, revisions, all_steps)
     dests = check_destinations(targets, "geometry", out, overwrite)  # every results path, before any work
     written = []
     for target, dest in zip(targets, dests):
@@ -245,7 +266,7 @@ def _analyse_checkpoint(
         split = None
     else:
         spec, source = _text_spec(text, run_cfg)
-        if text is None and target.arm is not None:  # the run's own tokenised validation split is gone
+        if text is None and target.from_trainer:  # the run's own tokenised validation split is gone
             _note(
                 f"{target.label}: the run's validation tokens (provenance.json data_dir/val.bin) were not found; "
                 f"analysing {spec} ({source})",
@@ -377,7 +398,7 @@ def _run_config(target) -> dict:
     """The arm's config.yaml when the target comes from a run, else {}."""
     import yaml
 
-    if target.arm is None:
+    if not target.from_trainer:
         return {}
     cfg_path = target.checkpoint.parent.parent / "config.yaml"
     if not cfg_path.exists():
@@ -394,7 +415,7 @@ def _run_validation_tokens(target, tokens: int):
 
     import numpy as np
 
-    if target.arm is None:
+    if not target.from_trainer:
         return None
     prov_path = target.checkpoint.parent.parent / "provenance.json"
     try:

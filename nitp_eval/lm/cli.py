@@ -56,6 +56,12 @@ def command(
         "(mean metrics, i.e. the whole suite, use a closed form); 0: no stderr for any metric.",
     ),
     all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    series: Path = typer.Option(
+        None,
+        help="Treat the checkpoint dirs as the steps of one run, this dir (step = the number each dir name ends "
+        "with; results in SERIES/eval/lm/). Default: off.",
+        show_default=False,
+    ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
     export_tasks: Path = typer.Option(
@@ -71,7 +77,7 @@ def command(
     from nitp_eval.lm.suite import known_task, suite_tasks
     from nitp_eval.lm.taskdir import expand_tags, write_task_dir
     from nitp_eval.models import pick_device
-    from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
+    from nitp_eval.runs import check_destinations, resolve_series, results_header, write_json
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(
@@ -106,8 +112,7 @@ def command(
         return
     if not paths:
         raise UserError("give a run dir, arm dir, checkpoint or HF model dir (or --export-tasks DIR)")
-    # the same checkpoint named twice (e.g. as a run dir and as a path) is evaluated once
-    targets = list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
+    targets = resolve_series(paths, series, None, all_steps)
     dests = check_destinations(targets, "lm", out, overwrite)  # fail before hours of evaluation, not after
     run_kw["device"] = pick_device(device)  # recorded as used, so lm_eval_command reproduces the run
     # generation lengths against the models' positions, before any weights load (lm-eval would fail mid-run)
