@@ -19,6 +19,18 @@ SHARED_DATA = Path(
 ).resolve()  # as results record it
 
 
+def pytest_terminal_summary(terminalreporter):
+    """One line saying why tests were skipped (`-q` hides the reasons), e.g. no ../shared/data in a fresh clone."""
+    from collections import Counter
+
+    reasons = Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.write_line("skipped: " + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -62,7 +62,9 @@ def command(
     ),
     seed: int = typer.Option(0, help="Seed of the batch order and of the anisotropy pairs."),
     cka_matrix: bool = typer.Option(
-        False, "--cka-matrix", help="Also the full layer x layer linear-CKA matrix (memory O(layers^2 dim^2))."
+        False,
+        "--cka-matrix",
+        help="Also the full layer x layer linear-CKA matrix (memory O(layers^2 dim^2)). Default: off.",
     ),
     target_layer: int = typer.Option(
         None,
@@ -70,7 +72,9 @@ def command(
         "else the run's objective.target_layer, else ceil(0.2 L) (the trainer's default).",
     ),
     bos: bool = typer.Option(
-        False, "--bos", help="Prepend the tokenizer's BOS token to every window (never counted); auto does it anyway."
+        False,
+        "--bos",
+        help="Prepend the tokenizer's BOS token to every window (never counted); auto does it anyway. Default: off.",
     ),
     exclude_positions: str = typer.Option(
         "auto",
@@ -86,12 +90,18 @@ def command(
         show_default=False,
     ),
     all_steps: bool = typer.Option(
-        False, "--all-steps", help="Every saved checkpoint of the run (trajectories), not only the latest."
+        False,
+        "--all-steps",
+        help="Every saved checkpoint of the run (trajectories), not only the latest. Default: off (the latest).",
     ),
     out: Path = typer.Option(
         None, help="Results dir. Default: <run>/eval/geometry/ (./eval/geometry/ for a model from elsewhere)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace existing results files. Default: off (an existing file stops the command before any work).",
+    ),
     device: str = typer.Option(None, help="torch device. Default: cuda if available, else cpu."),
     dtype: str = typer.Option("float32", help="Model weights dtype (statistics are always accumulated in float64)."),
 ) -> None:

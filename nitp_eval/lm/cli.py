@@ -22,17 +22,19 @@ def command(
         "paper-cloze = the same with CommonsenseQA scored on the answer texts (for small models).",
     ),
     tasks: str = typer.Option(
-        None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."
+        None,
+        help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3. Default: the suite's tasks.",
     ),
     data_dir: Path = typer.Option(
         None,
         envvar=DATA_DIR_ENV,
         show_envvar=True,
         help="Offline: read every task from <DATA_DIR>/<task>/<split>.jsonl (datasets' own schema; subtasks and "
-        "variants use the dir of the task reading the same dataset); nothing touches the hub.",
+        "variants use the dir of the task reading the same dataset); nothing touches the hub. Default: unset (the hub).",
     ),
     limit: float = typer.Option(
-        None, help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs."
+        None,
+        help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs. Default: all docs.",
     ),
     num_fewshot: int = typer.Option(None, help="Few-shot count for all tasks (default: the suite's / task's own)."),
     batch_size: str = typer.Option("8", help="Batch size, or auto / auto:N as in lm_eval."),
@@ -47,7 +49,7 @@ def command(
         False,
         "--strict",
         help="Refuse generation tasks whose max_gen_toks exceeds half the model's positions, instead of capping "
-        "them there (the default, with a recorded note).",
+        "them there (with a recorded note). Default: off (cap).",
     ),
     bootstrap_iters: int = typer.Option(
         100_000,
@@ -55,7 +57,9 @@ def command(
         help="lm-eval bootstrap iterations for the stderr of non-mean metrics "
         "(mean metrics, i.e. the whole suite, use a closed form); 0: no stderr for any metric.",
     ),
-    all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    all_steps: bool = typer.Option(
+        False, "--all-steps", help="Every checkpoint of each arm, not only the latest. Default: off."
+    ),
     series: Path = typer.Option(
         None,
         help="Treat the checkpoint dirs as the steps of one run, this dir (step = the number each dir name ends "
@@ -63,11 +67,11 @@ def command(
         show_default=False,
     ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
     export_tasks: Path = typer.Option(
         None,
         help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands; "
-        "--overwrite replaces only configs written here before.",
+        "--overwrite replaces only configs written here before. Default: off (evaluate).",
     ),
 ) -> None:
     """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records."""
