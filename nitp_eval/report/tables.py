@@ -7,8 +7,6 @@ prints those in its "Missing inputs and caveats" section.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from nitp_eval.report.load import Result, Run
@@ -30,6 +28,7 @@ TASK_NAMES = {
 ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
 MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
 NA = "n/a"
+NOT_RECORDED = "not recorded"
 
 
 def arm_name(arm: str) -> str:
@@ -475,77 +474,19 @@ def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
 
 
 def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
-    """Analytic training-FLOPs overhead of an arm over NTP: ({"paper": fraction, "exact": fraction}, "")
+    """Analytic training-FLOPs overhead of an arm over NTP, as the trainer recorded it: ({"paper", "exact"}, "")
     or (None, why it is unknown).
 
-    The one place the FLOPs model is called. In order of preference: pair.json's `flops_overhead`
-    (a fraction, or {arm: fraction}); else nitp_train.flops (Appendix G) on the model and objective
-    recorded in pair.json (`shared`, `arms`), or the arm's config.yaml for arms trained outside the
-    pair. The vocabulary size, when the preset does not fix it, comes from the arm's provenance.json,
-    else the token cache's meta.json it names, else its latest checkpoint's config.json.
-    Every file read is listed under Sources.
+    The trainer writes `flops` = nitp_train.flops.flops_per_token(...).to_dict() for the arm's exact
+    config (seq_len, vocabulary, projector) into <arm>/provenance.json; the report reads that file
+    only (it never recomputes from the presets installed now, which may differ from the run's).
     """
-    pair = run.pair or {}
-    recorded = pair.get("flops_overhead")
-    if isinstance(recorded, dict):
-        recorded = recorded.get(arm)
-    if finite(recorded):
-        return {"paper": float(recorded), "exact": None}, ""
-    cfg = run.configs.get(arm) or {}
-    shared = pair.get("shared") or {}
-    obj = (pair.get("arms") or {}).get(arm) or cfg.get("objective") or {}
-    model = shared.get("model") or cfg.get("model") or {}
-    seq_len = shared.get("seq_len") or cfg.get("seq_len")
-    if not obj:
-        return None, f"no objective recorded for arm {arm} (pair.json `arms`, {arm}/config.yaml)"
-    if obj.get("name") != "nitp":
-        return None, f"arm {arm} has objective {obj.get('name')!r}; the FLOPs model covers nitp only"
-    if not model.get("preset"):
-        return None, f"no model preset recorded for arm {arm} (pair.json `shared.model`, {arm}/config.yaml)"
-    import dataclasses
-
-    from nitp_train.errors import UserError
-    from nitp_train.flops import flops_per_token
-    from nitp_train.presets import get_preset
-
-    try:
-        preset = get_preset(model["preset"])
-    except UserError:
-        return None, f"model preset {model['preset']!r} is not known to this nitp"
-    preset = dataclasses.replace(preset, hf={**preset.hf, **(model.get("hf_overrides") or {})})
-    vocab = preset.hf.get("vocab_size") or _recorded_vocab_size(run, arm)
-    if vocab is None:
-        return None, (
-            f"preset {preset.name} fixes no vocab_size and no vocabulary size was found for arm {arm} "
-            f"(token cache meta.json named by {arm}/provenance.json, {arm}/checkpoints/*/config.json)"
-        )
-    try:
-        rep = flops_per_token(
-            preset,
-            seq_len=seq_len,
-            vocab_size=vocab,
-            projector=obj.get("projector", "swiglu"),
-            projector_mult=obj.get("projector_mult", 4),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        return None, f"the FLOPs model failed on preset {preset.name}: {e.__class__.__name__}: {e}"
-    return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}, ""
-
-
-def _recorded_vocab_size(run: Run, arm: str) -> int | None:
-    """The model's vocabulary as the trainer recorded it: provenance.json, the token cache's meta.json, or a checkpoint's config."""
     prov = run.read_json(run.path / arm / "provenance.json")
-    if prov and prov.get("vocab_size"):
-        return int(prov["vocab_size"])
-    if prov and prov.get("data_dir"):
-        meta = run.read_json(Path(prov["data_dir"]) / "meta.json")
-        if meta and meta.get("vocab_size"):
-            return int(meta["vocab_size"])
-    from nitp_eval.runs import checkpoint_dirs
-
-    ckpts = checkpoint_dirs(run.path / arm)
-    config = run.read_json(ckpts[-1][1] / "config.json") if ckpts else None
-    return int(config["vocab_size"]) if config and config.get("vocab_size") else None
+    flops = (prov or {}).get("flops")
+    if not isinstance(flops, dict) or not finite(flops.get("paper_overhead")):
+        return None, f"not recorded ({arm}/provenance.json has no `flops`; runs from older trainers)"
+    exact = flops.get("exact_overhead")
+    return {"paper": float(flops["paper_overhead"]), "exact": float(exact) if finite(exact) else None}, ""
 
 
 def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
@@ -566,7 +507,8 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
         "Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
         "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
         "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
-        "scores), from nitp_train.flops on the config recorded in pair.json."
+        'scores), as the trainer recorded them in each arm\'s provenance.json (`flops`; "not recorded" for '
+        "runs without it)."
     )
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
@@ -582,7 +524,8 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                 measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
                 ov, why = analytic_flops_overhead(run, a)
                 paper, exact = (
-                    pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else NA for k in ("paper", "exact")
+                    pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else (NA if ov else NOT_RECORDED)
+                    for k in ("paper", "exact")
                 )
                 if ov is None:
                     notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a}: {why}")
