@@ -72,6 +72,27 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
     return model, tokenizer
 
 
+def load_projector(checkpoint: Path, last: int):
+    """The NITP projector saved beside a checkpoint (an NITPObjective), or None; checked against the model's depth."""
+    from safetensors import SafetensorError
+
+    from nitp_train.objective import PROJECTOR_FILE, NITPObjective
+
+    path = Path(checkpoint) / PROJECTOR_FILE
+    if not path.exists():
+        return None
+    try:
+        projector = NITPObjective.load(checkpoint)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise UserError(
+            f"{path}: unreadable ({e.__class__.__name__}: {first_line(e)}); the file is cut short or corrupt: "
+            "restore it, or remove it to analyse the model without its projector"
+        ) from e
+    if projector.num_layers != last:
+        raise UserError(f"{path}: made for {projector.num_layers} layers, the model has {last}")
+    return projector
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, shortened: errors stay one line."""
     text = str(e).strip()

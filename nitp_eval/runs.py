@@ -190,6 +190,92 @@ def resolve_series(paths: list, series=None, revisions: str | None = None, all_s
     return list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
 
 
+# ---------------------------------------------------------------------------- run defaults (geometry)
+
+
+def run_config(target: Target) -> dict:
+    """The arm's config.yaml when the target comes from a run, else {}."""
+    import yaml
+
+    if not target.from_trainer:
+        return {}
+    cfg_path = target.checkpoint.parent.parent / "config.yaml"
+    if not cfg_path.exists():
+        return {}
+    try:
+        return yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{cfg_path}: not valid YAML ({e.__class__.__name__}); fix or remove it") from e
+
+
+def run_validation_tokens(target: Target, tokens: int):
+    """(ids, spec, source) from the run's token cache (provenance.json data_dir/val.bin), or None."""
+    import json
+
+    import numpy as np
+
+    if not target.from_trainer:
+        return None
+    prov_path = target.checkpoint.parent.parent / "provenance.json"
+    try:
+        data_dir = Path(json.loads(prov_path.read_text())["data_dir"])
+        if not data_dir.is_absolute() and not data_dir.exists() and target.pair_dir is not None:
+            data_dir = target.pair_dir / "data" / data_dir.name
+        meta = json.loads((data_dir / "meta.json").read_text())
+    except (OSError, KeyError, ValueError):
+        return None
+    if not meta.get("val_tokens") or not (data_dir / "val.bin").exists():
+        return None
+    try:
+        val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    except (ValueError, TypeError) as e:  # a size that is no whole number of tokens: cut short
+        raise UserError(
+            f"{data_dir / 'val.bin'}: unreadable as {meta['dtype']} tokens ({e.__class__.__name__}); the token cache "
+            "is cut short or corrupt: delete its dir and re-run `nitp-train pair` to re-tokenise, or pass --text"
+        ) from e
+    # a memmap slice: windows are views of it, read from disk batch by batch
+    return val[:tokens], str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
+
+
+def run_text(text: str | None, run_cfg: dict) -> tuple[str, str]:
+    """(spec, where it came from): --text, the run's data.validation text, or the built-in validation split."""
+    if text:
+        return text, "--text"
+    data = run_cfg.get("data") or {}
+    val = data.get("validation")
+    if val:
+        from nitp_train.data import resolve_files
+
+        if resolve_files(val) is not None:  # local text that still exists; HF ids are not retried offline
+            return val, "run data.validation"
+    from nitp_train.data import BUILTIN_VAL  # the trainer's built-in validation split
+
+    return str(BUILTIN_VAL), "built-in validation corpus (run validation text not given or not found)"
+
+
+def target_layer(target: Target, run_cfg: dict, option: int | None, last: int):
+    """(k, source, projector or None). An explicit --target-layer wins; then the projector, config, default."""
+    from nitp_eval.models import load_projector
+    from nitp_train.objective import resolve_target_layer
+
+    projector = load_projector(target.checkpoint, last)
+    if option is not None:
+        if not 0 <= option <= last:
+            raise UserError(f"--target-layer {option}: out of range; this model has hidden_states 0..{last}")
+        return option, "--target-layer", projector
+    if projector is not None:
+        return projector.target_layer, "nitp_projector.safetensors", projector
+    tl = (run_cfg.get("objective") or {}).get("target_layer")
+    if tl is not None:
+        try:
+            return resolve_target_layer(tl, last), "run objective.target_layer", None
+        except ValueError:
+            pass
+    from nitp_train.objective import ObjectiveConfig
+
+    return resolve_target_layer(ObjectiveConfig().target_layer, last), "default ceil(0.2 L), the trainer's rule", None
+
+
 def library_versions(*names: str) -> dict[str, str]:
     """Installed versions of the given distributions (plus nitp and the libraries every result depends on)."""
     out = {}
@@ -273,6 +359,13 @@ def read_jsonl(path: Path, raw: bytes | None = None) -> list:
                 "copy it again"
             ) from None
     return rows
+
+
+def write_results(kind: str, target: Target, dest: Path, settings: dict, body: dict, overwrite: bool) -> dict:
+    """Header + body written to `dest` (atomically); returns the payload, with `_path` for the console."""
+    payload = {**results_header(kind, target, settings), **body}
+    write_json(dest, payload, overwrite)
+    return {**payload, "_path": str(dest)}
 
 
 def write_json(path: Path, payload: dict, overwrite: bool = False) -> Path:

@@ -915,3 +915,27 @@ def test_answer_concentration_by_hand():
     g = answer_concentration(gen, "exact_match,flexible-extract")
     assert g["top_answer"] == "7" and g["top_share"] == 1.0 and g["degenerate"]
     assert answer_concentration([{"doc_id": 1}], "acc") is None
+
+
+def test_geometry_dominated_by_a_few_tokens_is_flagged(tmp_path):
+    """The console's massive-activation note reaches the report's caveats, naming layers and positions."""
+    run = tmp_path / "run"
+    for arm in ("ntp", "nitp"):
+        g = _geometry(arm, 200, 1.0)
+        L = len(g["layers"])
+        big = [1, 2] if arm == "nitp" else []
+        g["per_layer"] |= {
+            "norm_median": [10.0] * L,
+            "norm_max": [2000.0 if i in big else 15.0 for i in range(L)],
+            "top1pct_share": [0.97 if i in big else 0.012 for i in range(L)],
+            "outlier_positions": [{"0": 16} if i in big else {} for i in range(L)],
+        }
+        g["massive"] = {"k": 20.0, "dominated_share": 0.5, "dominated_layers": big, "excluded": {}}
+        _write(run / "eval" / "geometry" / f"{arm}-step-000200.json", g)
+    spec = spec_from_paths([run])
+    spec.sections = ["geometry"]
+    md = build_report(spec, tmp_path / "out", progress=False).read_text()
+    caveats = md.split("## Missing inputs")[1]
+    assert "nitp-step-000200.json: in layers 1-2 the top 1 % of tokens carry >= 50% of the squared norms" in caveats
+    assert "max 200 x the median" in caveats and "window positions 0 (16 tokens)" in caveats
+    assert "ntp-step-000200.json: in layers" not in caveats

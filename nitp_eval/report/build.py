@@ -201,8 +201,15 @@ def _geometry(spec, runs, w, notes, many):
         w.text("No geometry results found (run `nitp-eval geometry <run dir>`).\n")
         return
     w.table(t)
+    from nitp_eval.geometry.flags import massive_flag
+
     for run in runs:
         arms = T.run_arms(run, spec)
+        for arm in arms:  # layers decided by a few massive-norm tokens (the attention sink), as the console says
+            res = T.pick(run, "geometry", arm, spec.step)
+            flag = massive_flag(res.data) if res else None
+            if flag:
+                notes.append(f"{run.label}: {res.path.name}: {flag}")
         sfx = f"-{slug(run.label)}" if many else ""
         w.figure(
             F.geometry_profiles(run, arms, spec.step, notes),
