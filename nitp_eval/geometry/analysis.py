@@ -29,7 +29,7 @@ def analyse_checkpoint(
     dtype,
     common,
     note,
-) -> dict:
+) -> tuple[dict, dict]:
     """Geometry of one checkpoint: (settings, results body). Run defaults from runs.py, the model from models.py.
 
     `note(message, qualifies)` reports a remark (printed at once); with qualifies=True it is also

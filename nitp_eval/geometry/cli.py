@@ -135,6 +135,8 @@ def command(
         "exclude_massive": exclude_massive,
     }
 
+    # the settings a states file and a model share
+    shared = dict(tokens=tokens, layers=layers, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix, common=common)
     path = paths[0]
     states = [p for p in paths if p.is_file() and p.suffix.lower() in extract.STATES_SUFFIXES]
     if states and (len(paths) > 1 or series is not None or revisions is not None):
@@ -164,16 +166,7 @@ def command(
         notes = Notes()
         if ignored:
             notes(f"{path.name} is a states file: {', '.join(ignored)} ignored (they apply to a model)")
-        settings, body = analyse_states_file(
-            path,
-            tokens=tokens,
-            layers=layers,
-            n_pairs=n_pairs,
-            seed=seed,
-            cka_matrix=cka_matrix,
-            common=common,
-            note=notes,
-        )
+        settings, body = analyse_states_file(path, **shared, note=notes)
         _finish([(target, write_results("geometry", target, dest, settings, {**body, "notes": notes.kept}, overwrite))])
         return
 
@@ -186,22 +179,17 @@ def command(
         notes = Notes()
         settings, body = analyse_checkpoint(
             target,
+            **shared,
             text=text,
             text_split=text_split,
-            tokens=tokens,
             seq_len=seq_len,
             batch_size=batch_size,
-            layers=layers,
-            n_pairs=n_pairs,
-            seed=seed,
-            cka_matrix=cka_matrix,
             target_layer_option=target_layer,
             bos=bos,
             positions_rule=positions_rule,
             exclude_massive=exclude_massive,
             device=device,
             dtype=dtype,
-            common=common,
             note=notes,
         )
         written.append(
