@@ -458,3 +458,20 @@ def test_generation_length_is_capped_to_the_model_and_recorded(tiny_checkpoint, 
     # lm-eval's own record of the config it ran
     assert r["tasks"]["mmlu_pro_law"]["generation_kwargs"]["max_gen_toks"] == 256
     assert r["tasks"]["mmlu_pro_law"]["generation_kwargs"]["until"] == stock["until"]
+
+
+def test_repeated_lm_eval_warnings_are_said_once():
+    import logging
+
+    from nitp_eval.lm.evaluate import OncePerMessage
+
+    once = OncePerMessage()
+    records = [
+        logging.LogRecord("lm_eval.models.huggingface", logging.WARNING, "f", 1, msg, None, None)
+        for msg in (
+            "Left truncation applied. Original sequence length was 1479, truncating to last 256 tokens.",
+            "Left truncation applied. Original sequence length was 2210, truncating to last 256 tokens.",
+            "Something else",
+        )
+    ]
+    assert [once.filter(r) for r in records] == [True, False, True]

@@ -12,6 +12,8 @@ the stderr of metric m is m + "_stderr".
 
 from __future__ import annotations
 
+import logging
+import re
 import shlex
 from pathlib import Path
 
@@ -39,16 +41,39 @@ def run_harness(
 
     model, tokenizer = load_model(checkpoint, device=device, dtype=dtype)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(batch_size))
-    return lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(names),
-        task_manager=task_manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        gen_kwargs=gen_kwargs,
-        log_samples=True,
-        bootstrap_iters=bootstrap_iters,
-    )
+    once = OncePerMessage()  # lm-eval repeats e.g. its truncation warning once per request: say it once
+    loggers = [logging.getLogger(name) for name in ("lm_eval.models.huggingface", "lm_eval.models.utils")]
+    for logger in loggers:
+        logger.addFilter(once)
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(names),
+            task_manager=task_manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            bootstrap_iters=bootstrap_iters,
+        )
+    finally:
+        for logger in loggers:
+            logger.removeFilter(once)
+
+
+class OncePerMessage(logging.Filter):
+    """Lets a log message through the first time only; messages differing only in their numbers are one."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "N", str(record.msg))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def parse_gen_kwargs(text: str | None) -> dict:
