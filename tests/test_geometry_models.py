@@ -48,6 +48,8 @@ def test_tiny_bert_encoder_matches_per_window_reference(tiny_encoder, tmp_path):
         60,
         "--n-pairs",
         0,
+        "--exclude-positions",
+        "none",  # every token, as the reference below
         "--out",
         tmp_path / "eval",
     )

@@ -436,3 +436,42 @@ def test_metric_names_and_record_merging_by_hand():
         ]
     )
     assert mc == {"doc_id": 0, "acc": 1.0, "target": 1, "loglikelihoods": [-3.0, -1.5]}
+
+
+def test_generation_length_is_capped_to_the_model_and_recorded(tiny_checkpoint, lm_data, tmp_path):
+    """MMLU-Pro asks for 2,048 new tokens; a 512-position model runs it capped at 256, and says so (item 4)."""
+    import lm_eval
+    import yaml
+
+    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu_pro" / "_default_template_yaml"
+    text = template.read_text().replace("!function ", "")  # lm-eval's hooks; not needed here
+    stock = yaml.safe_load(text)["generation_kwargs"]
+    assert stock["max_gen_toks"] == 2048  # what would not fit (the tiny model has 512 positions)
+    out = tmp_path / "out"
+    result = _invoke(tiny_checkpoint, "--tasks", "mmlu_pro_law", "--data-dir", lm_data, "--limit", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "max_gen_toks 2048 capped at 256, half the model's 512 positions" in result.output
+    r = json.loads((out / "model.json").read_text())
+    assert r["settings"]["model_positions"] == 512
+    assert r["settings"]["generation_overrides"]["mmlu_pro_law"] == {**stock, "max_gen_toks": 256}
+    assert any("capped at 256" in n for n in r["settings"]["notes"])
+    # lm-eval's own record of the config it ran
+    assert r["tasks"]["mmlu_pro_law"]["generation_kwargs"]["max_gen_toks"] == 256
+    assert r["tasks"]["mmlu_pro_law"]["generation_kwargs"]["until"] == stock["until"]
+
+
+def test_repeated_lm_eval_warnings_are_said_once():
+    import logging
+
+    from nitp_eval.lm.evaluate import OncePerMessage
+
+    once = OncePerMessage()
+    records = [
+        logging.LogRecord("lm_eval.models.huggingface", logging.WARNING, "f", 1, msg, None, None)
+        for msg in (
+            "Left truncation applied. Original sequence length was 1479, truncating to last 256 tokens.",
+            "Left truncation applied. Original sequence length was 2210, truncating to last 256 tokens.",
+            "Something else",
+        )
+    ]
+    assert [once.filter(r) for r in records] == [True, False, True]

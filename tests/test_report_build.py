@@ -285,11 +285,11 @@ def test_bold_delta_and_count_agree_at_the_shown_rounding(tmp_path):
         tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001}, {"STS12": 0.300051, "STSBenchmark": 0.30004}
     )
     md = (out / "tables" / "mteb_tasks.md").read_text()
-    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 |" in md
-    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 |" in md
+    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 | 100 |" in md
+    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 | 100 |" in md
     assert "NITP improves 1 of 2 tasks over NTP (not improved: STSBenchmark +0.00)." in md
-    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|"  # text columns left-aligned
-    assert "\\begin{tabular}{lllrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
+    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|---:|"  # text columns left-aligned
+    assert "\\begin{tabular}{lllrrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
 
 
 def test_mteb_tables(report):
@@ -330,7 +330,7 @@ def test_geometry_cost_ce_tables(report):
     cost = read_csv(out / "tables" / "cost.csv")
     assert cost[1][2] == "1000.0" and cost[2][2] == "950.0"
     assert cost[2][4] == f"{100 * (1000 / 950 - 1):+.2f}%"
-    assert cost[2][5] == "n/a"  # no flops_overhead in pair.json
+    assert cost[2][5] == "not recorded"  # no `flops` in the arm's provenance.json
     ce = read_csv(out / "tables" / "cross_entropy.csv")
     assert ce[1][3].startswith(f"{7.5 - 200 / 60:.4f}") and ce[2][4] == "+0.0020"
 
@@ -377,53 +377,24 @@ def test_tables_are_byte_deterministic(tmp_path):
     )
 
 
-def test_flops_overhead_from_the_config_recorded_in_pair_json(tmp_path):
+def test_flops_overhead_is_read_from_provenance_only(tmp_path):
+    """The trainer records each arm's FLOPs (nitp_train.flops ... .to_dict()) in provenance.json; nothing is recomputed."""
     run = make_run(tmp_path)
     pair = json.loads((run / "pair.json").read_text())
-    hf = {
-        "hidden_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 128,
-    }
-    pair["shared"] = {"model": {"preset": "tiny-dense", "hf_overrides": hf}, "seq_len": 64}
-    pair["arms"] = {"ntp": {"name": "ntp"}, "nitp": {"name": "nitp", "projector": "swiglu", "projector_mult": 4}}
-    (run / "pair.json").write_text(json.dumps(pair))
+    # a model recorded in pair.json is not enough: the report does not recompute from installed presets
+    pair["shared"] = {"model": {"preset": "tiny-dense"}, "seq_len": 64}
+    (run / "pair.json").write_text(json.dumps({**pair, "flops_overhead": {"nitp": 0.5}}))
     spec = spec_from_paths([run])
     spec.sections = ["cost"]
-    # tiny-dense fixes no vocabulary (it comes from the tokenizer): without a record of it, the reason is given
     md = build_report(spec, tmp_path / "a", progress=False).read_text()
-    assert read_csv(tmp_path / "a" / "tables" / "cost.csv")[2][5:] == ["n/a", "n/a"]
-    assert "no analytic FLOPs overhead for arm nitp: preset tiny-dense fixes no vocab_size" in md
-    # the trainer's provenance.json names the token cache, whose meta.json records the vocabulary size
-    (tmp_path / "tokens").mkdir()
-    (tmp_path / "tokens" / "meta.json").write_text(json.dumps({"vocab_size": 1024}))
-    (run / "nitp" / "provenance.json").write_text(json.dumps({"data_dir": str(tmp_path / "tokens")}))
+    assert read_csv(tmp_path / "a" / "tables" / "cost.csv")[2][5:] == ["not recorded", "not recorded"]
+    assert "no analytic FLOPs overhead for arm nitp: not recorded (nitp/provenance.json has no `flops`" in md
+    flops = {"paper_overhead": 0.023, "exact_overhead": 0.0281, "params": 123}  # as FlopsReport.to_dict() has them
+    (run / "nitp" / "provenance.json").write_text(json.dumps({"vocab_size": 1024, "flops": flops}))
     md = build_report(spec, tmp_path / "b", progress=False).read_text()
-    d, L, d_e, V = (
-        64,
-        4,
-        128,
-        1024,
-    )  # Appendix G for a dense model: L (18 d² + 18 d d_e) + 6 V d; NITP adds 72 d² + 18 d
-    paper = (72 * d**2 + 18 * d) / (L * (18 * d**2 + 18 * d * d_e) + 6 * V * d)
-    row = read_csv(tmp_path / "b" / "tables" / "cost.csv")[2]
-    assert row[5] == f"{100 * paper:+.2f}%" == "+23.17%"
-    assert row[6] != "n/a"
-    sources = md.split("## Sources")[1]
-    assert f"{run}/nitp/provenance.json" in sources and f"{tmp_path}/tokens/meta.json" in sources
+    assert read_csv(tmp_path / "b" / "tables" / "cost.csv")[2][5:] == ["+2.30%", "+2.81%"]
+    assert f"{run}/nitp/provenance.json" in md.split("## Sources")[1]
     assert "FLOPs" not in md.split("## Missing inputs")[1].split("## Sources")[0]
-
-
-def test_flops_overhead_recorded_in_pair_json(tmp_path):
-    run = make_run(tmp_path)
-    pair = json.loads((run / "pair.json").read_text())
-    (run / "pair.json").write_text(json.dumps({**pair, "flops_overhead": {"nitp": 0.023}}))
-    spec = spec_from_paths([run])
-    spec.sections = ["cost"]
-    out = build_report(spec, tmp_path / "out", progress=False).parent
-    assert read_csv(out / "tables" / "cost.csv")[2][5:] == ["+2.30%", "n/a"]
 
 
 def _cost_spec(run: Path):
@@ -518,9 +489,11 @@ variants:
         "Small NTP",
         "Small NITP",
         "Δ Small NITP − NTP",
+        "n Small",
         "Large NTP",
         "Large NITP",
         "Δ Large NITP − NTP",
+        "n Large",
     ]
     assert rows[0] == ["Model", "ARC-C", "CSQA", "Avg."]
     abl = read_csv(out / "tables" / "ablation.csv")
@@ -894,3 +867,75 @@ def test_short_run_has_integer_step_ticks(tmp_path, drawn):
                 lo, hi = ax.get_xlim()
                 ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
                 assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+
+
+def test_subsampled_and_degenerate_scores_say_what_they_are(tmp_path):
+    """A --limit score shows its n of N; a task answered with one letter is flagged beside its majority baseline."""
+    from nitp_eval.lm.evaluate import answer_concentration
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 5, 50)
+    for arm, picks in (("ntp", np.zeros(50, int)), ("nitp", rng.integers(0, 5, 50))):
+        res = _lm(arm, 200, {"commonsense_qa": (picks == gold).astype(int).tolist()})
+        recs = res["samples"]["commonsense_qa"]
+        for r, g, p in zip(recs, gold, picks):
+            r["target"] = int(g)
+            r["loglikelihoods"] = [0.0 if i == p else -1.0 for i in range(5)]
+        res["tasks"]["commonsense_qa"]["n_docs"] = 1221
+        res["tasks"]["commonsense_qa"]["answers"] = answer_concentration(recs, "acc_norm")
+        _write(run / "eval" / "lm" / f"{arm}-step-000200.json", res)
+    out = build_report(spec_from_paths([run]), tmp_path / "out", progress=False).parent
+    rows = {r[0]: r for r in read_csv(out / "tables" / "downstream.csv")}
+    assert rows["n"][1] == "50 of 1221"
+    majority = np.bincount(gold).max() / 50  # always answering the most frequent gold answer
+    assert num(rows["Majority answer"][1]) == shown(majority)
+    assert rows["NTP"][1] == f"{shown(float(np.mean(gold == 0))):.2f}!"  # one answer to every question
+    assert not rows["NITP"][1].endswith("!")
+    md = (out / "report.md").read_text()
+    assert "NTP gives answer 0 to 100% of the 50 commonsense_qa questions" in md and "paper-cloze" in md
+    assert "commonsense_qa scored on --limit subsamples (row n): not full evaluations" in md
+
+
+def test_answer_concentration_by_hand():
+    from nitp_eval.lm.evaluate import answer_concentration
+
+    mc = [{"loglikelihoods": [-1, -2, -3], "target": t} for t in (0, 0, 1, 2)]
+    mc[3]["loglikelihoods"] = [-3, -1, -2]
+    a = answer_concentration(mc, "acc")
+    assert a == {
+        "n": 4,
+        "top_answer": 0,
+        "top_share": 0.75,
+        "majority_answer": "0",
+        "majority_baseline": 0.5,
+        "degenerate": False,
+    }
+    gen = [{"extracted": {"flexible-extract": "7", "strict-match": "[invalid]"}, "target": "7"} for _ in range(10)]
+    g = answer_concentration(gen, "exact_match,flexible-extract")
+    assert g["top_answer"] == "7" and g["top_share"] == 1.0 and g["degenerate"]
+    assert answer_concentration([{"doc_id": 1}], "acc") is None
+
+
+def test_geometry_dominated_by_a_few_tokens_is_flagged(tmp_path):
+    """The console's massive-activation note reaches the report's caveats, naming layers and positions."""
+    run = tmp_path / "run"
+    for arm in ("ntp", "nitp"):
+        g = _geometry(arm, 200, 1.0)
+        L = len(g["layers"])
+        big = [1, 2] if arm == "nitp" else []
+        g["per_layer"] |= {
+            "norm_median": [10.0] * L,
+            "norm_max": [2000.0 if i in big else 15.0 for i in range(L)],
+            "top1pct_share": [0.97 if i in big else 0.012 for i in range(L)],
+            "outlier_positions": [{"0": 16} if i in big else {} for i in range(L)],
+        }
+        g["massive"] = {"k": 20.0, "dominated_share": 0.5, "dominated_layers": big, "excluded": {}}
+        _write(run / "eval" / "geometry" / f"{arm}-step-000200.json", g)
+    spec = spec_from_paths([run])
+    spec.sections = ["geometry"]
+    md = build_report(spec, tmp_path / "out", progress=False).read_text()
+    caveats = md.split("## Missing inputs")[1]
+    assert "nitp-step-000200.json: in layers 1-2 the top 1 % of tokens carry >= 50% of the squared norms" in caveats
+    assert "max 200 x the median" in caveats and "window positions 0 (16 tokens)" in caveats
+    assert "ntp-step-000200.json: in layers" not in caveats

@@ -32,8 +32,32 @@ def nitp_eval(*args, cwd: Path) -> str:
 
 
 def copy_run(tiny_run: Path, dest: Path) -> Path:
-    """A private copy (the session's tiny_run is shared with other tests): configs, metrics, checkpoints."""
-    return Path(shutil.copytree(tiny_run, dest / "tiny", ignore=shutil.ignore_patterns("data", "eval")))
+    """A private copy (the session's tiny_run is shared with other tests): configs, metrics, checkpoints.
+
+    Each arm's provenance.json gets the trainer's `flops` record where it lacks one (the trainer of this
+    branch predates it): nitp_train.flops on the arm's config, as the trainer writes it.
+    """
+    run = Path(shutil.copytree(tiny_run, dest / "tiny", ignore=shutil.ignore_patterns("data", "eval")))
+    import dataclasses
+
+    import yaml
+
+    from nitp_train.flops import flops_per_token
+    from nitp_train.presets import get_preset
+
+    for arm in ARMS:
+        prov_file = run / arm / "provenance.json"
+        prov = json.loads(prov_file.read_text())
+        if "flops" not in prov:
+            cfg = yaml.safe_load((run / arm / "config.yaml").read_text())
+            preset = get_preset(cfg["model"]["preset"])
+            preset = dataclasses.replace(preset, hf={**preset.hf, **(cfg["model"].get("hf_overrides") or {})})
+            obj = cfg["objective"]
+            report = flops_per_token(
+                preset, seq_len=cfg["seq_len"], vocab_size=prov["vocab_size"], projector=obj.get("projector", "swiglu")
+            )
+            prov_file.write_text(json.dumps({**prov, "flops": report.to_dict()}))
+    return run
 
 
 def results(run: Path, kind: str, arm: str, step: int) -> dict:

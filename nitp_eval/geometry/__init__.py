@@ -12,6 +12,8 @@ __all__ = [
     "CrossMomentAccumulator",
     "effective_rank",
     "linear_cka",
+    "massive_mask",
+    "norm_summary",
     "probe_metrics",
     "sample_cross_pairs",
 ]

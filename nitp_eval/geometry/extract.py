@@ -25,9 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from nitp_train.errors import UserError
-from nitp_train.metrics import CovarianceAccumulator, CrossMomentAccumulator, sample_cross_pairs
+from nitp_train.metrics import (
+    DOMINATED_SHARE,
+    MASSIVE_K,
+    CovarianceAccumulator,
+    CrossMomentAccumulator,
+    massive_mask,
+    norm_summary,
+    sample_cross_pairs,
+)
 
 STATES_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
 
@@ -122,25 +131,33 @@ def batch_rows(n_windows: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[s : s + batch_size] for s in range(0, n_windows, batch_size)]
 
 
-def batches(windows, batch_size: int, seed: int, pad_id: int, bos_id: int | None = None):
-    """(input_ids, attention_mask, valid) per batch of `batch_rows`.
+def batches(windows, batch_size: int, seed: int, pad_id: int, bos_id: int | None = None, exclude_positions=()):
+    """(input_ids, attention_mask, valid, positions) per batch of `batch_rows`.
 
-    `valid` marks the positions whose states are counted: real tokens, not padding, not BOS.
+    `valid` marks the positions whose states are counted: real tokens, not padding, not BOS, not
+    the window positions in `exclude_positions` (0 = the first token of the window's text, after a
+    BOS; negative counts from the window's end). `positions` is each position's index in its window's
+    text (-1 for BOS and padding).
     """
     extra = 1 if bos_id is not None else 0
     for rows in batch_rows(len(windows), batch_size, seed):
         width = max(len(windows[i]) for i in rows) + extra
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.full((len(rows), width), -1, dtype=torch.long)
         for b, i in enumerate(rows):
             w = windows[i]
             input_ids[b, extra : extra + len(w)] = torch.from_numpy(np.asarray(w, dtype=np.int64))
             attention[b, : extra + len(w)] = 1
+            positions[b, extra : extra + len(w)] = torch.arange(len(w))
+            for p in exclude_positions:
+                if -len(w) <= p < len(w):
+                    positions[b, extra + p % len(w)] = -2  # excluded by position
         if extra:
             input_ids[:, 0] = bos_id
-        valid = attention.bool().clone()
-        valid[:, :extra] = False
-        yield input_ids, attention, valid
+        valid = positions >= 0
+        positions[positions == -2] = -1
+        yield input_ids, attention, valid, positions
 
 
 def pair_quotas(n_pairs: int, cross: list[int]) -> list[int]:
@@ -182,6 +199,11 @@ class GeometryStats:
     cos_next_n: int = 0
     proj_cos_sum: float = 0.0
     proj_cos_n: int = 0
+    massive_k: float = MASSIVE_K  # outlier rule of the norm diagnostics
+    norms: dict = field(default_factory=dict)  # layer -> list of float32 arrays: 4 bytes per token and layer
+    positions: list = field(default_factory=list)  # window position of each counted token (int32)
+    excluded_norms: dict = field(default_factory=dict)  # layer -> norms of tokens left out (BOS, positions, rule)
+    excluded: dict = field(default_factory=dict)  # why -> count of tokens left out
 
     def __post_init__(self):
         tracked = sorted(set(self.layers) | {self.last})
@@ -196,8 +218,12 @@ class GeometryStats:
                 for b in self.layers[i + 1 :]
             }
 
-    def update(self, states, groups: torch.Tensor, pairs) -> None:
+    def update(self, states, groups: torch.Tensor, pairs, positions=None) -> None:
         """`states`: layer index -> [n, d] rows of the counted tokens, same rows for every layer."""
+        for layer in self.layers:
+            self.norms.setdefault(layer, []).append(states[layer].float().norm(dim=1).cpu().numpy())
+        if positions is not None:
+            self.positions.append(np.asarray(positions, dtype=np.int32))
         for layer, acc in self.acc.items():
             acc.update(states[layer], groups=groups, pairs=pairs)
         for layer, cross in self.to_last.items():
@@ -225,6 +251,30 @@ class GeometryStats:
             self.proj_cos_sum += float(cos.double().sum())
             self.proj_cos_n += int(ok.sum())
 
+    def exclude(self, why: str, states) -> None:
+        """Record tokens left out of every statistic: `states` layer -> [m, d] rows of them."""
+        m = len(next(iter(states.values()))) if states else 0
+        if m == 0:
+            return
+        self.excluded[why] = self.excluded.get(why, 0) + m
+        for layer in self.layers:
+            self.excluded_norms.setdefault(layer, []).append(states[layer].float().norm(dim=1).cpu().numpy())
+
+    def norm_results(self) -> dict:
+        """Per layer: `norm_summary` of the counted tokens, and the median norm of the excluded ones."""
+        positions = np.concatenate(self.positions) if self.positions else None
+        per = {}
+        for layer in self.layers:
+            norms = np.concatenate(self.norms.get(layer) or [np.zeros(0, np.float32)])
+            summary = norm_summary(
+                norms, positions if positions is not None and len(positions) == len(norms) else None, self.massive_k
+            )
+            ex = self.excluded_norms.get(layer)
+            summary["excluded_norm_median"] = float(np.median(np.concatenate(ex))) if ex else None
+            per[layer] = summary
+        keys = ["norm_median", "norm_max", "top1pct_share", "outliers", "outlier_positions", "excluded_norm_median"]
+        return {key: [per[layer][key] for layer in self.layers] for key in keys}
+
     def results(self) -> dict:
         last = self.acc[self.last]
 
@@ -239,9 +289,16 @@ class GeometryStats:
             "anisotropy": [self.acc[i].anisotropy_sampled() for i in self.layers],
             "anisotropy_exact": [self.acc[i].anisotropy_exact() for i in self.layers],
             "anisotropy_cross_exact": [self.acc[i].anisotropy_cross_exact() for i in self.layers],
+            "anisotropy_batch_cross_exact": [self.acc[i].anisotropy_batch_cross_exact() for i in self.layers],
             "cka_to_last": [cka(i) for i in self.layers],
             "mean_norm": [self.acc[i].mean_norm() for i in self.layers],
+            **self.norm_results(),
         }
+        dominated = [
+            layer
+            for layer, share in zip(self.layers, per_layer["top1pct_share"])
+            if share is not None and share == share and share >= DOMINATED_SHARE
+        ]
         matrix = None
         if self.cka_matrix:
             n = len(self.layers)
@@ -256,6 +313,12 @@ class GeometryStats:
             "layers": list(self.layers),
             "per_layer": per_layer,
             "cka_matrix": matrix,
+            "massive": {
+                "k": self.massive_k,
+                "dominated_share": DOMINATED_SHARE,
+                "dominated_layers": dominated,
+                "excluded": dict(self.excluded),
+            },
             "alignment": {
                 "target_layer": self.target_layer,
                 "cos_next": self.cos_next_sum / self.cos_next_n if self.cos_next_n else None,
@@ -279,26 +342,40 @@ def analyse_model(
     cka_matrix: bool = False,
     target_layer: int | None = None,
     projector=None,
+    exclude_positions=(),
+    exclude_massive: float | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats)."""
+    """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats).
+
+    Left out of every statistic: padding, a BOS (`bos_id`), the window positions `exclude_positions`
+    and, with `exclude_massive` K, every token whose norm exceeds K x its batch's median norm in any
+    tracked layer (`nitp_train.metrics.massive_mask`). What was left out is counted in
+    `massive.excluded`. Non-finite hidden states are an error naming the layer and the count.
+    """
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     total = sum(len(w) for w in windows)
     last = num_hidden_layers(model)
     stats = GeometryStats(layers, last, hidden_size(model), cka_matrix, target_layer, projector)
+    stats.massive_k = exclude_massive or MASSIVE_K
     if projector is not None:
         projector.to(device).eval()
     gen = torch.Generator().manual_seed(seed)
     # pairs per batch by its cross-window pairs: a batch of one window (often the last) has none to give
     quotas = pair_quotas(
-        n_pairs, [cross_pairs([len(windows[i]) for i in rows]) for rows in batch_rows(len(windows), batch_size, seed)]
+        n_pairs,
+        [
+            cross_pairs([len(windows[i]) - _excluded_count(len(windows[i]), exclude_positions) for i in rows])
+            for rows in batch_rows(len(windows), batch_size, seed)
+        ],
     )
     bar = tqdm(total=total, desc="geometry", unit="tok", disable=not progress, leave=False)
     backbone = getattr(model, "base_model", model)  # no LM head: the logits would dwarf everything else
+    batch_iter = batches(windows, batch_size, seed, pad_id, bos_id, exclude_positions)
     with torch.no_grad():
-        for (input_ids, attention, valid), quota in zip(batches(windows, batch_size, seed, pad_id, bos_id), quotas):
+        for (input_ids, attention, valid, positions), quota in zip(batch_iter, quotas):
             out = backbone(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True
             )
@@ -307,16 +384,57 @@ def analyse_model(
                 raise UserError(
                     f"model returned {len(hs)} hidden states, expected {last + 1}; unsupported architecture"
                 )
+            real = attention.bool()
+            check_finite({layer: hs[layer][real.to(device)] for layer in stats.acc}, "hidden states")
+            if bos_id is not None:
+                bos = torch.zeros_like(real)
+                bos[:, 0] = True
+                stats.exclude("bos", {layer: hs[layer][bos.to(device)] for layer in stats.layers})
+            by_pos = real & ~valid  # real tokens not counted: the BOS and the excluded positions
+            if bos_id is not None:
+                by_pos[:, 0] = False
+            stats.exclude("positions", {layer: hs[layer][by_pos.to(device)] for layer in stats.layers})
+            if exclude_massive:
+                # the rule per tracked layer over this batch's candidates; a token out in one layer is out in all
+                # (CKA needs the same tokens in every layer)
+                valid_d = valid.to(device)
+                out_any = torch.zeros(int(valid.sum()), dtype=torch.bool, device=device)
+                for layer in stats.acc:
+                    out_any |= massive_mask(hs[layer][valid_d].float().norm(dim=1), exclude_massive)
+                flat = valid.clone()
+                flat[valid] = out_any.cpu()
+                stats.exclude("massive", {layer: hs[layer][flat.to(device)] for layer in stats.layers})
+                valid = valid & ~flat
             valid_d = valid.to(device)
             n = int(valid.sum())
             groups = torch.arange(len(valid)).unsqueeze(1).expand_as(valid)[valid]
+            # quotas assume the position rule only; the massive rule may leave fewer cross pairs (rare)
             pairs = sample_cross_pairs(groups, quota, gen)
             states = {layer: hs[layer][valid_d] for layer in stats.acc}
-            stats.update(states, groups.to(device), tuple(p.to(device) for p in pairs))
+            stats.update(states, groups.to(device), tuple(p.to(device) for p in pairs), positions[valid].numpy())
             stats.update_alignment(hs, valid_d)
             bar.update(n)
     bar.close()
     return stats.results()
+
+
+def _excluded_count(length: int, exclude_positions) -> int:
+    return len({p % length for p in exclude_positions if -length <= p < length})
+
+
+def check_finite(states: dict, what: str) -> None:
+    """UserError naming the layers and counts of non-finite values (NaN/inf would poison every running sum)."""
+    bad = {}
+    for layer, x in states.items():
+        n = int((~torch.isfinite(x)).sum())
+        if n:
+            bad[layer] = n
+    if bad:
+        where = ", ".join(f"layer {layer}: {n}" for layer, n in sorted(bad.items()))
+        raise UserError(
+            f"{what} hold non-finite values (NaN or inf) ({where}); the model or file is broken or overflows "
+            "in this dtype: try --dtype float32, check the checkpoint, or pick --layers without them"
+        )
 
 
 # ---------------------------------------------------------------------------- states files
@@ -338,8 +456,13 @@ def load_states(path: Path):
             x = _single_tensor(path, load_file(str(path)))
         else:
             raise UserError(f"{path}: unknown states format; give .npy, .pt or .safetensors")
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path}: unreadable states file ({e.__class__.__name__}: {e})") from e
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
+        from nitp_eval.models import first_line
+
+        raise UserError(
+            f"{path}: unreadable states file ({e.__class__.__name__}: {first_line(e)}); is it cut short or not a "
+            ".npy/.pt/.safetensors file? Save it again"
+        ) from e
     if not isinstance(x, (np.ndarray, torch.Tensor)):  # e.g. torch.save(list_of_tensors)
         raise UserError(
             f"{path}: holds a {type(x).__name__}, not one tensor; save a single [tokens, dim] or "
@@ -384,6 +507,7 @@ def analyse_states(
     ):
         e = min(n, s + chunk)
         states = {layer: _rows(x, layer, s, e) for layer in stats.acc}
+        check_finite(states, f"states rows {s}..{e - 1}")
         groups = torch.arange(s, e)
         pairs = sample_cross_pairs(torch.arange(e - s), quota, gen)
         stats.update(states, groups, pairs)
@@ -427,6 +551,21 @@ def parse_layers(spec: str, last: int) -> list[int]:
     return sorted(set(out))
 
 
+def parse_exclude_positions(spec: str):
+    """`auto`, `none` (-> ()) or comma-separated window positions (-> a sorted tuple of ints)."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return "auto"
+    if spec in ("none", ""):
+        return ()
+    try:
+        return tuple(sorted({int(part) for part in spec.split(",")}))
+    except ValueError:
+        raise UserError(
+            f"--exclude-positions {spec!r}: not auto, none or comma-separated integers; e.g. --exclude-positions 0"
+        ) from None
+
+
 def rank_cap(tokens: int, dim: int) -> int:
     """The effective rank of centred data cannot exceed this."""
     return max(0, min(tokens - 1, dim))
@@ -443,8 +582,10 @@ __all__ = [
     "cross_pairs",
     "GeometryStats",
     "analyse_model",
+    "check_finite",
     "load_states",
     "analyse_states",
     "parse_layers",
+    "parse_exclude_positions",
     "rank_cap",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,20 +18,23 @@ def command(
     ),
     suite: str = typer.Option(
         "paper",
-        help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k.",
+        help="Benchmark suite (nitp_eval/lm/suite.py): paper = MMLU-Pro, C3, CommonsenseQA, ARC-Challenge, GSM8k; "
+        "paper-cloze = the same with CommonsenseQA scored on the answer texts (for small models).",
     ),
     tasks: str = typer.Option(
-        None, help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3."
+        None,
+        help="Comma-separated lm-eval task/group/tag names instead of the suite, e.g. arc_challenge,c3. Default: the suite's tasks.",
     ),
     data_dir: Path = typer.Option(
         None,
         envvar=DATA_DIR_ENV,
         show_envvar=True,
         help="Offline: read every task from <DATA_DIR>/<task>/<split>.jsonl (datasets' own schema; subtasks and "
-        "variants use the dir of the task reading the same dataset); nothing touches the hub.",
+        "variants use the dir of the task reading the same dataset); nothing touches the hub. Default: unset (the hub).",
     ),
     limit: float = typer.Option(
-        None, help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs."
+        None,
+        help="Docs per task (per subtask for groups); < 1 is a fraction. For tests and smoke runs. Default: all docs.",
     ),
     num_fewshot: int = typer.Option(None, help="Few-shot count for all tasks (default: the suite's / task's own)."),
     batch_size: str = typer.Option("8", help="Batch size, or auto / auto:N as in lm_eval."),
@@ -41,19 +45,33 @@ def command(
     gen_kwargs: str = typer.Option(
         None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."
     ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse generation tasks whose max_gen_toks exceeds half the model's positions, instead of capping "
+        "them there (with a recorded note). Default: off (cap).",
+    ),
     bootstrap_iters: int = typer.Option(
         100_000,
         min=0,
         help="lm-eval bootstrap iterations for the stderr of non-mean metrics "
         "(mean metrics, i.e. the whole suite, use a closed form); 0: no stderr for any metric.",
     ),
-    all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    all_steps: bool = typer.Option(
+        False, "--all-steps", help="Every checkpoint of each arm, not only the latest. Default: off."
+    ),
+    series: Path = typer.Option(
+        None,
+        help="Treat the checkpoint dirs as the steps of one run, this dir (step = the number each dir name ends "
+        "with; results in SERIES/eval/lm/). Default: off.",
+        show_default=False,
+    ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
     export_tasks: Path = typer.Option(
         None,
         help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands; "
-        "--overwrite replaces only configs written here before.",
+        "--overwrite replaces only configs written here before. Default: off (evaluate).",
     ),
 ) -> None:
     """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records."""
@@ -63,7 +81,7 @@ def command(
     from nitp_eval.lm.suite import known_task, suite_tasks
     from nitp_eval.lm.taskdir import expand_tags, write_task_dir
     from nitp_eval.models import pick_device
-    from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
+    from nitp_eval.runs import check_destinations, resolve_series, results_header, write_json
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(
@@ -71,6 +89,11 @@ def command(
         )
     if limit is not None and limit <= 0:
         raise UserError(f"--limit {limit}: must be > 0 (a count, or a fraction below 1)")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot {num_fewshot}: must be >= 0")
+    if not re.fullmatch(r"[1-9]\d*|auto(:[1-9]\d*)?", batch_size):
+        raise UserError(f"--batch-size {batch_size}: give a positive integer, auto or auto:N (as lm_eval takes)")
+    user_gen = ev.parse_gen_kwargs(gen_kwargs)
     limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     if tasks:
         names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -93,15 +116,19 @@ def command(
         return
     if not paths:
         raise UserError("give a run dir, arm dir, checkpoint or HF model dir (or --export-tasks DIR)")
-    # the same checkpoint named twice (e.g. as a run dir and as a path) is evaluated once
-    targets = list(dict.fromkeys(t for p in paths for t in resolve_targets(p, all_steps)))
+    targets = resolve_series(paths, series, None, all_steps)
     dests = check_destinations(targets, "lm", out, overwrite)  # fail before hours of evaluation, not after
     run_kw["device"] = pick_device(device)  # recorded as used, so lm_eval_command reproduces the run
+    # generation lengths against the models' positions, before any weights load (lm-eval would fail mid-run)
+    positions = min(ev.model_positions(t.checkpoint) for t in targets)
+    generation, notes = ev.fit_generation(names, positions, user_gen, strict)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
 
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
-        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot)
+        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot, generation=generation)
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
         for target, dest in tqdm(
             list(zip(targets, dests)), desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2
@@ -123,11 +150,23 @@ def command(
                     target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw
                 ),
                 "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
+                "model_positions": positions,
+                "generation_overrides": generation,
+                "notes": notes,
             }
             payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
             path = write_json(dest, payload, overwrite)
             summary = ", ".join(f"{n} {_num(r['metrics'].get(r['primary']))}" for n, r in task_records.items())
             typer.echo(f"{path}: {summary}")
+            for name, rec in task_records.items():
+                ans = rec.get("answers") or {}
+                if ans.get("degenerate"):
+                    typer.echo(
+                        f"note: {name}: answer {ans['top_answer']!r} given to {ans['top_share']:.0%} of {ans['n']} "
+                        f"questions (majority-answer baseline {100 * ans['majority_baseline']:.2f} %): the score "
+                        "measures that answer's share, not the model",
+                        err=True,
+                    )
             del results, task_records, samples, payload
             _free_memory()  # the model of this checkpoint, before loading the next one
 

@@ -12,6 +12,8 @@ the stderr of metric m is m + "_stderr".
 
 from __future__ import annotations
 
+import logging
+import re
 import shlex
 from pathlib import Path
 
@@ -39,16 +41,122 @@ def run_harness(
 
     model, tokenizer = load_model(checkpoint, device=device, dtype=dtype)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(batch_size))
-    return lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(names),
-        task_manager=task_manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        gen_kwargs=gen_kwargs,
-        log_samples=True,
-        bootstrap_iters=bootstrap_iters,
-    )
+    once = OncePerMessage()  # lm-eval repeats e.g. its truncation warning once per request: say it once
+    loggers = [logging.getLogger(name) for name in ("lm_eval.models.huggingface", "lm_eval.models.utils")]
+    for logger in loggers:
+        logger.addFilter(once)
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(names),
+            task_manager=task_manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            bootstrap_iters=bootstrap_iters,
+        )
+    finally:
+        for logger in loggers:
+            logger.removeFilter(once)
+
+
+class OncePerMessage(logging.Filter):
+    """Lets a log message through the first time only; messages differing only in their numbers are one."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "N", str(record.msg))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def parse_gen_kwargs(text: str | None) -> dict:
+    """lm_eval's `--gen_kwargs` string (k=v,k=v) as a dict of strings; UserError when malformed."""
+    from nitp_train.errors import UserError
+
+    out = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--gen-kwargs {text!r}: give key=value pairs separated by commas, e.g. max_gen_toks=256")
+        out[key.strip()] = value.strip()
+    if "max_gen_toks" in out and not out["max_gen_toks"].isdigit():
+        raise UserError(f"--gen-kwargs max_gen_toks={out['max_gen_toks']}: must be a positive integer")
+    return out
+
+
+def model_positions(checkpoint: Path) -> int:
+    """The context length lm-eval's HF model will use for this checkpoint, from its config and tokenizer only.
+
+    Also refuses, before any weights load, a model that is not a causal LM (lm-eval scores next tokens).
+    """
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nitp_eval.models import first_line, is_causal_lm
+    from nitp_train.errors import UserError
+
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(
+            f"{checkpoint}: cannot read its config or tokenizer ({e.__class__.__name__}: {first_line(e)})"
+        ) from e
+    if not is_causal_lm(config):
+        raise UserError(
+            f"{checkpoint}: an encoder ({', '.join(config.architectures)}), not a causal LM; lm-eval needs next-token "
+            "log-likelihoods: use nitp-eval mteb or nitp-eval geometry for this model"
+        )
+    return int(resolve_max_length(config, tokenizer))
+
+
+def fit_generation(names: list[str], positions: int, user_gen: dict, strict: bool) -> tuple[dict, list[str]]:
+    """(generation_kwargs per capped task, notes): every generation task's max_gen_toks fitted to `positions`.
+
+    lm-eval keeps max_length - max_gen_toks positions for the prompt and stops with an error when
+    that is <= 0. A task asking for more than half the positions is capped at half (a note says so),
+    or refused with `strict`. A max_gen_toks given in --gen-kwargs is the user's: it overrides every
+    task and is only refused when it cannot run at all.
+    """
+    from nitp_eval.lm.taskdir import generation_caps
+    from nitp_train.errors import UserError
+
+    if "max_gen_toks" in user_gen:
+        asked = int(user_gen["max_gen_toks"])
+        if asked >= positions:
+            raise UserError(
+                f"--gen-kwargs max_gen_toks={asked}: the model has {positions} positions and lm-eval keeps "
+                f"{positions} - max_gen_toks for the prompt; give max_gen_toks={positions // 2} or less"
+            )
+        return {}, []
+    cap = positions // 2
+    caps = generation_caps(names, cap)
+    if caps and strict:
+        task, (asked, _) = next(iter(caps.items()))
+        raise UserError(
+            f"{task}: asks for max_gen_toks={asked} new tokens but the model has {positions} positions "
+            f"({len(caps)} task(s) like this); drop --strict to cap them at {cap}, or pass --gen-kwargs max_gen_toks=N"
+        )
+    notes = []
+    by_length: dict[int, list[str]] = {}
+    for task, (asked, _) in caps.items():
+        by_length.setdefault(asked, []).append(task)
+    for asked, tasks in by_length.items():
+        shown = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        notes.append(
+            f"{shown}: max_gen_toks {asked} capped at {cap}, half the model's {positions} positions (the prompt keeps "
+            "the rest; lm-eval cuts longer prompts from the left); --strict refuses instead"
+        )
+    return {task: kwargs for task, (_, kwargs) in caps.items()}, notes
 
 
 def _batch_size(b):
@@ -124,7 +232,48 @@ def collect(results: dict, names: list[str], primary: dict[str, str] | None = No
             for leaf in leaves
             for rec in sample_records(results["samples"].get(leaf, []), prefix=f"{leaf}:" if is_group else None)
         ]
+        entry["answers"] = answer_concentration(samples[name], entry["primary"])
     return tasks, samples
+
+
+DEGENERATE_SHARE = 0.9  # a task is flagged when one answer is given to at least this share of its questions
+
+
+def answer_concentration(records: list[dict], primary: str | None) -> dict | None:
+    """How concentrated a model's answers are, beside the majority-answer baseline (None without records).
+
+    Answers: the option of highest log-likelihood (multiple choice; the `acc` choice, unnormalised),
+    else what the primary metric's filter extracted from the generation. `top_share` is the share of
+    the most frequent answer, `majority_baseline` the score of always giving the most frequent gold
+    answer; `degenerate` when top_share >= DEGENERATE_SHARE: the score then mostly measures how often
+    that one answer is right, not the model's knowledge (a lettered task's letter bias, say).
+    """
+    from collections import Counter
+
+    filt = (primary or "").partition(",")[2] or "none"
+    answers, golds = [], []
+    for r in records:
+        if r.get("loglikelihoods"):
+            lls = r["loglikelihoods"]
+            answers.append(max(range(len(lls)), key=lls.__getitem__))
+        elif "extracted" in r:
+            answers.append(str(r["extracted"].get(filt, r.get("response"))))
+        else:
+            continue
+        golds.append(str(r.get("target")))
+    if not answers:
+        return None
+    top, top_n = Counter(answers).most_common(1)[0]
+    gold, gold_n = Counter(golds).most_common(1)[0]
+    share = top_n / len(answers)
+    return {
+        "n": len(answers),
+        "top_answer": top,
+        "top_share": share,
+        "majority_answer": gold,
+        "majority_baseline": gold_n / len(golds),
+        "degenerate": share >= DEGENERATE_SHARE,
+    }
 
 
 def sample_records(logged: list[dict], prefix: str | None = None) -> list[dict]:

@@ -53,6 +53,22 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
         ),
     ),
 }
+# The paper's suite with CommonsenseQA scored on the answer texts (cloze) instead of the letters A-E:
+# models too small to map options to letters answer one letter throughout, and the lettered score then
+# measures that letter's share (docs/lm-eval.md, "Small models"). lm-eval offers no cloze form of
+# MMLU-Pro (generative CoT) or of CSQA; ARC-Challenge is already cloze.
+SUITES["paper-cloze"] = tuple(
+    SuiteTask(
+        "commonsense_qa_cloze",
+        0,
+        "acc_norm",
+        "shipped here (nitp_eval/lm/tasks/commonsense_qa_cloze.yaml): the option texts scored after the question; "
+        "acc_norm as for ARC",
+    )
+    if t.name == "commonsense_qa"
+    else t
+    for t in SUITES["paper"]
+)
 
 
 def suite_tasks(suite: str) -> tuple[SuiteTask, ...]:

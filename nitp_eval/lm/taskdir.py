@@ -2,6 +2,8 @@
 
 Each file `include`s the stock config (lm-eval's own, or ours for C3) and overrides only
   * `num_fewshot`, when the suite fixes it (so the suite is run as documented in suite.py);
+  * `generation_kwargs.max_gen_toks`, when a generation task asks for more new tokens than fit the
+    model (`generation_caps`; `nitp-eval lm` caps them at half the model's positions);
   * the data source, offline: `dataset_path: json` + `data_files` = <data-dir>/<dir>/<split>.jsonl, where
     <dir> is the task's own name if <data-dir> has it, else the sub-directory of a task or group that
     reads the same hub dataset (mmlu_pro_law reads <data-dir>/mmlu_pro/, c3_test reads <data-dir>/c3/).
@@ -17,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from nitp_eval.lm.suite import TASKS_DIR
+from nitp_eval.runs import read_jsonl
 from nitp_train.errors import UserError
 
 DATA_DIR_ENV = "NITP_LM_DATA_DIR"  # same as --data-dir
@@ -58,16 +61,63 @@ def expand_tags(names: list[str]) -> list[str]:
     return out
 
 
+LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's HF model generates when a task config sets no max_gen_toks
+
+
+def stock_config(name: str) -> dict:
+    """A task's config as lm-eval resolves it (includes merged; !function hooks left unresolved)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(task_index()[name].yaml_path, resolve_func=False)
+
+
+def leaf_tasks(names: list[str]) -> list[str]:
+    """The plain tasks behind task, group and tag names (groups and tags expanded, in order)."""
+    index, kind = task_index(), _kind()
+    out: list[str] = []
+    for name in names:
+        entry = index.get(name)
+        if entry is None or entry.kind == kind.TASK or entry.yaml_path is None:
+            children = []
+        elif entry.kind == kind.TAG:
+            children = sorted(entry.tags)
+        else:
+            children = [c for c in entry.cfg.get("task") or [] if isinstance(c, str)]
+        for leaf in leaf_tasks(children) if children else [name]:
+            if leaf not in out:
+                out.append(leaf)
+    return out
+
+
+def generation_caps(names: list[str], cap: int) -> dict[str, tuple[int, dict]]:
+    """{task: (its max_gen_toks, capped generation_kwargs)} for the generation tasks asking for more than `cap`."""
+    out = {}
+    for leaf in leaf_tasks(names):
+        entry = task_index().get(leaf)
+        if entry is None or entry.kind != _kind().TASK or entry.yaml_path is None:
+            continue
+        cfg = stock_config(leaf)
+        if cfg.get("output_type") != "generate_until":
+            continue
+        kwargs = dict(cfg.get("generation_kwargs") or {})
+        asked = int(kwargs.get("max_gen_toks", LM_EVAL_MAX_GEN_TOKS))
+        if asked > cap:
+            out[leaf] = (asked, {**kwargs, "max_gen_toks": cap})
+    return out
+
+
 def write_task_dir(
     out_dir: Path,
     names: list[str],
     data_dir: Path | None = None,
     fewshot: dict[str, int] | None = None,
     replace: bool = False,
+    generation: dict[str, dict] | None = None,
 ) -> Path:
     """Write the derived configs of `names` (tasks, groups or tags) into `out_dir`; returns it.
 
-    `fewshot` maps a requested name to its few-shot count (applied to all its subtasks).
+    `fewshot` maps a requested name to its few-shot count (applied to all its subtasks);
+    `generation` a task to the `generation_kwargs` it runs with instead of its own (`generation_caps`).
     `replace` first deletes the configs an earlier call wrote there (files of others are kept).
     Raises UserError for an unknown name or, with `data_dir`, a missing local split file,
     before anything is written or deleted.
@@ -78,6 +128,8 @@ def write_task_dir(
     configs: dict[str, dict] = {}
     for name in names:
         _derive(name, index, configs, data_dir, local, (fewshot or {}).get(name))
+    for task, kwargs in (generation or {}).items():
+        configs[task]["generation_kwargs"] = kwargs
     out_dir.mkdir(parents=True, exist_ok=True)
     if replace:  # stale configs of an earlier export would be indexed by lm_eval too
         for f in out_dir.glob("*.yaml"):
@@ -101,7 +153,7 @@ def _derive(name, index, configs, data_dir, local, num_fewshot) -> None:
     if entry is None:
         raise UserError(
             f"--tasks: unknown lm-eval task or group {name!r}; list them with `lm_eval ls tasks` "
-            "(nitp ships c3, c3_dialogue and c3_test)"
+            "(nitp ships c3, c3_dialogue, c3_test and commonsense_qa_cloze)"
         )
     if entry.kind == kind.TAG:
         for child in sorted(entry.tags):
@@ -174,5 +226,6 @@ def local_files(task: str, cfg: dict, task_data: Path) -> dict[str, str]:
                 f"{task}: local data for split '{split}' not found at {path}; put that split there as jsonl "
                 f"in the dataset's own column schema, or drop --data-dir/{DATA_DIR_ENV} to load it from the hub"
             )
+        read_jsonl(path)  # a cut-short copy fails here in one line, not inside lm-eval minutes later
         files[split] = str(path.resolve())
     return files

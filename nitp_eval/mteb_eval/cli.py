@@ -28,12 +28,14 @@ def command(
     limit: int = typer.Option(
         None,
         help="Evaluate at most this many rows per evaluation split (seeded subsample): "
-        "for quick checks only, scores are then NOT comparable to published ones.",
+        "for quick checks only, scores are then NOT comparable to published ones. Default: whole splits.",
     ),
     seed: int = typer.Option(0, help="Seed of the --limit subsample."),
-    all_steps: bool = typer.Option(False, "--all-steps", help="Every checkpoint of each arm, not only the latest."),
+    all_steps: bool = typer.Option(
+        False, "--all-steps", help="Every checkpoint of each arm, not only the latest. Default: off."
+    ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/mteb/, or ./eval/mteb/ for a bare model)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
     dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 | float16."),
 ) -> None:

@@ -13,7 +13,6 @@ the task without touching the hub: `task.dataset` is set and `task.data_loaded =
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,14 @@ def _read_jsonl(path: Path):
     """(in-memory Dataset, {"sha256", "rows"}) of a jsonl file: nothing is written to the datasets cache."""
     from datasets import Dataset
 
+    from nitp_eval.runs import read_jsonl
+    from nitp_train.errors import UserError
+
     raw = path.read_bytes()
-    # split on "\n" only: str.splitlines would also split on U+2028 inside JSON strings
-    rows = [json.loads(line) for line in raw.split(b"\n") if line.strip()]
+    try:
+        rows = read_jsonl(path, raw)
+    except UserError as e:  # a broken copy is reported with the missing ones; the other tasks still run
+        raise MissingData(str(e)) from None
     return Dataset.from_list(rows), {"sha256": hashlib.sha256(raw).hexdigest(), "rows": len(rows)}
 
 

@@ -20,6 +20,11 @@ from nitp_eval.report.table import Table
 from nitp_train.errors import UserError
 
 REPORT_FILE = "report.md"
+# lm and mteb read their data from the hub unless given local copies: a hint that works offline too
+OFFLINE_HINT = {
+    "lm": "offline: add --data-dir DIR with local copies, docs/lm-eval.md",
+    "mteb": "offline: add --data-dir DIR with local copies, docs/mteb.md",
+}
 
 
 def slug(label: str) -> str:
@@ -135,14 +140,14 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     from tqdm import tqdm
 
     notes: list[str] = list(spec.notes)
-    w.text(f"# {spec.title}\n")
+    w.text(f"# {spec.title or report_title(runs)}\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")
     w.text(
         "Built by `nitp-eval report` from results files only (list at the end)"
         + (f", spec `{spec.source}`" if spec.source else "")
         + ".\n\n"
-        + "\n".join(f"- **{r.label}**: `{r.path}` (arms: {', '.join(r.arms) or 'none'})" for r in runs)
+        + "\n".join(f"- **{r.label}**: `{r.model or r.path}` (arms: {', '.join(r.arms) or 'none'})" for r in runs)
         + "\n"
     )
     many = len(runs) > 1
@@ -163,10 +168,19 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     (w.root / REPORT_FILE).write_text("\n".join(w.md))
 
 
+def report_title(runs: list[Run]) -> str:
+    """What the report compares: NTP vs NITP for pairs, else the runs and models by name."""
+    if all({"ntp", "nitp"} <= set(r.arms) for r in runs):
+        return "NTP vs NITP" + (f": {runs[0].label}" if len(runs) == 1 else "")
+    if len(runs) == 1:
+        return f"{runs[0].label}: " + (", ".join(runs[0].arms) if len(runs[0].arms) > 1 else "evaluation report")
+    return "Comparison: " + ", ".join(r.label for r in runs)
+
+
 def _downstream(spec, runs, w, notes, many):
     w.text("## Downstream benchmarks\n")
     t = T.downstream_table(runs, spec, notes)
-    w.table(t) if t else w.text("No lm results found (run `nitp-eval lm <run dir>`).\n")
+    w.table(t) if t else w.text(f"No lm results found (run `nitp-eval lm <run dir>`; {OFFLINE_HINT['lm']}).\n")
 
 
 def _mteb(spec, runs, w, notes, many):
@@ -177,7 +191,7 @@ def _mteb(spec, runs, w, notes, many):
             w.table(t)
             found = True
     if not found:
-        w.text("No mteb results found (run `nitp-eval mteb <run dir>`).\n")
+        w.text(f"No mteb results found (run `nitp-eval mteb <run dir>`; {OFFLINE_HINT['mteb']}).\n")
 
 
 def _geometry(spec, runs, w, notes, many):
@@ -187,8 +201,15 @@ def _geometry(spec, runs, w, notes, many):
         w.text("No geometry results found (run `nitp-eval geometry <run dir>`).\n")
         return
     w.table(t)
+    from nitp_eval.geometry.flags import massive_flag
+
     for run in runs:
         arms = T.run_arms(run, spec)
+        for arm in arms:  # layers decided by a few massive-norm tokens (the attention sink), as the console says
+            res = T.pick(run, "geometry", arm, spec.step)
+            flag = massive_flag(res.data) if res else None
+            if flag:
+                notes.append(f"{run.label}: {res.path.name}: {flag}")
         sfx = f"-{slug(run.label)}" if many else ""
         w.figure(
             F.geometry_profiles(run, arms, spec.step, notes),
@@ -199,7 +220,7 @@ def _geometry(spec, runs, w, notes, many):
         if fig is None:
             notes.append(
                 f"{run.label}: geometry results have no cka_matrix: no CKA heat map "
-                f"(run `nitp-eval geometry {run.path} --cka-matrix`)"
+                f"(run `nitp-eval geometry {run.model or run.path} --cka-matrix`)"
             )
         w.figure(fig, f"cka{sfx}", f"{run.label}: linear CKA between layers, per arm")
 

@@ -11,12 +11,15 @@ from nitp_train.errors import UserError
 
 def command(
     runs: list[Path] = typer.Argument(
-        None, help="Pair dir(s) such as runs/x; with --spec they replace the spec's runs, in order.", show_default=False
+        None,
+        help="Pair dir(s) such as runs/x, series dirs, or HF model dirs (reported in place from ./eval/); with --spec "
+        "they replace the spec's runs, in order.",
+        show_default=False,
     ),
     spec: Path = typer.Option(
         None,
         "--spec",
-        help="An analysis spec (analyses/*.yaml): which runs, sections and settings.",
+        help="An analysis spec (analyses/*.yaml): which runs, sections and settings. Default: none (the paths given).",
         show_default=False,
     ),
     out: Path = typer.Option(
@@ -28,7 +31,8 @@ def command(
     sections: str = typer.Option(
         None,
         "--sections",
-        help="Comma-separated sections to build, overriding the spec: downstream,mteb,geometry,dynamics,cost,ablation.",
+        help="Comma-separated sections to build, overriding the spec: downstream,mteb,geometry,dynamics,cost,ablation. "
+        "Default: the spec's, else downstream,mteb,geometry,dynamics,cost.",
         show_default=False,
     ),
     step: int = typer.Option(
@@ -44,7 +48,7 @@ def command(
         show_default=False,
     ),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0, or the spec's).", show_default=False),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir. Default: off."),
 ) -> None:
     """Build report.md with tables (also LaTeX and CSV) and figures (PNG and PDF) for NTP vs NITP runs."""
     from nitp_eval.report.build import build_report

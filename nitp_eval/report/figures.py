@@ -209,7 +209,7 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
         _integer_ticks(ax)
         if key == "cka_to_last":
             ax.set_ylim(-0.02, 1.02)
-    labels = {a: f"{arm_name(a)} (step {r.step})" for a, r in picked.items()}
+    labels = {a: arm_name(a) + (f" (step {r.step})" if r.step is not None else "") for a, r in picked.items()}
     _legend(
         fig, list(picked), arms, labels, keys=[("NITP target layer k", {"ls": ":", "lw": 1})] if k is not None else []
     )
@@ -240,7 +240,7 @@ def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
         ax.set_yticks(ticks, [layers[i] for i in ticks])
         ax.set_xlabel("layer")
         ax.set_ylabel("layer")
-        ax.set_title(f"{arm_name(a)} (step {r.step})", color=arm_color(a, arms))
+        ax.set_title(arm_name(a) + (f" (step {r.step})" if r.step is not None else ""), color=arm_color(a, arms))
         ax.grid(False)
     fig.colorbar(im, ax=axes[0].tolist(), label="linear CKA", shrink=0.9)
     fig.suptitle(f"{run.label}: CKA between layers")

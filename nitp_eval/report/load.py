@@ -46,6 +46,7 @@ class Run:
     results: dict[str, dict[str, dict]] = field(default_factory=dict)  # kind -> arm -> {step: Result}
     sources: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    model: Path | None = None  # a model dir outside any run, reported in place (its results under ./eval/)
 
     @property
     def arms(self) -> list[str]:
@@ -85,6 +86,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise UserError(
             f"{p}: no such run dir; give a pair dir such as runs/x (with pair.json, <arm>/metrics.jsonl or eval/)"
         )
+    if (p / "config.json").is_file() and not (p / "eval").is_dir():
+        return _load_model_results(p, label)
     arm_dirs = [
         d
         for d in p.iterdir()
@@ -107,6 +110,34 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         _read_arm(d, run)
     for kind in KINDS:
         _read_results(p / "eval" / kind, kind, run)
+    return run
+
+
+def _load_model_results(model: Path, label: str | None) -> Run:
+    """A model dir outside any run, reported in place: the results the eval commands wrote for it by default.
+
+    Those are ./eval/<kind>/<model dir name>.json (runs.Target.results_path); only files whose
+    `checkpoint` is this model count, so two models of one name are not mixed up.
+    """
+    model = model.resolve()
+    run = Run(path=Path("."), label=label or model.name, model=model)
+    for kind in KINDS:
+        f = Path("eval") / kind / f"{model.name}.json"
+        data = _read_json(f, run) if f.is_file() else None
+        if data is None:
+            run.missing.append(
+                f"{f} (no {kind} results for {model}; run `nitp-eval {kind} {model}`"
+                + ("; offline add --data-dir DIR" if kind in ("lm", "mteb") else "")
+                + " from this directory)"
+            )
+            continue
+        if data.get("schema") != f"nitp.{kind}" or Path(str(data.get("checkpoint"))).resolve() != model:
+            run.sources.remove(f)
+            run.missing.append(f"{f}: results of {data.get('checkpoint')}, not of {model}; skipped")
+            continue
+        run.results.setdefault(kind, {}).setdefault(run.label, {})[data.get("step")] = Result(
+            f, data, run.label, data.get("step")
+        )
     return run
 
 
@@ -154,7 +185,8 @@ def _read_arm(arm_dir: Path, run: Run) -> None:
 def _read_results(eval_dir: Path, kind: str, run: Run) -> None:
     found = run.results.setdefault(kind, {})
     if not eval_dir.is_dir():
-        run.missing.append(f"{eval_dir}/ (no {kind} results; run `nitp-eval {kind} {run.path}`)")
+        hint = {"lm": "; offline add --data-dir DIR", "mteb": "; offline add --data-dir DIR"}.get(kind, "")
+        run.missing.append(f"{eval_dir}/ (no {kind} results; run `nitp-eval {kind} {run.model or run.path}`{hint})")
         return
     for f in sorted(eval_dir.glob("*.json")):
         data = _read_json(f, run)

@@ -35,7 +35,7 @@ class Variant:
 @dataclass
 class Spec:
     runs: list[dict]  # [{path, label}]
-    title: str = "NTP vs NITP"
+    title: str | None = None  # None: "NTP vs NITP" for pairs, else what the runs are (build.report_title)
     description: str = ""
     sections: list[str] = field(default_factory=lambda: list(DEFAULT_SECTIONS))
     arms: list[str] | None = None  # None: every arm found, ntp and nitp first

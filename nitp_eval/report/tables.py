@@ -7,8 +7,6 @@ prints those in its "Missing inputs and caveats" section.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from nitp_eval.report.load import Result, Run
@@ -30,6 +28,7 @@ TASK_NAMES = {
 ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
 MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
 NA = "n/a"
+NOT_RECORDED = "not recorded"
 
 
 def arm_name(arm: str) -> str:
@@ -125,6 +124,29 @@ def lm_score(res: Result, task: str) -> float | None:
     return score if finite(score) else None
 
 
+def lm_count(res: Result, task: str) -> tuple[int | None, int | None]:
+    """(documents scored, documents in the task's split): fewer scored means a --limit subsample."""
+    t = res.data.get("tasks", {}).get(task) or {}
+    return t.get("n_samples"), t.get("n_docs")
+
+
+def subsampled(res: Result, task: str) -> bool:
+    n, of = lm_count(res, task)
+    return n is not None and of is not None and n < of
+
+
+def count_cell(res: Result, task: str) -> Cell:
+    n, of = lm_count(res, task)
+    if n is None:
+        return Cell(NA)
+    return Cell(f"{n} of {of}" if subsampled(res, task) else f"{n}")
+
+
+def lm_answers(res: Result, task: str) -> dict | None:
+    """The answer-concentration record `nitp-eval lm` wrote for the task (nitp_eval.lm.evaluate), or None."""
+    return (res.data.get("tasks", {}).get(task) or {}).get("answers")
+
+
 def lm_pairs(run: Run, base: Result, other: Result, tasks: list[str], notes: list[str]) -> dict:
     """Per-task paired per-document values of the primary metric, for the tasks that have samples."""
     pairs = {}
@@ -178,7 +200,10 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         f"Best per model in bold. Δ rows: difference [{ci} paired bootstrap CI over documents, "
         f"{spec.n_boot} resamples, seed {spec.seed}]; * = the CI excludes 0. Δ = difference of the "
         f"shown scores. Avg. = unweighted mean over the tasks every arm has (marked k/{len(tasks)} "
-        "when fewer)."
+        'when fewer). n = documents scored ("k of N": a --limit subsample of the task\'s N documents, not a '
+        "full evaluation). Majority answer = the score of always giving the most frequent gold answer; "
+        "! = the arm gave one answer to at least 90 % of the questions (a degenerate task: its score mostly "
+        "measures how often that answer is right)."
     )
     for run in runs:
         picked = picked_all[run.label]
@@ -204,11 +229,21 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         columns = [[scores[a][i] for a in arms] for i in range(len(tasks))] + [[avg[a] for a in arms]]
         bold = [_bold_best(col) for col in columns]
         for j, a in enumerate(arms):
+            flags = ["!" if (lm_answers(picked[a], t) or {}).get("degenerate") else "" for t in tasks] + [""]
             cells = [
-                Cell(pct(col[j]) + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
+                Cell(pct(col[j]) + flags[i] + (cover if i == len(tasks) and finite(col[j]) else ""), bold[i][j])
                 for i, col in enumerate(columns)
             ]
             table.add(_row_label(run, a, len(runs) > 1), *cells, rule=(j == 0))
+            for t in tasks:
+                ans = lm_answers(picked[a], t)
+                if ans and ans["degenerate"]:
+                    notes.append(
+                        f"{run.label}: {arm_name(a)} gives answer {ans['top_answer']!r} to {ans['top_share']:.0%} of "
+                        f"the {ans['n']} {t} questions (majority-answer baseline {pct(ans['majority_baseline'])} %): "
+                        "a degenerate task; its score, and any delta on it, measure answer bias"
+                        + ("; try the cloze variant (--suite paper-cloze)" if t == "commonsense_qa" else "")
+                    )
         base = arms[0]
         for a in arms[1:]:
             pairs = lm_pairs(run, picked[base], picked[a], [tasks[i] for i in common], notes)
@@ -223,6 +258,22 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
                     cells.append(delta_cell(scores[base][i], scores[a][i], per_task.get(t)))
             cells.append(delta_cell(avg[base], avg[a], avg_ci) if common else Cell(NA))
             table.add(f"Δ {_row_label(run, a, len(runs) > 1)} − {arm_name(base)}", *cells)
+        # what the scores are: documents scored and the majority-answer baseline (of the first arm)
+        first = picked[arms[0]]
+        suffix = f" {run.label}" if len(runs) > 1 else ""
+        table.add(f"n{suffix}", *[count_cell(first, t) for t in tasks], Cell(""))
+        majority = [(lm_answers(first, t) or {}).get("majority_baseline") for t in tasks]
+        if any(m is not None for m in majority):
+            table.add(f"Majority answer{suffix}", *[Cell(pct(m)) for m in majority], Cell(""))
+        for t in tasks:
+            counts = {lm_count(picked[a], t) for a in arms if lm_score(picked[a], t) is not None}
+            if len(counts) > 1:
+                notes.append(f"{run.label}: {t}: the arms scored different numbers of documents {sorted(counts)}")
+        limited = [t for t in tasks if subsampled(first, t)]
+        if limited:
+            notes.append(
+                f"{run.label}: {', '.join(limited)} scored on --limit subsamples (row n): not full evaluations"
+            )
     return table if table.rows else None
 
 
@@ -290,16 +341,26 @@ def mteb_tables(run: Run, spec: Spec, notes: list[str], suffix: str = "") -> lis
             rule=(g == "Overall"),
         )
 
-    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads], left=3)
+    per_task = Table("mteb_tasks" + suffix, title + " per task", ["Task", "Group", "Metric", *heads, "n"], left=3)
+    per_task.notes.append("n = rows evaluated; (limit) = a --limit subsample, not comparable to published scores.")
+    limited = [t for t in common if tasks[base][t].get("limited")]
+    if limited:
+        groups.notes.append(
+            f"{len(limited)} of {len(common)} tasks evaluated on --limit subsamples (n in the per-task table): "
+            "not comparable to published scores."
+        )
     for t in common:
         vals = [tasks[a][t]["main_score"] for a in arms]
         bold = _bold_best(vals)
+        n_eval = tasks[base][t].get("n_eval") or {}
+        rows = sum(v for v in n_eval.values() if isinstance(v, int)) if n_eval else None
         per_task.add(
             t,
             tasks[base][t].get("group", ""),
             tasks[base][t].get("main_score_name", ""),
             *[Cell(pct(v), b) for v, b in zip(vals, bold)],
             *[Cell(pct_delta(vals[0], v)) for v in vals[1:]],
+            (NA if rows is None else str(rows)) + (" (limit)" if tasks[base][t].get("limited") else ""),
         )
     for a in others:
         # counted on the shown differences, so the count agrees with the table's Δ and bold
@@ -413,77 +474,19 @@ def ce_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
 
 
 def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
-    """Analytic training-FLOPs overhead of an arm over NTP: ({"paper": fraction, "exact": fraction}, "")
+    """Analytic training-FLOPs overhead of an arm over NTP, as the trainer recorded it: ({"paper", "exact"}, "")
     or (None, why it is unknown).
 
-    The one place the FLOPs model is called. In order of preference: pair.json's `flops_overhead`
-    (a fraction, or {arm: fraction}); else nitp_train.flops (Appendix G) on the model and objective
-    recorded in pair.json (`shared`, `arms`), or the arm's config.yaml for arms trained outside the
-    pair. The vocabulary size, when the preset does not fix it, comes from the arm's provenance.json,
-    else the token cache's meta.json it names, else its latest checkpoint's config.json.
-    Every file read is listed under Sources.
+    The trainer writes `flops` = nitp_train.flops.flops_per_token(...).to_dict() for the arm's exact
+    config (seq_len, vocabulary, projector) into <arm>/provenance.json; the report reads that file
+    only (it never recomputes from the presets installed now, which may differ from the run's).
     """
-    pair = run.pair or {}
-    recorded = pair.get("flops_overhead")
-    if isinstance(recorded, dict):
-        recorded = recorded.get(arm)
-    if finite(recorded):
-        return {"paper": float(recorded), "exact": None}, ""
-    cfg = run.configs.get(arm) or {}
-    shared = pair.get("shared") or {}
-    obj = (pair.get("arms") or {}).get(arm) or cfg.get("objective") or {}
-    model = shared.get("model") or cfg.get("model") or {}
-    seq_len = shared.get("seq_len") or cfg.get("seq_len")
-    if not obj:
-        return None, f"no objective recorded for arm {arm} (pair.json `arms`, {arm}/config.yaml)"
-    if obj.get("name") != "nitp":
-        return None, f"arm {arm} has objective {obj.get('name')!r}; the FLOPs model covers nitp only"
-    if not model.get("preset"):
-        return None, f"no model preset recorded for arm {arm} (pair.json `shared.model`, {arm}/config.yaml)"
-    import dataclasses
-
-    from nitp_train.errors import UserError
-    from nitp_train.flops import flops_per_token
-    from nitp_train.presets import get_preset
-
-    try:
-        preset = get_preset(model["preset"])
-    except UserError:
-        return None, f"model preset {model['preset']!r} is not known to this nitp"
-    preset = dataclasses.replace(preset, hf={**preset.hf, **(model.get("hf_overrides") or {})})
-    vocab = preset.hf.get("vocab_size") or _recorded_vocab_size(run, arm)
-    if vocab is None:
-        return None, (
-            f"preset {preset.name} fixes no vocab_size and no vocabulary size was found for arm {arm} "
-            f"(token cache meta.json named by {arm}/provenance.json, {arm}/checkpoints/*/config.json)"
-        )
-    try:
-        rep = flops_per_token(
-            preset,
-            seq_len=seq_len,
-            vocab_size=vocab,
-            projector=obj.get("projector", "swiglu"),
-            projector_mult=obj.get("projector_mult", 4),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        return None, f"the FLOPs model failed on preset {preset.name}: {e.__class__.__name__}: {e}"
-    return {"paper": rep.paper_overhead, "exact": rep.exact_overhead}, ""
-
-
-def _recorded_vocab_size(run: Run, arm: str) -> int | None:
-    """The model's vocabulary as the trainer recorded it: provenance.json, the token cache's meta.json, or a checkpoint's config."""
     prov = run.read_json(run.path / arm / "provenance.json")
-    if prov and prov.get("vocab_size"):
-        return int(prov["vocab_size"])
-    if prov and prov.get("data_dir"):
-        meta = run.read_json(Path(prov["data_dir"]) / "meta.json")
-        if meta and meta.get("vocab_size"):
-            return int(meta["vocab_size"])
-    from nitp_eval.runs import checkpoint_dirs
-
-    ckpts = checkpoint_dirs(run.path / arm)
-    config = run.read_json(ckpts[-1][1] / "config.json") if ckpts else None
-    return int(config["vocab_size"]) if config and config.get("vocab_size") else None
+    flops = (prov or {}).get("flops")
+    if not isinstance(flops, dict) or not finite(flops.get("paper_overhead")):
+        return None, f"not recorded ({arm}/provenance.json has no `flops`; runs from older trainers)"
+    exact = flops.get("exact_overhead")
+    return {"paper": float(flops["paper_overhead"]), "exact": float(exact) if finite(exact) else None}, ""
 
 
 def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
@@ -504,7 +507,8 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
         "Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
         "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
         "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
-        "scores), from nitp_train.flops on the config recorded in pair.json."
+        'scores), as the trainer recorded them in each arm\'s provenance.json (`flops`; "not recorded" for '
+        "runs without it)."
     )
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
@@ -520,7 +524,8 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                 measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
                 ov, why = analytic_flops_overhead(run, a)
                 paper, exact = (
-                    pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else NA for k in ("paper", "exact")
+                    pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else (NA if ov else NOT_RECORDED)
+                    for k in ("paper", "exact")
                 )
                 if ov is None:
                     notes.append(f"{run.label}: no analytic FLOPs overhead for arm {a}: {why}")

@@ -1,0 +1,181 @@
+"""One geometry analysis from settings to results: a checkpoint (run defaults from runs.py, the model from
+models.py, the statistics from extract.py) or a states file. The CLI parses, prints and writes (runs.py)."""
+
+from __future__ import annotations
+
+from nitp_eval.geometry import extract
+from nitp_train.errors import UserError
+
+DEFAULT_SEQ_LEN = 512
+
+
+def analyse_checkpoint(
+    target,
+    *,
+    text,
+    text_split,
+    tokens,
+    seq_len,
+    batch_size,
+    layers,
+    n_pairs,
+    seed,
+    cka_matrix,
+    target_layer_option,
+    bos,
+    positions_rule,
+    exclude_massive,
+    device,
+    dtype,
+    common,
+    note,
+) -> tuple[dict, dict]:
+    """Geometry of one checkpoint: (settings, results body). Run defaults from runs.py, the model from models.py.
+
+    `note(message, qualifies)` reports a remark (printed at once); with qualifies=True it is also
+    kept in the results' `notes`.
+    """
+    from nitp_eval.models import load_model
+    from nitp_eval.runs import run_config, run_text, run_validation_tokens, target_layer
+
+    run_cfg = run_config(target)
+    model, tok = load_model(target.checkpoint, device=device, dtype=dtype)
+    last = extract.num_hidden_layers(model)
+    chosen = extract.parse_layers(layers, last)
+    k, k_source, projector = target_layer(target, run_cfg, target_layer_option, last)
+
+    found = None if text else run_validation_tokens(target, tokens)
+    if found is not None:  # the run's own tokenised validation split: same tokenizer and packing as training
+        ids, spec, source = found
+        split = None
+    else:
+        spec, source = run_text(text, run_cfg)
+        if text is None and target.from_trainer:  # the run's own tokenised validation split is gone
+            note(
+                f"{target.label}: the run's validation tokens (provenance.json data_dir/val.bin) were not found; "
+                f"analysing {spec} ({source})",
+                True,
+            )
+        split = text_split if source == "--text" else "validation"
+        ids = extract.select_tokens(extract.read_text(spec, split), tok, tokens)
+    if len(ids) < 2:
+        raise UserError(f"{spec}: gives {len(ids)} tokens; the statistics need at least 2 (give more text with --text)")
+    if len(ids) < tokens:
+        note(f"{spec} holds only {len(ids)} tokens (asked for {tokens}); analysing all of them", True)
+    check_rank_cap(len(ids), extract.hidden_size(model), note)
+
+    # which tokens count: a BOS prepended (never counted) and/or window positions left out
+    bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    if bos and bos_id is None:
+        raise UserError(f"{target.checkpoint}: the tokenizer has no BOS (or CLS) token; drop --bos")
+    if positions_rule == "auto":
+        bos = bos_id is not None
+        excluded_positions = () if bos else (0,)
+    else:
+        excluded_positions = positions_rule
+    if not bos:
+        bos_id = None
+
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if seq_len is None:
+        seq_len = int(run_cfg.get("seq_len") or DEFAULT_SEQ_LEN)
+        if max_pos:
+            seq_len = min(seq_len, int(max_pos) - int(bos))
+    elif max_pos and seq_len + int(bos) > max_pos:
+        raise UserError(
+            f"--seq-len {seq_len}: longer than the model's max_position_embeddings={max_pos}; use --seq-len {max_pos - int(bos)} or less"
+        )
+    if len(excluded_positions) >= seq_len:
+        raise UserError(
+            f"--exclude-positions leaves out {len(excluded_positions)} of --seq-len {seq_len} positions; "
+            "leave out fewer or use longer windows"
+        )
+    windows = extract.make_windows(ids, seq_len)
+    if n_pairs > 0 and len(windows) < 2:
+        raise UserError(
+            f"{len(ids)} tokens make one window of --seq-len {seq_len}: the sampled anisotropy needs tokens from "
+            f"2 different sequences; give more text, a smaller --seq-len or --n-pairs 0"
+        )
+
+    res = extract.analyse_model(
+        model,
+        windows,
+        layers=chosen,
+        batch_size=batch_size,
+        n_pairs=n_pairs,
+        seed=seed,
+        pad_id=tok.pad_token_id,
+        bos_id=bos_id,
+        cka_matrix=cka_matrix,
+        target_layer=k,
+        projector=projector,
+        exclude_positions=excluded_positions,
+        exclude_massive=exclude_massive,
+    )
+    settings = {
+        **common,
+        "text": spec,
+        "text_source": source,
+        "text_split": split if source == "--text" else None,
+        "seq_len": seq_len,
+        "bos": bos,
+        "exclude_positions": list(excluded_positions),
+        "layers": chosen,
+        "target_layer": k,
+        "target_layer_source": k_source,
+        "device": str(next(model.parameters()).device),
+        "token_selection": (
+            "documents tokenised without special tokens, joined by EOS (the trainer's packing); "
+            f"first {len(ids)} tokens; consecutive windows of {seq_len}, last one shorter and "
+            "padded (padding excluded); windows batched in a seeded random order"
+            + ("; BOS prepended to each window and excluded" if bos else "; no BOS")
+            + (f"; window positions {list(excluded_positions)} excluded" if excluded_positions else "")
+            + (
+                f"; tokens with norm > {exclude_massive} x their batch's median in any reported layer excluded"
+                if exclude_massive
+                else ""
+            )
+        ),
+    }
+    return settings, body(settings, res, extract.hidden_size(model), last, note)
+
+
+def analyse_states_file(path, *, tokens, layers, n_pairs, seed, cka_matrix, common, note) -> tuple[dict, dict]:
+    """Geometry of a states file: (settings, results body)."""
+    x = extract.load_states(path)
+    chosen = extract.parse_layers(layers, x.shape[0] - 1)
+    n = min(tokens, x.shape[1])
+    if n < 2:
+        raise UserError(f"{path}: holds {x.shape[1]} token states; the statistics need at least 2")
+    if n < tokens:
+        note(f"{path.name} holds only {n} token states (asked for --tokens {tokens}); analysing all of them", True)
+    check_rank_cap(n, x.shape[2], note)
+    res = extract.analyse_states(x[:, :n], layers=chosen, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix)
+    settings = {
+        **common,
+        "text": None,
+        "text_source": "states file",
+        "layers": chosen,
+        "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
+        "two distinct tokens of one chunk of 8192 rows",
+    }
+    return settings, body(settings, res, x.shape[2], x.shape[0] - 1, note)
+
+
+def check_rank_cap(n: int, dim: int, note) -> None:
+    if n - 1 < dim:
+        note(
+            f"{n} tokens for dim {dim}: the effective ranks are capped at tokens - 1 = {n - 1} < dim; "
+            f"compare them only at equal token counts, or analyse more than {dim} tokens",
+            True,
+        )
+
+
+def body(settings: dict, res: dict, dim: int, last: int, note) -> dict:
+    """The results body of one analysis: the metrics plus the model facts every reader needs (not `notes`)."""
+    if res["pairs"] < settings["n_pairs"]:  # only when no batch holds two sequences
+        note(
+            f"{res['pairs']} anisotropy pairs sampled of --n-pairs {settings['n_pairs']} (too few sequences per batch)",
+            True,
+        )
+    return {**res, "dim": dim, "num_layers": last, "rank_cap": extract.rank_cap(res["tokens"], dim)}
