@@ -7,7 +7,34 @@ from pathlib import Path
 
 from nitp_train.errors import UserError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+FAST_FLOAT64_GPUS = ("A100", "A800", "H100", "H200", "H800", "GH200", "B200", "MI250", "MI300")  # fp64 at >= 1/2 fp32
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: bfloat16 weights on a CUDA GPU that has it (half the memory, tensor cores), float32 on CPUs."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def stats_device(option: str, model_device: str) -> str:
+    """Where float64 statistics are accumulated: `auto` = the model's device, except GPUs whose float64
+    is a small fraction of their float32 (consumer and inference GPUs), where the CPU is faster."""
+    import torch
+
+    if option != "auto":
+        return pick_device(option)
+    dev = torch.device(model_device)
+    if dev.type == "cuda" and not any(name in torch.cuda.get_device_name(dev) for name in FAST_FLOAT64_GPUS):
+        return "cpu"
+    return model_device
 
 
 def pick_device(device: str | None = None) -> str:
@@ -25,7 +52,7 @@ def pick_device(device: str | None = None) -> str:
     return device
 
 
-def load_model(path: str | Path, device: str | None = None, dtype: str = "float32"):
+def load_model(path: str | Path, device: str | None = None, dtype: str = "auto"):
     """(model, tokenizer) for a checkpoint dir, in eval mode; causal LMs first, encoders otherwise.
 
     Hidden states are read through `output_hidden_states=True`, index 0 = embeddings,
@@ -39,10 +66,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "float3
         raise UserError(
             f"{path}: not an HF model dir (no config.json); give a checkpoint dir such as runs/x/nitp/checkpoints/step-000200"
         )
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: unknown; choose one of {', '.join(DTYPES)}")
     device = pick_device(device)  # before loading: a bad device should not cost a model load
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
     from safetensors import SafetensorError
 
     try:

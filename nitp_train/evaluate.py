@@ -43,7 +43,8 @@ def geometry_probe(model, windows: torch.Tensor, dist: Dist, amp) -> dict:
     """Effective rank and mean cross-sequence cosine of last-layer states on the probe batch (paper App. D).
 
     Each rank runs a contiguous share of the windows; rank 0 gathers the states and computes the
-    metrics (the other ranks return {}).
+    metrics (the other ranks return {}): `probe_erank`, `probe_cosine` and the massive-activation
+    diagnostics of nitp_train.metrics.probe_metrics as `probe_<key>`.
     """
     per = math.ceil(len(windows) / dist.world)
     counts = [len(windows[r * per : (r + 1) * per]) for r in range(dist.world)]
@@ -62,5 +63,11 @@ def geometry_probe(model, windows: torch.Tensor, dist: Dist, amp) -> dict:
         h = torch.cat([p[:n] for p, n in zip(parts, counts)])
     if not dist.is_main:
         return {}
-    m = probe_metrics(h, None)
-    return {"probe_erank": float(m["erank_cov"]), "probe_cosine": float(m["anisotropy"])}
+    m = probe_metrics(h, None)  # content tokens: position 0 (an attention sink in real LLMs) left out
+    record = {"probe_erank": float(m["erank_cov"]), "probe_cosine": float(m["anisotropy"])}
+    for key in PROBE_DIAGNOSTICS:  # how concentrated the token norms are (massive activations)
+        record[f"probe_{key}"] = float(m[key])
+    return record
+
+
+PROBE_DIAGNOSTICS = ("norm_median", "norm_max", "top1pct_share", "outliers", "excluded_norm_median")

@@ -122,3 +122,22 @@ def test_mteb_encoder_on_cuda_equals_cpu(tmp_path, sets):
         texts, show_progress_bar=False
     )
     np.testing.assert_allclose(gpu, cpu, atol=2e-3)
+
+
+def test_eval_commands_default_to_bf16_weights_on_cuda_with_float64_statistics(tmp_path, sets):
+    from typer.testing import CliRunner
+
+    from nitp_eval.cli import app
+
+    train(load_config(sets=sets + ["device=cpu", "steps=1", "optim.warmup_steps=0"]), tmp_path / "nitp", progress=False)
+    got = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        res = CliRunner().invoke(
+            app, ["geometry", str(tmp_path / "nitp"), "--tokens", "1000", "--device", device, "--out", str(out)]
+        )
+        assert res.exit_code == 0, res.output
+        got[device] = json.loads((out / "nitp-step-000001.json").read_text())
+    assert got["cpu"]["settings"]["dtype"] == "float32" and got["cuda"]["settings"]["dtype"] == "bfloat16"
+    # bf16 weights change the states a little; the float64 statistics of the two agree closely
+    assert got["cuda"]["per_layer"]["erank_cov"] == pytest.approx(got["cpu"]["per_layer"]["erank_cov"], rel=5e-2)

@@ -47,6 +47,11 @@ def test_pair_writes_the_run_directory_contract(tiny_run):
         for key in ("tokens", "lr", "loss_ntp", "loss_total", "grad_norm", "tokens_per_s"):
             assert all(key in r for r in records)
         assert "val_ce" in records[2] and "probe_erank" in records[2] and "probe_cosine" in records[2]
+        assert (
+            0 < records[2]["probe_top1pct_share"] < 1
+            and records[2]["probe_norm_max"] >= records[2]["probe_norm_median"]
+        )
+        assert records[2]["probe_excluded_norm_median"] > 0  # the left-out first positions
         assert ("loss_nitp" in records[0]) == (arm == "nitp")
     # the exported NITP model has exactly the NTP architecture and parameter names
     assert names["ntp"] == names["nitp"]

@@ -27,6 +27,7 @@ def analyse_checkpoint(
     exclude_massive,
     device,
     dtype,
+    stats_device=None,
     common,
     note,
 ) -> tuple[dict, dict]:
@@ -111,6 +112,7 @@ def analyse_checkpoint(
         projector=projector,
         exclude_positions=excluded_positions,
         exclude_massive=exclude_massive,
+        stats_device=stats_device,
     )
     settings = {
         **common,

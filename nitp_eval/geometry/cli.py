@@ -102,9 +102,20 @@ def command(
         help="Replace existing results files. Default: off (an existing file stops the command before any work).",
     ),
     device: str = typer.Option(None, help="torch device. Default: cuda if available, else cpu."),
-    dtype: str = typer.Option("float32", help="Model weights dtype (statistics are always accumulated in float64)."),
+    dtype: str = typer.Option(
+        "auto", help="Weights dtype: auto (bfloat16 on a CUDA GPU, float32 on CPU), float32, bfloat16, float16."
+    ),
+    stats_device: str = typer.Option(
+        "auto",
+        help="Where the float64 statistics accumulate: auto (the model's device, but the CPU for GPUs with slow "
+        "float64, i.e. other than A100/H100/H200/B200/MI250/MI300), cpu, cuda, cuda:N.",
+    ),
 ) -> None:
-    """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory."""
+    """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory.
+
+    One device per process: bfloat16 weights on a CUDA GPU by default, statistics always accumulated in float64
+    (--stats-device); for several GPUs, run one process per GPU over different checkpoints.
+    """
     from nitp_eval.geometry import extract
     from nitp_eval.runs import Target, check_destinations, resolve_series, write_results
 
@@ -123,6 +134,12 @@ def command(
             f"--exclude-massive {exclude_massive}: must be a finite factor > 1 of the median norm (e.g. 20)"
         )
     positions_rule = extract.parse_exclude_positions(exclude_positions)
+    from nitp_eval.models import pick_device, resolve_dtype
+    from nitp_eval.models import stats_device as where_stats
+
+    model_device = pick_device(device)
+    dtype_given, dtype = dtype, resolve_dtype(dtype, model_device)
+    stats_on = where_stats(stats_device, model_device)
     common = {
         "tokens_requested": tokens,
         "batch_size": batch_size,
@@ -131,6 +148,7 @@ def command(
         "seed": seed,
         "cka_matrix": cka_matrix,
         "dtype": dtype,
+        "stats_device": stats_on,
         "exclude_positions_option": exclude_positions,
         "exclude_massive": exclude_massive,
     }
@@ -155,7 +173,8 @@ def command(
                 ("--target-layer", target_layer is not None),
                 ("--all-steps", all_steps),
                 ("--device", device is not None),
-                ("--dtype", dtype != "float32"),
+                ("--dtype", dtype_given != "auto"),
+                ("--stats-device", stats_device != "auto"),
             )
             if given
         ]
@@ -190,6 +209,7 @@ def command(
             exclude_massive=exclude_massive,
             device=device,
             dtype=dtype,
+            stats_device=stats_on,
             note=notes,
         )
         written.append(

@@ -345,6 +345,7 @@ def analyse_model(
     exclude_positions=(),
     exclude_massive: float | None = None,
     progress: bool = True,
+    stats_device: str | None = None,
 ) -> dict:
     """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats).
 
@@ -410,8 +411,10 @@ def analyse_model(
             groups = torch.arange(len(valid)).unsqueeze(1).expand_as(valid)[valid]
             # quotas assume the position rule only; the massive rule may leave fewer cross pairs (rare)
             pairs = sample_cross_pairs(groups, quota, gen)
-            states = {layer: hs[layer][valid_d] for layer in stats.acc}
-            stats.update(states, groups.to(device), tuple(p.to(device) for p in pairs), positions[valid].numpy())
+            # float64 sums where float64 is fast (stats_device): the CPU for GPUs with slow float64
+            on = torch.device(stats_device) if stats_device else device
+            states = {layer: hs[layer][valid_d].to(on) for layer in stats.acc}
+            stats.update(states, groups.to(on), tuple(p.to(on) for p in pairs), positions[valid].numpy())
             stats.update_alignment(hs, valid_d)
             bar.update(n)
     bar.close()

@@ -40,7 +40,7 @@ def command(
     batch_size: str = typer.Option("8", help="Batch size, or auto / auto:N as in lm_eval."),
     device: str = typer.Option(None, help="Torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(
-        "float32", help="Weights dtype when loading the checkpoint (float32, bfloat16, float16)."
+        "auto", help="Weights dtype: auto (bfloat16 on a CUDA GPU, float32 on CPU), float32, bfloat16, float16."
     ),
     gen_kwargs: str = typer.Option(
         None, help="Generation overrides as in lm_eval, e.g. max_gen_toks=256 (default: each task's own)."
@@ -74,7 +74,11 @@ def command(
         "--overwrite replaces only configs written here before. Default: off (evaluate).",
     ),
 ) -> None:
-    """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records."""
+    """Evaluate checkpoints with lm-evaluation-harness; one results JSON per checkpoint, with per-sample records.
+
+    One device per process. Several GPUs: write the task configs with --export-tasks DIR and run lm-eval's
+    data-parallel path (accelerate launch -m lm_eval --model hf ...) or its vLLM backend (--model vllm) on them.
+    """
     from tqdm import tqdm
 
     from nitp_eval.lm import evaluate as ev
@@ -93,6 +97,9 @@ def command(
         raise UserError(f"--num-fewshot {num_fewshot}: must be >= 0")
     if not re.fullmatch(r"[1-9]\d*|auto(:[1-9]\d*)?", batch_size):
         raise UserError(f"--batch-size {batch_size}: give a positive integer, auto or auto:N (as lm_eval takes)")
+    from nitp_eval.models import resolve_dtype
+
+    dtype = resolve_dtype(dtype, pick_device(device))  # a concrete dtype, recorded and passed to lm_eval alike
     user_gen = ev.parse_gen_kwargs(gen_kwargs)
     limit = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     if tasks:

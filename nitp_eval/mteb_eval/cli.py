@@ -37,9 +37,15 @@ def command(
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/mteb/, or ./eval/mteb/ for a bare model)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
-    dtype: str = typer.Option("float32", help="Model dtype: float32 | bfloat16 | float16."),
+    dtype: str = typer.Option(
+        "auto", help="Weights dtype: auto (bfloat16 on a CUDA GPU, float32 on CPU), float32, bfloat16, float16."
+    ),
 ) -> None:
-    """Evaluate checkpoints on MTEB: mean-pooled (valid tokens), L2-normalised hidden states, no fine-tuning."""
+    """Evaluate checkpoints on MTEB: mean-pooled (valid tokens), L2-normalised hidden states, no fine-tuning.
+
+    One device per process (bfloat16 weights on a CUDA GPU by default); run one process per GPU over different
+    checkpoints (--out keeps their results apart) for several GPUs.
+    """
     from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
 
     if data_dir is not None and not data_dir.is_dir():
@@ -51,6 +57,9 @@ def command(
         raise UserError(f"--limit {limit}: must be at least 1 (or leave it out to evaluate whole splits)")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    from nitp_eval.models import pick_device, resolve_dtype
+
+    dtype = resolve_dtype(dtype, pick_device(device))
     from nitp_eval.mteb_eval.encoder import check_settings
 
     check_settings(None, layer=layer, max_length=max_length, padding_side=padding_side)
