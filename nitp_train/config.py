@@ -31,6 +31,7 @@ class DataConfig:
         None  # HF tokenizer dir or id, or train:VOCAB (byte-level BPE on the corpus); None = the preset's
     )
     text_field: str = "text"
+    revision: str | None = None  # an HF dataset's revision (commit, tag, branch) for `path`/`validation` ids; recorded
     cache_dir: str | None = None  # tokenised corpus; default <out>/../data, shared by the arms of a pair
     max_docs: int | None = None  # read at most this many documents (quick experiments)
 

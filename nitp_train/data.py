@@ -81,12 +81,12 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
 
 
 def read_documents(
-    spec: str, text_field: str = "text", max_docs: int | None = None, split: str = "train"
+    spec: str, text_field: str = "text", max_docs: int | None = None, split: str = "train", revision: str | None = None
 ) -> Iterator[str]:
     """Documents from local files or, when `spec` is not a local path, an HF dataset id ("name" or "name:config")."""
     files = resolve_files(spec)
     if files is None:
-        docs = _hf_documents(spec, text_field, split)
+        docs = _hf_documents(spec, text_field, split, revision)
     else:
         docs = (doc for f in files for doc in _read_file(f, text_field))
     for i, doc in enumerate(docs):
@@ -95,13 +95,13 @@ def read_documents(
         yield doc
 
 
-def _hf_documents(spec: str, text_field: str, split: str) -> Iterator[str]:
+def _hf_documents(spec: str, text_field: str, split: str, revision: str | None = None) -> Iterator[str]:
     """Streamed (`streaming=True`): only the records a caller consumes are read, whatever the split's size."""
     import datasets
 
     name, _, config = spec.partition(":")
     try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=True, revision=revision)
     except Exception as e:  # the hub is unreachable, the id or split is wrong, ...
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(
@@ -247,6 +247,7 @@ def _cache_key(cfg: DataConfig) -> dict:
         "tokenizer": cfg.tokenizer,
         "text_field": cfg.text_field,
         "max_docs": cfg.max_docs,
+        "revision": cfg.revision,
     }
 
 
@@ -337,7 +338,7 @@ def _tokenise_into(
     from tqdm.auto import tqdm
 
     def texts():
-        return read_documents(train_spec, cfg.text_field, cfg.max_docs)
+        return read_documents(train_spec, cfg.text_field, cfg.max_docs, revision=cfg.revision)
 
     tokenizer = load_or_train_tokenizer(cfg.tokenizer or "train:8192", texts, tmp / "tokenizer")
     dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
@@ -346,7 +347,7 @@ def _tokenise_into(
     if n_train == 0:
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:
-        val_docs = read_documents(val_spec, cfg.text_field, split="validation")
+        val_docs = read_documents(val_spec, cfg.text_field, split="validation", revision=cfg.revision)
         n_val = _tokenise_to(tmp / "val.bin", val_docs, tokenizer, dtype, num_proc, tmp / "tokenizer")
     else:  # hold out the tail of the training stream: copy it out, then cut it off (memory stays flat)
         n_val = int(n_train * cfg.val_fraction)
@@ -361,6 +362,7 @@ def _tokenise_into(
         "eos_token_id": tokenizer.eos_token_id,
         "train": train_spec,
         "validation": val_spec or f"last {cfg.val_fraction:.1%} of train",
+        "revision": cfg.revision,
         "sha256_train": _sha256(tmp / "train.bin"),
         "key": key_src,
     }

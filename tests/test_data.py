@@ -151,3 +151,25 @@ def test_moe_preset_trains_with_router_loss(tmp_path, tiny_sets, tiny_corpus):
     assert r["loss_total"] == pytest.approx(r["loss_ntp"] + 0.001 * r["loss_router"] + r["loss_nitp"], rel=1e-5)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe" / "checkpoints" / "step-000002")
     assert type(model).__name__ == "Qwen2MoeForCausalLM"
+
+
+def test_hf_dataset_revisions_are_passed_recorded_and_keyed(monkeypatch):
+    """The hub is unreachable here, so datasets.load_dataset is replaced by a recorder: this checks the
+    plumbing (the revision reaches it, from the trainer and from geometry) and the cache key, not the hub."""
+    import datasets
+
+    from nitp_eval.geometry.extract import read_text
+    from nitp_train.data import _cache_key
+
+    seen = []
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        seen.append((name, config, kwargs["split"], kwargs.get("revision")))
+        return [{"text": "a document"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert list(read_documents("org/corpus:en", revision="abc123")) == ["a document"]
+    assert list(read_text("org/corpus", "validation", "v1.0")) == ["a document"]
+    assert seen == [("org/corpus", "en", "train", "abc123"), ("org/corpus", None, "validation", "v1.0")]
+    a, b = (_cache_key(DataConfig(path="org/corpus", revision=r)) for r in ("abc123", "def456"))
+    assert a != b and a["revision"] == "abc123"  # two revisions never share a token cache

@@ -14,6 +14,7 @@ def analyse_checkpoint(
     *,
     text,
     text_split,
+    text_revision=None,
     tokens,
     seq_len,
     batch_size,
@@ -58,7 +59,7 @@ def analyse_checkpoint(
                 True,
             )
         split = text_split if source == "--text" else "validation"
-        ids = extract.select_tokens(extract.read_text(spec, split), tok, tokens)
+        ids = extract.select_tokens(extract.read_text(spec, split, text_revision), tok, tokens)
     if len(ids) < 2:
         raise UserError(f"{spec}: gives {len(ids)} tokens; the statistics need at least 2 (give more text with --text)")
     if len(ids) < tokens:
@@ -119,6 +120,7 @@ def analyse_checkpoint(
         "text": spec,
         "text_source": source,
         "text_split": split if source == "--text" else None,
+        "text_revision": text_revision if source == "--text" else None,
         "seq_len": seq_len,
         "bos": bos,
         "exclude_positions": list(excluded_positions),

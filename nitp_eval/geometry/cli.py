@@ -40,6 +40,9 @@ def command(
         "the built-in Shakespeare validation split.",
     ),
     text_split: str = typer.Option("validation", help="Split to read when --text is an HF dataset id."),
+    text_revision: str = typer.Option(
+        None, help="Revision (commit, tag, branch) of an HF dataset id given as --text; recorded. Default: the latest."
+    ),
     tokens: int = typer.Option(100_000, help="Tokens to analyse (the first N of the packed text)."),
     seq_len: int = typer.Option(
         None,
@@ -167,6 +170,7 @@ def command(
             for name, given in (
                 ("--text", text is not None),
                 ("--text-split", text_split != "validation"),
+                ("--text-revision", text_revision is not None),
                 ("--seq-len", seq_len is not None),
                 ("--bos", bos),
                 ("--exclude-positions", exclude_positions != "auto"),
@@ -201,6 +205,7 @@ def command(
             **shared,
             text=text,
             text_split=text_split,
+            text_revision=text_revision,
             seq_len=seq_len,
             batch_size=batch_size,
             target_layer_option=target_layer,

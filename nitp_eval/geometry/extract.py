@@ -48,7 +48,7 @@ _LINE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # a line start after a single newlin
 _WORD_CUT = re.compile(r"(?<=\S)(?= \S)")  # before a single space between two words
 
 
-def read_text(spec: str, split: str = "validation"):
+def read_text(spec: str, split: str = "validation", revision: str | None = None):
     """Documents of `spec`: local files or an HF dataset id, through the trainer's reader.
 
     HF ids are streamed, so only the records that are used are read: `select_tokens` stops once it
@@ -56,7 +56,7 @@ def read_text(spec: str, split: str = "validation"):
     """
     from nitp_train.data import read_documents
 
-    return read_documents(spec, split=split)
+    return read_documents(spec, split=split, revision=revision)
 
 
 def text_pieces(doc: str, size: int = PIECE_CHARS):
