@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import typer
@@ -83,9 +82,9 @@ def command(
 
     from nitp_eval.lm import evaluate as ev
     from nitp_eval.lm.suite import known_task, suite_tasks
-    from nitp_eval.lm.taskdir import expand_tags, write_task_dir
+    from nitp_eval.lm.taskdir import expand_tags
     from nitp_eval.models import pick_device
-    from nitp_eval.runs import check_destinations, resolve_series, results_header, write_json
+    from nitp_eval.runs import check_destinations, resolve_series
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(
@@ -132,80 +131,36 @@ def command(
     for note in notes:
         typer.echo(f"note: {note}", err=True)
 
-    from lm_eval.tasks import TaskManager
-
-    with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
-        task_dir = write_task_dir(Path(tmp), names, data_dir, fewshot, generation=generation)
-        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-        for target, dest in tqdm(
-            list(zip(targets, dests)), desc="lm-eval checkpoints", unit="ckpt", disable=len(targets) < 2
-        ):
-            results = _run(target.checkpoint, manager, names, bootstrap_iters, run_kw, data_dir)
-            task_records, samples = ev.collect(results, names, primary)
-            settings = {
-                "suite": suite,
-                "tasks": names,
-                "task_num_fewshot": fewshot,
-                **run_kw,
-                "bootstrap_iters": bootstrap_iters,
-                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-                "max_length": results.get("max_length"),
-                "seeds": {
-                    k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
-                },
-                "lm_eval_command": ev.lm_eval_command(
-                    target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw
-                ),
-                "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
-                "model_positions": positions,
-                "generation_overrides": generation,
-                "notes": notes,
-            }
-            payload = results_header("lm", target, settings, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
-            path = write_json(dest, payload, overwrite)
-            summary = ", ".join(f"{n} {_num(r['metrics'].get(r['primary']))}" for n, r in task_records.items())
-            typer.echo(f"{path}: {summary}")
-            for name, rec in task_records.items():
-                ans = rec.get("answers") or {}
-                if ans.get("degenerate"):
-                    typer.echo(
-                        f"note: {name}: answer {ans['top_answer']!r} given to {ans['top_share']:.0%} of {ans['n']} "
-                        f"questions (majority-answer baseline {100 * ans['majority_baseline']:.2f} %): the score "
-                        "measures that answer's share, not the model",
-                        err=True,
-                    )
-            del results, task_records, samples, payload
-            _free_memory()  # the model of this checkpoint, before loading the next one
+    settings = {
+        "suite": suite,
+        "tasks": names,
+        "task_num_fewshot": fewshot,
+        **run_kw,
+        "bootstrap_iters": bootstrap_iters,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "task_dir_command": _export_command(names, data_dir, suite, num_fewshot),
+        "model_positions": positions,
+        "generation_overrides": generation,
+        "notes": notes,
+    }
+    evaluated = ev.evaluate_targets(targets, dests, names, settings, primary=primary, overwrite=overwrite)
+    for _target, path, task_records in tqdm(evaluated, total=len(targets), desc="lm-eval checkpoints", unit="ckpt",
+                                            disable=len(targets) < 2):  # fmt: skip
+        summary = ", ".join(f"{n} {_num(r['metrics'].get(r['primary']))}" for n, r in task_records.items())
+        typer.echo(f"{path}: {summary}")
+        for name, rec in task_records.items():
+            ans = rec.get("answers") or {}
+            if ans.get("degenerate"):
+                typer.echo(
+                    f"note: {name}: answer {ans['top_answer']!r} given to {ans['top_share']:.0%} of {ans['n']} "
+                    f"questions (majority-answer baseline {100 * ans['majority_baseline']:.2f} %): the score "
+                    "measures that answer's share, not the model",
+                    err=True,
+                )
 
 
 def _num(x) -> str:
     return f"{x:.4f}" if isinstance(x, (int, float)) else "n/a"
-
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _run(checkpoint, manager, names, bootstrap_iters, run_kw, data_dir):
-    from datasets.exceptions import DatasetNotFoundError
-
-    from nitp_eval.lm.evaluate import run_harness
-
-    try:
-        return run_harness(checkpoint, manager, names, bootstrap_iters=bootstrap_iters, **run_kw)
-    except (DatasetNotFoundError, ConnectionError) as e:
-        if data_dir is not None:
-            raise
-        raise UserError(
-            f"{','.join(names)}: a dataset could not be loaded from the Hugging Face hub ({e.__class__.__name__}); "
-            f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies"
-        ) from e
 
 
 def _export_command(names, data_dir, suite, num_fewshot) -> str:

@@ -351,3 +351,69 @@ def lm_eval_command(
     if bootstrap_iters != LM_EVAL_BOOTSTRAP_ITERS:
         cmd += f"  # nitp ran bootstrap_iters={bootstrap_iters}; lm_eval always uses {LM_EVAL_BOOTSTRAP_ITERS}"
     return cmd
+
+
+RUN_KEYS = ("limit", "batch_size", "device", "dtype", "num_fewshot", "gen_kwargs")  # what run_harness takes
+
+
+def evaluate_targets(targets, dests, names: list[str], settings: dict, *, primary: dict, overwrite: bool):
+    """Load -> compute -> write, per target: lm-eval's harness over a task dir written for this run.
+
+    Yields (target, results path, per-task records) as each checkpoint lands; `settings` (the resolved
+    options) is recorded in every results file with what the harness reports (max length, seeds).
+    """
+    import tempfile
+
+    from lm_eval.tasks import TaskManager
+
+    from nitp_eval.lm.taskdir import write_task_dir
+    from nitp_eval.runs import results_header, write_json
+
+    data_dir = Path(settings["data_dir"]) if settings["data_dir"] else None
+    run_kw = {k: settings[k] for k in RUN_KEYS}
+    bootstrap_iters = settings["bootstrap_iters"]
+    with tempfile.TemporaryDirectory(prefix="nitp-lm-tasks-") as tmp:
+        task_dir = write_task_dir(Path(tmp), names, data_dir, settings["task_num_fewshot"],
+                                  generation=settings["generation_overrides"])  # fmt: skip
+        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+        for target, dest in zip(targets, dests):
+            results = _harness(target.checkpoint, manager, names, bootstrap_iters, run_kw, data_dir)
+            task_records, samples = collect(results, names, primary)
+            recorded = {
+                **settings,
+                "max_length": results.get("max_length"),
+                "seeds": {k: results["config"].get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
+                "lm_eval_command": lm_eval_command(target.checkpoint, names, "TASK_DIR", bootstrap_iters=bootstrap_iters, **run_kw),
+            }  # fmt: skip
+            payload = results_header("lm", target, recorded, ("lm_eval",)) | {"tasks": task_records, "samples": samples}
+            path = write_json(dest, payload, overwrite)
+            del results, samples, payload
+            _free_memory()  # the model of this checkpoint, before loading the next one
+            yield target, path, task_records
+
+
+def _harness(checkpoint, manager, names, bootstrap_iters, run_kw, data_dir):
+    from datasets.exceptions import DatasetNotFoundError
+
+    from nitp_eval.lm.taskdir import DATA_DIR_ENV
+    from nitp_train.errors import UserError
+
+    try:
+        return run_harness(checkpoint, manager, names, bootstrap_iters=bootstrap_iters, **run_kw)
+    except (DatasetNotFoundError, ConnectionError) as e:
+        if data_dir is not None:
+            raise
+        raise UserError(
+            f"{','.join(names)}: a dataset could not be loaded from the Hugging Face hub ({e.__class__.__name__}); "
+            f"offline, pass --data-dir (or {DATA_DIR_ENV}) with local copies"
+        ) from e
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -46,7 +46,7 @@ def command(
     One device per process (bfloat16 weights on a CUDA GPU by default); run one process per GPU over different
     checkpoints (--out keeps their results apart) for several GPUs.
     """
-    from nitp_eval.runs import check_destinations, resolve_targets, results_header, write_json
+    from nitp_eval.runs import check_destinations, resolve_targets
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(
@@ -63,27 +63,19 @@ def command(
     from nitp_eval.mteb_eval.encoder import check_settings
 
     check_settings(None, layer=layer, max_length=max_length, padding_side=padding_side)
+    from nitp_eval.mteb_eval.run import evaluate_targets, fit_lengths
     from nitp_eval.mteb_eval.suite import resolve_suite
 
     suite = resolve_suite(tasks)
     targets = resolve_targets(path, all_steps)
     dests = check_destinations(targets, "mteb", out, overwrite)  # fail before hours of work, not after
-    # --layer against every model's config before any weights load; --max-length capped at the
-    # model's position limit (a longer text would otherwise fail mid-run with an IndexError)
-    lengths = {}
+    lengths = fit_lengths(targets, layer=layer, max_length=max_length, padding_side=padding_side)
     for t in targets:
-        lengths[t] = check_settings(
-            _config(t.checkpoint), layer=layer, max_length=max_length, padding_side=padding_side
-        )
         if lengths[t] < max_length:
             typer.echo(
                 f"note: --max-length {max_length} exceeds the {lengths[t]} positions of {t.checkpoint}; "
                 f"texts are truncated to {lengths[t]} tokens"
             )
-
-    from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
-    from nitp_eval.mteb_eval.run import evaluate_suite
-
     settings = {
         "suite": tasks,
         "tasks": [t.name for t in suite],
@@ -100,26 +92,9 @@ def command(
         "prompts": None,
     }
     failed = []
-    for t, dest in zip(targets, dests):
-        typer.echo(f"mteb: {t.checkpoint}")
-        encoder = MeanPoolEncoder.from_pretrained(
-            t.checkpoint,
-            device=device,
-            dtype=dtype,
-            layer=layer,
-            max_length=lengths[t],
-            batch_size=batch_size,
-            padding_side=padding_side,
-            name=f"nitp/{t.label}",
-        )
-        results = evaluate_suite(encoder, suite, data_dir=data_dir, limit=limit, seed=seed, batch_size=batch_size)
-        if results["overall"]["n"] == 0:  # an empty file would only block the real run (--overwrite)
-            raise UserError(
-                f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
-                f"{len(results['failed'])} failed: see above); no results written"
-            )
-        payload = {**results_header("mteb", t, {**settings, "max_length": lengths[t]}, ("mteb",)), **results}
-        write_json(dest, payload, overwrite)
+    evaluated = evaluate_targets(targets, dests, suite, settings, lengths, device=device, overwrite=overwrite,
+                                 starting=lambda t: typer.echo(f"mteb: {t.checkpoint}"))  # fmt: skip
+    for t, dest, results in evaluated:
         typer.echo(_summary(results) + f"\nwrote {dest}")
         failed += [f"{t.label}/{name}" for name in results["failed"]]
     if failed:  # the other tasks' results are written, but the run did not fully succeed
@@ -127,16 +102,6 @@ def command(
             f"error: {len(failed)} task(s) failed: {', '.join(failed)} (reasons above and in failed_reasons)", err=True
         )
         raise typer.Exit(1)
-
-
-def _config(checkpoint: Path):
-    """The model's config, or None when it cannot be read (load_model then says why, in one line)."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(checkpoint)
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _summary(results: dict) -> str:

@@ -129,3 +129,48 @@ def evaluate_suite(
         "failed_reasons": failed,
         **summarize(suite, tasks),
     }
+
+
+def fit_lengths(targets, *, layer: int, max_length: int, padding_side: str) -> dict:
+    """--layer against every model's config before any weights load; --max-length capped at each model's
+    position limit (a longer text would otherwise fail mid-run with an IndexError)."""
+    from nitp_eval.mteb_eval.encoder import check_settings
+
+    return {
+        t: check_settings(_config(t.checkpoint), layer=layer, max_length=max_length, padding_side=padding_side)
+        for t in targets
+    }
+
+
+def evaluate_targets(targets, dests, suite, settings: dict, lengths: dict, *, device, overwrite: bool, starting=None):
+    """Load -> compute -> write, per target; yields (target, results path, results) as each one lands."""
+    from nitp_eval.mteb_eval.encoder import MeanPoolEncoder
+    from nitp_eval.runs import results_header, write_json
+    from nitp_train.errors import UserError
+
+    for t, dest in zip(targets, dests):
+        if starting is not None:
+            starting(t)
+        encoder = MeanPoolEncoder.from_pretrained(
+            t.checkpoint, device=device, dtype=settings["dtype"], layer=settings["layer"], max_length=lengths[t],
+            batch_size=settings["batch_size"], padding_side=settings["padding_side"], name=f"nitp/{t.label}",
+        )  # fmt: skip
+        results = evaluate_suite(encoder, suite, data_dir=settings["data_dir"] and Path(settings["data_dir"]),
+                                 limit=settings["limit"], seed=settings["seed"], batch_size=settings["batch_size"])  # fmt: skip
+        if results["overall"]["n"] == 0:  # an empty file would only block the real run (--overwrite)
+            raise UserError(
+                f"{t.checkpoint}: no task was scored ({len(results['missing'])} missing, "
+                f"{len(results['failed'])} failed: see above); no results written"
+            )
+        payload = {**results_header("mteb", t, {**settings, "max_length": lengths[t]}, ("mteb",)), **results}
+        yield t, write_json(dest, payload, overwrite), results
+
+
+def _config(checkpoint: Path):
+    """The model's config, or None when it cannot be read (load_model then says why, in one line)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError):
+        return None
