@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nitp_train.config import load_config  # noqa: E402
 from nitp_train.distributed import autocast, autocast_dtype, compile_layers, configure_kernels  # noqa: E402
 from nitp_train.flops import flops_per_token  # noqa: E402
-from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset  # noqa: E402
+from nitp_train.model import (  # noqa: E402
+    SizedVocab,
+    build_meta_module,
+    hf_config,
+    make_optimizer,
+    materialise,
+    resolved_preset,
+)
 from nitp_train.throughput import device_peak  # noqa: E402
 
 MODELS = {
@@ -44,21 +51,13 @@ QUICK = ["model.hf_overrides.hidden_size=64", "model.hf_overrides.num_hidden_lay
          "objective.target_layer=1"]  # fmt: skip
 
 
-class _Vocab:
-    def __init__(self, n: int):
-        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def step_fn(cfg, vocab: int, device: torch.device):
-    config = hf_config(cfg, _Vocab(vocab))
+    config = hf_config(cfg, SizedVocab(vocab))
     module = build_meta_module(cfg, config)
     compile_layers(module, cfg)
     materialise(module, cfg, config, device)

@@ -23,18 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nitp_train.config import load_config  # noqa: E402
 from nitp_train.distributed import Dist, replicate, shard  # noqa: E402
-from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise  # noqa: E402
+from nitp_train.model import SizedVocab, build_meta_module, hf_config, make_optimizer, materialise  # noqa: E402
 from nitp_train.plan import memory_plan  # noqa: E402
-
-
-class _Vocab:
-    """A stand-in tokenizer of a given size (the planner and the model only need its length)."""
-
-    def __init__(self, n: int):
-        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def measure(sets: list[str], vocab: int) -> dict:
@@ -42,7 +32,7 @@ def measure(sets: list[str], vocab: int) -> dict:
 
     cfg = load_config(sets=["precision=fp32", *sets])
     dist = Dist(cfg.device, cfg.dist_timeout_s)
-    config = hf_config(cfg, _Vocab(vocab))
+    config = hf_config(cfg, SizedVocab(vocab))
     module = build_meta_module(cfg, config)
     shard(module, cfg, dist, None)
     materialise(module, cfg, config, dist.device)

@@ -24,27 +24,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-class _Vocab:
-    def __init__(self, n: int):
-        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-
 def build(preset: str) -> dict:
     import torch
 
     from nitp_train.config import load_config
     from nitp_train.distributed import Dist, shard
-    from nitp_train.model import build_meta_module, hf_config, materialise
+    from nitp_train.model import SizedVocab, build_meta_module, hf_config, materialise
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     cfg = load_config(sets=[f"model.preset={preset}", "parallel=fsdp", "precision=fp32", "global_batch=2", "micro_batch=1",
                             "optim.warmup_steps=0", "steps=10"])  # fmt: skip
     dist = Dist("cpu", 600)
-    config = hf_config(cfg, _Vocab(8192))
+    config = hf_config(cfg, SizedVocab(8192))
     module = build_meta_module(cfg, config)
     shard(module, cfg, dist, None)
     sha = materialise(module, cfg, config, torch.device("cpu"))

@@ -27,7 +27,7 @@ import torch
 from nitp_train.config import load_config
 from nitp_train.distributed import autocast, autocast_dtype, compile_layers
 from nitp_train.flops import flops_per_token
-from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
+from nitp_train.model import SizedVocab, build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
 from nitp_train.throughput import measure_cpu_peak
 from nitp_train.train import train
 
@@ -35,16 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-class _Vocab:
-    """Stands in for a tokenizer where only the size and special ids matter."""
-
-    def __init__(self, n: int):
-        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
-
-    def __len__(self):
-        return self.n
 
 
 def build(cfg, vocab):
@@ -105,7 +95,7 @@ def main():
         "precision=fp32",
         "steps=1000",
     ]
-    vocab = _Vocab(args.vocab)
+    vocab = SizedVocab(args.vocab)
     x = torch.randint(0, args.vocab, (args.batch, args.seq_len))
 
     # 1. NITP vs NTP, alternated

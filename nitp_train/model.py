@@ -83,6 +83,17 @@ def resolved_preset(cfg: TrainConfig, vocab_size: int) -> Preset:
     return dataclasses.replace(preset, hf=hf)
 
 
+class SizedVocab:
+    """A tokenizer stand-in of a given size, for building a model without data (benchmarks, planning):
+    hf_config reads only its length and special-token ids."""
+
+    def __init__(self, n: int):
+        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, 0, 0, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def hf_config(cfg: TrainConfig, tokenizer=None):
     """The transformers config of the run, checked against seq_len and the objective's target layer.
 
