@@ -127,6 +127,8 @@ def main():
     print(
         f"  NITP step eager {eager_ms:8.1f} ms   compiled layers {compiled_ms:8.1f} ms   compiled/eager {compiled_ms / eager_ms:.2f}"
     )
+    rows.append((f"NITP step with compile=true (each decoder layer) vs eager, {setup}",
+                 f"{compiled_ms:.0f} vs {eager_ms:.0f} ms: {compiled_ms / eager_ms:.2f}x"))  # fmt: skip
 
     if args.bf16:  # 5. bf16 autocast vs fp32, same model init and batch, alternated
         fns = {"fp32": nitp, "bf16": step_fn(load_config(sets=sets + ["objective.name=nitp", "precision=bf16"]), vocab)}

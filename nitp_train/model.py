@@ -175,13 +175,18 @@ def _full_init(reference: TrainModule, name: str, module: nn.Module, seed: int) 
 
 def _copy_into(param: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a full tensor into a parameter: whole, or this process's FSDP shard of it (no communication)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-    if isinstance(param, DTensor):
-        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
-        param.to_local().copy_(local)
-    else:
+    if not isinstance(param, DTensor):
         param.copy_(full)
+        return
+    mesh, placements = param.device_mesh, param.placements
+    if len(placements) == 1 and isinstance(placements[0], Shard):  # FSDP2: torch.chunk along one dim
+        chunks = full.chunk(mesh.size(), dim=placements[0].dim)
+        if len(chunks) == mesh.size():  # this rank's chunk is a view: no second copy of the shard
+            param.to_local().copy_(chunks[mesh.get_local_rank()])
+            return
+    param.to_local().copy_(distribute_tensor(full, mesh, placements, src_data_rank=None).to_local())
 
 
 def materialise(module: TrainModule, cfg: TrainConfig, config, device: torch.device, init: bool = True) -> str:
