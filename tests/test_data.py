@@ -66,7 +66,7 @@ def test_hf_dataset_id_goes_through_datasets(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, config=None, split=None, streaming=False):  # the hub is unreachable: serve from memory
+    def fake_load_dataset(name, config=None, split=None, streaming=False, revision=None):  # the hub is unreachable
         calls.append((name, config, split, streaming))
         return datasets.Dataset.from_dict(
             {"text": ["hub doc one", "", "hub doc two"], "id": [1, 2, 3]}

@@ -188,7 +188,7 @@ def test_hf_dataset_id_is_streamed(tiny_checkpoint, tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, config=None, split=None, streaming=False):
+    def fake_load_dataset(name, config=None, split=None, streaming=False, revision=None):
         calls.append((name, config, split, streaming))
         return ({"text": f"Line {i} of a dataset that only exists in this test."} for i in range(100_000))
 

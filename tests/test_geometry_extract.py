@@ -247,7 +247,7 @@ def test_read_text_streams_hf_datasets(monkeypatch, gpt2):
 
     calls, pulled = [], []
 
-    def fake_load_dataset(name, config=None, split=None, streaming=False):
+    def fake_load_dataset(name, config=None, split=None, streaming=False, revision=None):
         calls.append((name, config, split, streaming))
 
         def records():
