@@ -245,6 +245,10 @@ def _build(cls, d: dict, prefix: str = ""):
             if not isinstance(value, dict):
                 raise UserError(f"{prefix}{name} is a section; set its fields, e.g. {prefix}{name}.<field>=...")
             kwargs[name] = _build(type(default), value, prefix + name + ".")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{prefix}{name}={value!r} must be true or false")
+            kwargs[name] = value
         elif isinstance(default, tuple):
             kwargs[name] = tuple(value)
         elif isinstance(default, (int, float)) and not isinstance(default, bool):

@@ -34,6 +34,9 @@ def test_layers_preset_file_options_set(tmp_path):
         (["eval_every=-1"], "eval_every=-1 must be >= 0"),
         (["objective=3"], "objective"),
         (["precision=fp8"], "precision"),
+        (["compile=maybe"], "compile='maybe' must be true or false"),
+        (["device=gpu"], "device='gpu' is unknown"),
+        (["steps=10", "tokens=1e9"], "steps or tokens, not both"),
     ],
 )
 def test_bad_fields(sets, needle):
