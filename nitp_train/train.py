@@ -91,7 +91,7 @@ def train(
     probe_windows = fixed_windows(probe_source, cfg.seq_len, cfg.probe_batch)
     if dist.is_main:
         dump_config(cfg, out / "config.yaml")
-        write_provenance(out, cfg, data, init_sha, config, dist, amp, start_state, extend_from is not None)
+        write_provenance(out, cfg, data, sampler, init_sha, config, dist, amp, start_state, extend_from is not None)
         _truncate_metrics(out / "metrics.jsonl", start, source=Path(extend_from) if extend_from else None)
     flops = json.loads((out / "provenance.json").read_text())["train_flops_per_token"] if dist.is_main else 0.0
     peak, _ = device_peak(dist.device, cfg.peak_tflops) if dist.is_main else (None, "")
@@ -178,14 +178,15 @@ def _progress_bar(cfg: TrainConfig, out: Path, start: int):
     return tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
 
-def write_provenance(out: Path, cfg, data, init_sha: str, config, dist: Dist, amp, start_state, extended: bool) -> None:
+def write_provenance(
+    out: Path, cfg, data, sampler, init_sha: str, config, dist: Dist, amp, start_state, extended: bool
+) -> None:
     """provenance.json: what pairs the arms (hashes), and what a report needs about the run (FLOPs, schedule)."""
     from nitp_train.flops import flops_per_token
 
     path = out / "provenance.json"
     if start_state and not extended:  # a resume keeps the run's record
         return
-    sampler = WindowSampler(data.train, cfg.seq_len, cfg.order_seed)
     order = hashlib.sha256(
         json.dumps([sampler.sample_ids(s, cfg.global_batch) for s in range(min(cfg.steps, 64))]).encode()
     )
