@@ -7,6 +7,7 @@ import typer
 from nitp_eval.geometry.cli import command as geometry
 from nitp_eval.lm.cli import command as lm
 from nitp_eval.mteb_eval.cli import command as mteb
+from nitp_eval.replicate import command as replicate
 from nitp_eval.report.cli import command as report
 from nitp_train.errors import run_cli
 
@@ -20,6 +21,7 @@ app.command("geometry")(geometry)
 app.command("lm")(lm)
 app.command("mteb")(mteb)
 app.command("report")(report)
+app.command("replicate")(replicate)
 
 
 def main() -> None:

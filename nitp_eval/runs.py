@@ -1,6 +1,7 @@
 """The run-directory contract (docs/training.md, "Run directory"), seen from the analysis side.
 
 Every nitp-eval command takes a path that is one of:
+  * a study dir     runs/s/            (study.json, seed-<s>/ pair dirs: `nitp-train pair --seeds`)
   * a pair dir      runs/x/            (pair.json and/or arm dirs ntp/, nitp/, ...)
   * an arm dir      runs/x/nitp/       (checkpoints/step-NNNNNN/)
   * a checkpoint    runs/x/nitp/checkpoints/step-000200/
@@ -24,6 +25,7 @@ from nitp_train.errors import UserError
 
 SCHEMA_VERSION = 1
 STEP_DIR = re.compile(r"^step-(\d+)$")
+SEED_DIR = re.compile(r"^seed-(\d+)$")
 ARM_ORDER = ("ntp", "nitp")  # arms listed first in tables; other arms (ablations) follow by name
 
 
@@ -75,6 +77,18 @@ def arm_dirs(pair_dir: Path) -> list[Path]:
     return sorted(arms, key=lambda d: (ARM_ORDER.index(d.name) if d.name in ARM_ORDER else len(ARM_ORDER), d.name))
 
 
+def study_seeds(path: str | Path) -> list[tuple[int, Path]]:
+    """(seed, pair dir) of a study dir (`nitp-train pair --seeds`: study.json, seed-<s>/), by seed; [] otherwise."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    seeds = sorted((int(m.group(1)), d) for d in p.iterdir() if d.is_dir() and (m := SEED_DIR.match(d.name)))
+    # seed-<s> dirs make a study when study.json says so or each is a pair dir (copied results lack study.json)
+    if seeds and ((p / "study.json").is_file() or all((d / "pair.json").is_file() for _, d in seeds)):
+        return seeds
+    return []
+
+
 def resolve_targets(path: str | Path, all_steps: bool = False) -> list[Target]:
     """Checkpoints named by `path` (see module docstring): the latest per arm, or all with `all_steps`."""
     p = Path(path)
@@ -89,6 +103,9 @@ def resolve_targets(path: str | Path, all_steps: bool = False) -> list[Target]:
         return [Target(p, arm_dir.name, int(m.group(1)), arm_dir.parent)]
     if (p / "checkpoints").is_dir():
         return _arm_targets(p, p.parent, all_steps)
+    seeds = study_seeds(p)
+    if seeds:  # every arm of every seed; each seed's results go to its own pair dir
+        return [t for _, d in seeds for t in resolve_targets(d, all_steps)]
     arms = arm_dirs(p) if p.is_dir() else []
     if arms:
         return [t for a in arms for t in _arm_targets(a, p, all_steps)]
@@ -324,6 +341,28 @@ def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing results file unless asked to."""
     if Path(path).exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it or --out to write elsewhere")
+
+
+SKIP_EXISTING_HELP = (
+    "Evaluate only the checkpoints that have no results file yet (continue an interrupted evaluation); the "
+    "existing files are kept as they are. Default: off (an existing file stops the command)."
+)
+
+
+def pending_targets(targets: list[Target], what: str, out: Path | None, skip_existing: bool, overwrite: bool):
+    """With --skip-existing, the targets whose results file does not exist yet (saying how many are skipped)."""
+    if not skip_existing:
+        return targets
+    if overwrite:
+        raise UserError("--skip-existing keeps existing results and --overwrite replaces them: give one of them")
+    todo = [t for t in targets if not t.results_path(what, out).exists()]
+    if len(todo) < len(targets):
+        import typer
+
+        typer.echo(
+            f"--skip-existing: {len(targets) - len(todo)} of {len(targets)} checkpoint(s) already have {what} results"
+        )
+    return todo
 
 
 def check_destinations(targets: list[Target], what: str, out: Path | None, overwrite: bool) -> list[Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nitp_eval.geometry.flags import massive_flag
+from nitp_eval.runs import SKIP_EXISTING_HELP
 from nitp_train.errors import UserError
 
 
@@ -104,6 +105,7 @@ def command(
         "--overwrite",
         help="Replace existing results files. Default: off (an existing file stops the command before any work).",
     ),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_EXISTING_HELP),
     device: str = typer.Option(None, help="torch device. Default: cuda if available, else cpu."),
     dtype: str = typer.Option(
         "auto", help="Weights dtype: auto (bfloat16 on a CUDA GPU, float32 on CPU), float32, bfloat16, float16."
@@ -120,7 +122,7 @@ def command(
     (--stats-device); for several GPUs, run one process per GPU over different checkpoints.
     """
     from nitp_eval.geometry import extract
-    from nitp_eval.runs import Target, check_destinations, resolve_series, write_results
+    from nitp_eval.runs import Target, check_destinations, pending_targets, resolve_series, write_results
 
     if tokens < 2:
         raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
@@ -196,6 +198,9 @@ def command(
     from nitp_eval.geometry.analysis import analyse_checkpoint
 
     targets = resolve_series(paths, series, revisions, all_steps)
+    targets = pending_targets(targets, "geometry", out, skip_existing, overwrite)
+    if not targets:
+        return
     dests = check_destinations(targets, "geometry", out, overwrite)  # every results path, before any work
     written = []
     for target, dest in zip(targets, dests):

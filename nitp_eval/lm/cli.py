@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nitp_eval.lm.taskdir import DATA_DIR_ENV
+from nitp_eval.runs import SKIP_EXISTING_HELP
 from nitp_train.errors import UserError
 
 
@@ -67,6 +68,7 @@ def command(
     ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/lm/, or ./eval/lm/ for a plain model dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_EXISTING_HELP),
     export_tasks: Path = typer.Option(
         None,
         help="Only write the task configs (C3 + suite/offline overrides) to this dir and print the equivalent lm_eval commands; "
@@ -84,7 +86,7 @@ def command(
     from nitp_eval.lm.suite import known_task, suite_tasks
     from nitp_eval.lm.taskdir import expand_tags
     from nitp_eval.models import pick_device
-    from nitp_eval.runs import check_destinations, resolve_series
+    from nitp_eval.runs import check_destinations, pending_targets, resolve_series
 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(
@@ -123,6 +125,9 @@ def command(
     if not paths:
         raise UserError("give a run dir, arm dir, checkpoint or HF model dir (or --export-tasks DIR)")
     targets = resolve_series(paths, series, None, all_steps)
+    targets = pending_targets(targets, "lm", out, skip_existing, overwrite)
+    if not targets:
+        return
     dests = check_destinations(targets, "lm", out, overwrite)  # fail before hours of evaluation, not after
     run_kw["device"] = pick_device(device)  # recorded as used, so lm_eval_command reproduces the run
     # generation lengths against the models' positions, before any weights load (lm-eval would fail mid-run)

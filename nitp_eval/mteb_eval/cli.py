@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from nitp_eval.runs import SKIP_EXISTING_HELP
 from nitp_train.errors import UserError
 
 
@@ -36,6 +37,7 @@ def command(
     ),
     out: Path = typer.Option(None, help="Results dir (default: <run>/eval/mteb/, or ./eval/mteb/ for a bare model)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results files. Default: off."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help=SKIP_EXISTING_HELP),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda if available)."),
     dtype: str = typer.Option(
         "auto", help="Weights dtype: auto (bfloat16 on a CUDA GPU, float32 on CPU), float32, bfloat16, float16."
@@ -46,7 +48,7 @@ def command(
     One device per process (bfloat16 weights on a CUDA GPU by default); run one process per GPU over different
     checkpoints (--out keeps their results apart) for several GPUs.
     """
-    from nitp_eval.runs import check_destinations, resolve_targets
+    from nitp_eval.runs import check_destinations, pending_targets, resolve_targets
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(
@@ -68,6 +70,9 @@ def command(
 
     suite = resolve_suite(tasks)
     targets = resolve_targets(path, all_steps)
+    targets = pending_targets(targets, "mteb", out, skip_existing, overwrite)
+    if not targets:
+        return
     dests = check_destinations(targets, "mteb", out, overwrite)  # fail before hours of work, not after
     lengths = fit_lengths(targets, layer=layer, max_length=max_length, padding_side=padding_side)
     for t in targets:

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from nitp_eval.report import figures as F
+from nitp_eval.report import study as S
 from nitp_eval.report import tables as T
-from nitp_eval.report.load import Run, file_digest, load_run
+from nitp_eval.report.load import Run, Study, file_digest, load_any
 from nitp_eval.report.spec import Spec
 from nitp_eval.report.table import Table
 from nitp_train.errors import UserError
@@ -63,24 +64,36 @@ class _Writer:
 def build_report(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
     """Write the report that `spec` declares to `out`; returns the path of report.md."""
     out = check_out(Path(out), [Path(r["path"]) for r in spec.runs], overwrite)
-    runs = [load_run(r["path"], r["label"]) for r in spec.runs]
+    runs = [load_any(r["path"], r["label"]) for r in spec.runs]
     if len({r.label for r in runs}) < len(runs):
         raise UserError("two runs share a label; give each a distinct `label:` in the spec")
+    studies = [r for r in runs if isinstance(r, Study)]
+    if studies and len(studies) < len(runs):
+        raise UserError(
+            f"{studies[0].path} is a study (seed-<s>/ pair dirs) and {next(r for r in runs if isinstance(r, Run)).path} "
+            "a single pair: report them separately (a study's intervals cover seeds, a pair's do not)"
+        )
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(spec, runs, _Writer(tmp), progress)
+        (_write_studies if studies else _write)(spec, runs, _Writer(tmp), progress)
         if out.exists():
             _remove_report(out)
-        os.replace(tmp, out)
+        if (out / RESULTS_DIR).is_dir():  # a shipped study's inputs stay; the report's files move in beside them
+            for p in tmp.iterdir():
+                os.replace(p, out / p.name)
+        else:
+            os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / REPORT_FILE
 
 
-# What a report dir may hold: the files a report writes, nothing else (checked before replacing one).
+# What a report dir may hold: the files a report writes, nothing else (checked before replacing one),
+# and `results/`, the results files a shipped study's report is built from (never touched by a report).
 REPORT_CONTENT = {"tables": (".md", ".tex", ".csv"), "figures": (".png", ".pdf")}
+RESULTS_DIR = "results"
 
 
 def check_out(out: Path, run_paths: list[Path], overwrite: bool) -> Path:
@@ -93,6 +106,8 @@ def check_out(out: Path, run_paths: list[Path], overwrite: bool) -> Path:
         )
     for run in run_paths:
         run = run.resolve()
+        if run == out / RESULTS_DIR or (out / RESULTS_DIR) in run.parents:
+            continue  # a shipped study: its report beside the results it is built from
         if out == run or out in run.parents:
             raise UserError(f"--out {out} is or contains the run dir {run}; write the report elsewhere, e.g. reports/x")
     if out.exists() and not out.is_dir():
@@ -114,7 +129,7 @@ def foreign_files(out: Path) -> list[str]:
     """Entries of `out` that a report does not write (sorted); empty for a report dir."""
     bad = []
     for p in sorted(out.iterdir()):
-        if p.name == REPORT_FILE and p.is_file():
+        if (p.name == REPORT_FILE and p.is_file()) or (p.name == RESULTS_DIR and p.is_dir() and not p.is_symlink()):
             continue
         exts = REPORT_CONTENT.get(p.name)
         if exts is None or not p.is_dir() or p.is_symlink():
@@ -133,7 +148,8 @@ def _remove_report(out: Path) -> None:
                     f.unlink()
             (out / name).rmdir()
     (out / REPORT_FILE).unlink(missing_ok=True)
-    out.rmdir()
+    if not (out / RESULTS_DIR).is_dir():
+        out.rmdir()
 
 
 def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
@@ -141,6 +157,9 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
 
     notes: list[str] = list(spec.notes)
     w.text(f"# {spec.title or report_title(runs)}\n")
+    for run in runs:  # what can be concluded and what was trained, before any number
+        w.text(("" if len(runs) == 1 else f"*{run.label}.* ") + S.verdict_paragraph(run, None, notes) + "\n")
+        w.text(S.setup_paragraph(run, notes) + "\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")
     w.text(
@@ -153,7 +172,10 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     many = len(runs) > 1
     for section in tqdm(spec.sections, desc="report", unit="section", disable=not progress):
         _SECTIONS[section](spec, runs, w, notes, many)
+    _closing(spec, runs, w, notes)
 
+
+def _closing(spec: Spec, runs: list, w: _Writer, notes: list[str]) -> None:
     w.text("## Missing inputs and caveats\n")
     missing = [f"{r.label}: not found or unreadable: {m}" for r in runs for m in r.missing] + notes
     w.text("\n".join(f"- {m}" for m in dict.fromkeys(missing)) if missing else "Nothing missing.")
@@ -166,6 +188,72 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
         else "\nNo tables or figures could be built."
     )
     (w.root / REPORT_FILE).write_text("\n".join(w.md))
+
+
+def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool) -> None:
+    """A study report: verdict and setup, the seed tables, the figures over seeds, the cost per seed."""
+    from tqdm import tqdm
+
+    notes: list[str] = list(spec.notes)
+    n = ", ".join(str(len(s.seeds)) for s in studies)
+    w.text(f"# {spec.title or report_title(studies)}\n")
+    many = len(studies) > 1
+    for study in tqdm(studies, desc="report", unit="study", disable=not progress):
+        sfx = f"-{slug(study.label)}" if many else ""
+        arms = T.run_arms(study.seeds[min(study.seeds)], spec)
+        rows = S.collect_rows(study, spec, notes)
+        rows = [r for r in rows if STUDY_SECTION.get(r.group.split(" (")[0], "downstream") in spec.sections]
+        if many:
+            w.text(f"## {study.label}\n")
+        w.text(S.verdict_paragraph(study, rows, notes) + "\n")
+        if spec.description and study is studies[0]:
+            w.text(spec.description.strip() + "\n")
+        w.text(S.setup_paragraph(study, notes) + "\n")
+        w.text(
+            "Built by `nitp-eval report` from results files only (list at the end)"
+            + (f", spec `{spec.source}`" if spec.source else "")
+            + f": `{study.path}`, seeds "
+            + ", ".join(f"`seed-{s}`" for s in sorted(study.seeds))
+            + ".\n"
+        )
+        w.text("## NITP vs NTP over seeds\n")
+        if len(arms) < 2:
+            w.text("Fewer than two arms found: nothing to compare.\n")
+        for t in S.seed_tables(rows, study, spec, arms[0], arms[1]) if len(arms) > 1 else []:
+            t.name += sfx
+            w.table(t)
+        if "dynamics" in spec.sections:
+            fig = S.study_dynamics(study, arms, notes)
+            w.figure(
+                fig,
+                f"dynamics{sfx}",
+                f"{study.label}: probes, NITP loss and Δ validation CE over seeds (paper Fig. 1, Fig. 5)",
+            )
+        if "geometry" in spec.sections:
+            fig = S.study_profiles(study, arms, spec.step, notes)
+            w.figure(
+                fig, f"geometry_profiles{sfx}", f"{study.label}: per-layer effective rank and anisotropy over seeds"
+            )
+        if "cost" in spec.sections:
+            w.text("## Cost\n")
+            t = T.cost_table([study.seeds[s] for s in sorted(study.seeds)], spec, notes)
+            if t:
+                t.name += sfx
+            w.table(t) if t else w.text("No metrics.jsonl found: no throughput to report.\n")
+    notes.append(f"studies of {n} seeds: the intervals cover training-seed noise (and documents where marked)")
+    _closing(spec, studies, w, notes)
+
+
+# which spec section a seed-table row group belongs to
+STUDY_SECTION = {
+    "Training": "dynamics",
+    "Probes": "dynamics",
+    "Geometry": "geometry",
+    "Per-layer effective rank": "geometry",
+    "Downstream": "downstream",
+    "MTEB groups": "mteb",
+    "MTEB tasks": "mteb",
+}
 
 
 def report_title(runs: list[Run]) -> str:

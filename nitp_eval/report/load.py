@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nitp_eval.runs import ARM_ORDER, SCHEMA_VERSION
+from nitp_eval.runs import ARM_ORDER, SCHEMA_VERSION, study_seeds
 from nitp_train.errors import UserError
 
 KINDS = ("geometry", "lm", "mteb")
@@ -73,6 +73,55 @@ class Run:
         if path in self.sources:  # listed once, however often read
             self.sources.remove(path)
         return _read_json(path, self)
+
+
+@dataclass
+class Study:
+    """A study dir (`nitp-train pair --seeds`): one pair dir (a `Run`) per seed, all of one design."""
+
+    path: Path
+    label: str
+    record: dict | None  # study.json
+    seeds: dict[int, Run]
+    own_sources: list[Path] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[Path]:
+        return self.own_sources + [p for r in self.seeds.values() for p in r.sources]
+
+    @property
+    def missing(self) -> list[str]:
+        return [f"seed {s}: {m}" for s, r in self.seeds.items() for m in r.missing]
+
+    @property
+    def arms(self) -> list[str]:
+        names = {a for r in self.seeds.values() for a in r.arms}
+        return sorted(names, key=arm_sort_key)
+
+    model = None  # the report's run line shows the path
+
+
+def load_study(path: str | Path, label: str | None = None) -> Study:
+    """Read a study dir: study.json (when present) and each seed's pair dir."""
+    p = Path(path)
+    seeds = study_seeds(p)
+    if not seeds:
+        raise UserError(
+            f"{p}: not a study dir (no seed-<s>/ pair dirs); give a dir written by `nitp-train pair --seeds`"
+        )
+    study = Study(path=p, label=label or p.resolve().name, record=None, seeds={})
+    if (p / "study.json").is_file():
+        holder = Run(path=p, label=study.label)
+        study.record = _read_json(p / "study.json", holder)
+        study.own_sources += holder.sources
+    for seed, d in seeds:
+        study.seeds[seed] = load_run(d, f"{study.label} seed {seed}")
+    return study
+
+
+def load_any(path: str | Path, label: str | None = None) -> Run | Study:
+    """A study dir as a Study, anything else as a Run (a pair dir, or a model dir's results)."""
+    return load_study(path, label) if study_seeds(path) else load_run(path, label)
 
 
 def file_digest(path: Path) -> str:

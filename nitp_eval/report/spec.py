@@ -12,6 +12,7 @@ A spec is data. Everything it can say:
     bootstrap: {n: 10000, seed: 0, ci: 0.95}
     variants:                              # the ablation section's rows; the first is the baseline
       - {run: MoE 3B-A0.5B, arm: ntp, label: NTP}
+    study: {out: runs/s, preset: tiny-dense, seeds: [0, 1, 2], ...}   # nitp-eval replicate (replicate.py)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Spec:
     variants: list[Variant] | None = None
     source: Path | None = None  # the spec file, listed in the report
     notes: list[str] = field(default_factory=list)  # printed under "Missing inputs and caveats"
+    study: dict | None = None  # how the study was made: `nitp-eval replicate` runs it (nitp_eval/replicate.py)
 
 
 def spec_from_paths(paths: list[str | Path]) -> Spec:
@@ -126,6 +128,7 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         ci=ci,
         ce_window=int(raw.get("ce_window", 10)),
         variants=variants,
+        study=raw.get("study"),
         source=path,
         notes=notes,
     )

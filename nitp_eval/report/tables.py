@@ -28,6 +28,10 @@ TASK_NAMES = {
 ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
 MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
 NA = "n/a"
+SINGLE_SEED_NOTE = (
+    "One training seed per arm: these CIs cover evaluation (document) noise only, not training-seed noise, so a "
+    "starred Δ can still be the seed; `nitp-train pair --seeds 0,1,2` and a report of the study dir separate the two."
+)
 NOT_RECORDED = "not recorded"
 
 
@@ -205,6 +209,7 @@ def downstream_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | N
         "! = the arm gave one answer to at least 90 % of the questions (a degenerate task: its score mostly "
         "measures how often that answer is right)."
     )
+    table.notes.append(SINGLE_SEED_NOTE)
     for run in runs:
         picked = picked_all[run.label]
         arms = [a for a, r in picked.items() if r is not None]
@@ -489,6 +494,23 @@ def analytic_flops_overhead(run: Run, arm: str) -> tuple[dict | None, str]:
     return {"paper": float(flops["paper_overhead"]), "exact": float(exact) if finite(exact) else None}, ""
 
 
+def sessions(records: list[dict]) -> int:
+    """Training sessions in a metrics.jsonl: elapsed_s restarts at 0 at each --resume."""
+    el = [r["elapsed_s"] for r in records if finite(r.get("elapsed_s"))]
+    return 1 + sum(b < a for a, b in zip(el, el[1:])) if el else 0
+
+
+def wall_clock(records: list[dict]) -> float | None:
+    """Training wall-clock over every session: the sum of each session's last elapsed_s (None if unlogged)."""
+    el = [r["elapsed_s"] for r in records if finite(r.get("elapsed_s"))]
+    if not el:
+        return None
+    return float(sum(a for a, b in zip(el, el[1:] + [-1.0]) if b < a))  # a session's last record
+
+
+LOAD_SPREAD = 0.2  # tokens/s interquartile range over its median above this: the run was timed under changing load
+
+
 def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
     table = Table(
         "cost",
@@ -505,23 +527,53 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
     )
     table.notes.append(
         "Measured overhead = baseline median tokens/s ÷ arm median tokens/s − 1 (same hardware "
-        "assumed). Wall-clock = the last logged elapsed_s. FLOPs: Appendix G (paper approx.: 6 × "
+        "assumed). Wall-clock = the sum over the run's sessions of each session's last elapsed_s (a resumed "
+        "run counts every session, not the time between them). FLOPs: Appendix G (paper approx.: 6 × "
         "params per token, projector 72 d², cosine 18 d; exact: the real config incl. attention "
         'scores), as the trainer recorded them in each arm\'s provenance.json (`flops`; "not recorded" for '
-        "runs without it)."
+        "runs without it). ! = unreliable (see the caveats)."
     )
+    measured_all = []
     for run in runs:
         arms = [a for a in run_arms(run, spec) if run.metrics.get(a)]
-        tps = {}
+        tps, unsteady = {}, {}
         for j, a in enumerate(arms):
             recs = run.metrics[a]
             vals = [r["tokens_per_s"] for r in recs if finite(r.get("tokens_per_s")) and r["tokens_per_s"] > 0]
             tps[a] = float(np.median(vals)) if vals else None
-            el = last_value(recs, "elapsed_s")
+            if len(vals) >= 8:
+                q1, q3 = np.quantile(vals, [0.25, 0.75])
+                unsteady[a] = (q3 - q1) / tps[a]
+                if unsteady[a] > LOAD_SPREAD:
+                    notes.append(
+                        f"{run.label}: {a} tokens/s varied by {unsteady[a]:.0%} of its median (interquartile "
+                        "range): it was timed under changing load; its tokens/s and the measured overhead are unreliable"
+                    )
+            n_sessions = sessions(recs)
+            if n_sessions > 1:
+                notes.append(
+                    f"{run.label}: {a} was resumed ({n_sessions} sessions): its wall-clock is the sum of the sessions' "
+                    "elapsed time; tokens/s mixes the sessions' machines and loads"
+                )
+            wall = wall_clock(recs)
             measured, paper, exact = "", "", ""
             if j > 0:
                 b = arms[0]
-                measured = pct(tps[b] / tps[a] - 1, sign=True) + "%" if tps.get(b) and tps[a] else NA
+                ok = tps.get(b) and tps[a]
+                overhead = tps[b] / tps[a] - 1 if ok else None
+                bad = overhead is not None and (
+                    overhead < 0 or any(unsteady.get(x, 0) > LOAD_SPREAD for x in (a, b)) or n_sessions > 1
+                    or sessions(run.metrics[b]) > 1
+                )  # fmt: skip
+                if overhead is not None and overhead < 0:
+                    notes.append(
+                        f"{run.label}: the measured overhead of {a} is negative ({pct(overhead, sign=True)}%): "
+                        f"{a} does strictly more work per step than {b}, so the arms were timed under different load "
+                        "(or noise dominates); the measured overhead is unreliable, the FLOPs overhead is not"
+                    )
+                measured = pct(overhead, sign=True) + "%" + ("!" if bad else "") if ok else NA
+                if overhead is not None:
+                    measured_all.append(overhead)
                 ov, why = analytic_flops_overhead(run, a)
                 paper, exact = (
                     pct(ov[k], sign=True) + "%" if ov and ov.get(k) is not None else (NA if ov else NOT_RECORDED)
@@ -533,12 +585,17 @@ def cost_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | None:
                 _row_label(run, a, len(runs) > 1),
                 str(len(recs)),
                 fmt(tps[a], "{:.1f}"),
-                fmt(el[1], "{:.1f}") if el else NA,
+                fmt(wall, "{:.1f}") if wall is not None else NA,
                 measured,
                 paper,
                 exact,
                 rule=(j == 0),
             )
+    if len(measured_all) > 1:
+        table.notes.append(
+            f"Measured overhead over the {len(measured_all)} pairs: mean {pct(float(np.mean(measured_all)), sign=True)}%, "
+            f"range {pct(min(measured_all), sign=True)}% to {pct(max(measured_all), sign=True)}%."
+        )
     return table if table.rows else None
 
 
@@ -583,6 +640,7 @@ def ablation_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
         f"Δ = variant avg − baseline avg with a paired bootstrap {ci} CI ({spec.n_boot} resamples, "
         f"seed {spec.seed}); * = the CI excludes 0; Δ = difference of the shown averages. Best per column in bold."
     )
+    table.notes.append(SINGLE_SEED_NOTE)
     nobody = [tasks[i] for i in range(len(tasks)) if all(s[i] is None for s in scores)]
     some = [tasks[i] for i in range(len(tasks)) if i not in common and tasks[i] not in nobody]
     if nobody:

@@ -1,0 +1,138 @@
+"""nitp-eval replicate SPEC: a whole study from its spec's `study:` block, resumably (docs/report.md, "Studies").
+
+    train     nitp-train pair --seeds ... --out <study.out>        (--resume when it has started)
+    evaluate  nitp-eval geometry|lm|mteb <study.out> --skip-existing <the spec's arguments>
+    collect   the small results files -> <study.report>/results/   (as each stage lands)
+    report    nitp-eval report --spec SPEC --out <study.report>    (from the collected files)
+
+Each stage runs the same command a user would type (printed before it runs), so a study is
+reproducible by hand, and rerunning the command after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from nitp_train.errors import UserError
+
+EVAL_KINDS = ("geometry", "lm", "mteb")
+STAGES = ("train", "evaluate", "report")
+# what a study's results copy holds: small files only (no checkpoints, training states or token caches)
+ARM_FILES = ("config.yaml", "metrics.jsonl", "provenance.json")
+
+
+@dataclass
+class StudyPlan:
+    out: Path
+    preset: str
+    seeds: list[int]
+    report: Path
+    train: dict = field(default_factory=dict)
+    evaluate: dict[str, list[str] | None] = field(default_factory=dict)
+
+    def train_command(self) -> list[str]:
+        cmd = ["pair", "--preset", self.preset, "--seeds", ",".join(map(str, self.seeds)), "--out", str(self.out)]
+        for key, value in self.train.items():
+            cmd += ["--set", f"{key}={value}"]
+        return cmd
+
+
+def parse_plan(study: dict | None, spec_path: Path) -> StudyPlan:
+    """The spec's `study:` block, checked: one clear line for anything missing or of the wrong kind."""
+    if not isinstance(study, dict):
+        raise UserError(
+            f"{spec_path}: no `study:` block; `nitp-eval replicate` needs one (see analyses/replication-cpu.yaml)"
+        )
+    known = {"out", "preset", "seeds", "train", "report", *EVAL_KINDS}
+    unknown = sorted(set(study) - known)
+    if unknown:
+        raise UserError(f"{spec_path}: study: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+    for key in ("out", "preset", "seeds", "report"):
+        if not study.get(key):
+            raise UserError(f"{spec_path}: study.{key} is missing")
+    seeds = study["seeds"]
+    if not (isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError(f"{spec_path}: study.seeds: give a list of integers, e.g. [0, 1, 2]")
+    train = study.get("train") or {}
+    if not isinstance(train, dict) or any(isinstance(v, (dict, list)) for v in train.values()):
+        raise UserError(f"{spec_path}: study.train: a mapping of config fields to values, e.g. {{steps: 250}}")
+    evaluate = {}
+    for kind in EVAL_KINDS:
+        args = study.get(kind)
+        if args is not None and not (isinstance(args, list) and all(isinstance(a, (str, int, float)) for a in args)):
+            raise UserError(f"{spec_path}: study.{kind}: a list of command-line arguments, e.g. [--all-steps]")
+        evaluate[kind] = None if args is None else [str(a) for a in args]
+    # absolute: the token cache path recorded in each arm's config must not depend on the working dir
+    return StudyPlan(
+        out=Path(study["out"]).resolve(), preset=str(study["preset"]), seeds=list(seeds), report=Path(study["report"]),
+        train=train, evaluate=evaluate,
+    )  # fmt: skip
+
+
+def _run(argv: list[str], what: str) -> None:
+    """One stage's command, as a user would type it; a failure stops the study with its exit status."""
+    shown = ("nitp-train " if what == "train" else "nitp-eval ") + " ".join(argv)
+    typer.echo(f"\n$ {shown}", err=True)
+    module = "nitp_train" if what == "train" else "nitp_eval.cli"
+    rc = subprocess.call([sys.executable, "-m", module, *argv])
+    if rc:
+        raise UserError(f"{what}: `{shown}` failed (exit {rc}); fix what it says and rerun to continue")
+
+
+def collect(plan: StudyPlan) -> int:
+    """Copy the study's small results files to <report>/results/, mirroring the study dir; returns the count."""
+    dest = plan.report / "results"
+    files = [plan.out / "study.json"] if (plan.out / "study.json").is_file() else []
+    for seed in plan.seeds:
+        pair = plan.out / f"seed-{seed}"
+        files += [pair / "pair.json"] if (pair / "pair.json").is_file() else []
+        files += [pair / arm / f for arm in sorted(p.name for p in pair.iterdir() if p.is_dir()) for f in ARM_FILES
+                  if (pair / arm / f).is_file()] if pair.is_dir() else []  # fmt: skip
+        files += sorted((pair / "eval").glob("*/*.json")) if (pair / "eval").is_dir() else []
+    for f in files:
+        target = dest / f.relative_to(plan.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    return len(files)
+
+
+def command(
+    spec: Path = typer.Argument(..., help="A study spec with a `study:` block, e.g. analyses/replication-cpu.yaml."),
+    stages: str = typer.Option(
+        ",".join(STAGES), "--stages", help="Which stages to run, in order: train,evaluate,report. Default: all."
+    ),
+) -> None:
+    """Run a study end to end from its spec: train every seed's pair, evaluate every arm, collect, report.
+
+    Resumable: rerun the same command after an interruption; finished work is kept, never redone.
+    """
+    import yaml
+
+    from nitp_eval.report.spec import load_spec
+
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in STAGES]
+    if bad or not chosen:
+        raise UserError(f"--stages {stages!r}: choose from {','.join(STAGES)}")
+    if not spec.is_file():
+        raise UserError(f"{spec}: no such spec file; the shipped studies are analyses/replication-*.yaml")
+    load_spec(spec)  # the report part must be valid before hours of training
+    plan = parse_plan((yaml.safe_load(spec.read_text()) or {}).get("study"), spec)
+    if "train" in chosen:
+        started = plan.out.is_dir() and any(p.name != "data" for p in plan.out.iterdir())
+        _run(plan.train_command() + (["--resume"] if started else []), "train")
+        typer.echo(f"collected {collect(plan)} results files into {plan.report / 'results'}", err=True)
+    if "evaluate" in chosen:
+        for kind, args in plan.evaluate.items():
+            if args is None:
+                continue
+            _run([kind, str(plan.out), "--skip-existing", *args], kind)
+            typer.echo(f"collected {collect(plan)} results files into {plan.report / 'results'}", err=True)
+    if "report" in chosen:
+        _run(["report", "--spec", str(spec), "--out", str(plan.report), "--overwrite"], "report")
