@@ -3,7 +3,7 @@
     python benchmarks/gpu_throughput.py [--out DIR] [--steps 20] [--device cuda]
     python benchmarks/gpu_throughput.py --device cpu --quick        # a CPU smoke run of the same code (tests)
 
-For each model (dense-125m, ~124M parameters with a 50,257-token vocabulary; a small MoE from tiny-moe's
+For each model (dense-125m, ~114M parameters with a 50,257-token vocabulary; a small MoE from tiny-moe's
 architecture) x compile off/on x NTP/NITP, it times the trainer's own step (its module built on the
 meta device and initialised from the seed, fused AdamW, clip, autocast as `precision=auto` chooses)
 on random tokens, NTP and NITP alternated, the device synchronised around each timed block (data
