@@ -30,12 +30,13 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {gpu}"
 
 
-def record(name: str, command: str, rows: list[tuple[str, str]]) -> Path:
-    """Write benchmarks/results/<name>.json: [(what, number), ...] measured now by `command`."""
+def record(name: str, command: str, rows: list[tuple[str, str]], **extra) -> Path:
+    """Write benchmarks/results/<name>.json: [(what, number), ...] measured now by `command`; `extra` keys
+    (e.g. a benchmark's full table, which the README does not show) are stored beside the rows."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"date": datetime.date.today().isoformat(), "machine": machine(), "command": command,
-            "rows": [{"what": w, "number": n} for w, n in rows]}  # fmt: skip
+            "rows": [{"what": w, "number": n} for w, n in rows], **extra}  # fmt: skip
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

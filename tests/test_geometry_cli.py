@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,32 @@ def test_rank_cap_note_for_a_model(tiny_checkpoint, tmp_path):
     r = json.loads((tmp_path / "model.json").read_text())
     assert r["tokens"] == 60 and r["dim"] == 64 and r["rank_cap"] == 59 and r["pairs"] == 50
     assert len(r["notes"]) == 1 and "capped at tokens - 1 = 59 < dim" in r["notes"][0] and "capped" in result.stderr
+
+
+def test_results_record_the_hash_of_the_analysed_tokens_and_tokens_per_dim(tiny_run, tmp_path):
+    """settings.text_sha256 is the sha256 of the analysed token ids as little-endian int32, whatever their storage."""
+    import hashlib
+
+    arm = tiny_run / "ntp"
+    for name, tokens in (("a", 1000), ("b", 1000), ("c", 900)):
+        run(arm, "--tokens", tokens, "--seq-len", 64, "--n-pairs", 100, "--out", tmp_path / name)
+    a, b, c = (json.loads((tmp_path / name / "ntp-step-000006.json").read_text()) for name in "abc")
+    assert a["settings"]["text_sha256"] == b["settings"]["text_sha256"] != c["settings"]["text_sha256"]
+    # independently: the run's validation tokens (val.bin, stored in the token cache's own dtype) as int32 bytes
+    val = Path(a["settings"]["text"])
+    meta = json.loads((val.parent / "meta.json").read_text())
+    ids = np.fromfile(val, dtype=meta["dtype"])[:1000]
+    assert hashlib.sha256(ids.astype("<i4").tobytes()).hexdigest() == a["settings"]["text_sha256"]
+    assert a["tokens_per_dim"] == a["tokens"] / a["dim"] and c["tokens_per_dim"] == c["tokens"] / c["dim"]
+    # a states file: the bytes of the analysed rows of every layer
+    x = np.random.default_rng(0).standard_normal((2, 300, 8)).astype(np.float32)
+    np.save(tmp_path / "states.npy", x)
+    for name, tokens in (("s1", 300), ("s2", 200)):
+        run(tmp_path / "states.npy", "--tokens", tokens, "--out", tmp_path / name)
+    s1, s2 = (json.loads((tmp_path / name / "states.npy.json").read_text()) for name in ("s1", "s2"))
+    assert s1["settings"]["text_sha256"] == hashlib.sha256(x.tobytes()).hexdigest()  # every layer's rows
+    assert s2["settings"]["text_sha256"] == hashlib.sha256(np.ascontiguousarray(x[:, :200]).tobytes()).hexdigest()
+    assert s1["tokens_per_dim"] == 300 / 8
 
 
 def test_run_without_its_validation_tokens_says_so(tiny_run, tmp_path):

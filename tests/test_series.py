@@ -10,6 +10,7 @@ from test_geometry_cli import run  # the in-process `nitp-eval geometry` runner
 
 from nitp_eval.report.build import build_report
 from nitp_eval.report.spec import spec_from_paths
+from nitp_train.errors import UserError
 
 GEOM = ["--tokens", 400, "--seq-len", 100, "--layers", "0,4"]
 
@@ -86,7 +87,12 @@ def test_a_single_model_reports_in_place_and_beside_a_run(tiny_checkpoint, tiny_
     # N models side by side: a pair and a model from elsewhere
     run(tiny_run, *GEOM, "--out", tmp_path / "pair-geometry")
     shutil.copytree(tmp_path / "pair-geometry", tmp_path / "pair" / "eval" / "geometry")
-    md = build_report(spec_from_paths([tmp_path / "pair", tiny_checkpoint]), tmp_path / "both", progress=False)
-    assert md.read_text().startswith("# Comparison: pair, model")
+    # the pair is analysed on its own validation tokens, the model on the built-in text: refused unless allowed
+    spec = spec_from_paths([tmp_path / "pair", tiny_checkpoint])
+    with pytest.raises(UserError, match="geometry table: not comparable: .*text_sha256"):
+        build_report(spec, tmp_path / "both", progress=False)
+    spec.allow_mismatch = True
+    md = build_report(spec, tmp_path / "both", progress=False)
+    assert md.read_text().startswith("# Comparison: pair, model") and "NOT COMPARABLE: geometry table" in md.read_text()
     labels = [row.split(",")[0] for row in (md.parent / "tables" / "geometry.csv").read_text().splitlines()[1:]]
     assert labels == ["pair NTP", "pair NITP", "model model"], labels

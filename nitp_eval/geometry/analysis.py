@@ -121,6 +121,8 @@ def analyse_checkpoint(
         "text_source": source,
         "text_split": split if source == "--text" else None,
         "text_revision": text_revision if source == "--text" else None,
+        # the exact token ids analysed (text, tokenizer, selection): reports compare arms only when it is equal
+        "text_sha256": extract.token_sha256(ids),
         "seq_len": seq_len,
         "bos": bos,
         "exclude_positions": list(excluded_positions),
@@ -159,6 +161,7 @@ def analyse_states_file(path, *, tokens, layers, n_pairs, seed, cka_matrix, comm
         **common,
         "text": None,
         "text_source": "states file",
+        "text_sha256": extract.states_sha256(x, n),  # the analysed rows, every layer
         "layers": chosen,
         "token_selection": f"the first {n} rows of the file; no sequence ids, so anisotropy pairs are any "
         "two distinct tokens of one chunk of 8192 rows",
@@ -182,4 +185,10 @@ def body(settings: dict, res: dict, dim: int, last: int, note) -> dict:
             f"{res['pairs']} anisotropy pairs sampled of --n-pairs {settings['n_pairs']} (too few sequences per batch)",
             True,
         )
-    return {**res, "dim": dim, "num_layers": last, "rank_cap": extract.rank_cap(res["tokens"], dim)}
+    return {
+        **res,
+        "dim": dim,
+        "num_layers": last,
+        "rank_cap": extract.rank_cap(res["tokens"], dim),
+        "tokens_per_dim": res["tokens"] / dim,  # what biases the effective rank (docs/footguns.md)
+    }

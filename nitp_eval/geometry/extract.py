@@ -17,6 +17,7 @@ layer pair for the full CKA matrix (O(layers^2 d^2)).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import pickle
 import re
@@ -118,6 +119,18 @@ def select_tokens(docs, tokenizer, tokens: int) -> np.ndarray:
                 break
     flush()
     return np.concatenate(parts)[:tokens] if parts else np.zeros(0, dtype=np.int32)
+
+
+def token_sha256(ids, chunk: int = 1 << 20) -> str:
+    """sha256 hex of the token ids as little-endian int32: equal ids give equal hashes whatever their storage
+    dtype (a run's uint16 val.bin or `select_tokens`' int32), so two analyses with equal hashes saw the same tokens.
+
+    Hashed in chunks: a memory-mapped val.bin is never copied whole.
+    """
+    h = hashlib.sha256()
+    for s in range(0, len(ids), chunk):
+        h.update(np.ascontiguousarray(ids[s : s + chunk], dtype="<i4").tobytes())
+    return h.hexdigest()
 
 
 def make_windows(ids, seq_len: int) -> list:
@@ -493,6 +506,20 @@ def _rows(x, layer: int, s: int, e: int) -> torch.Tensor:
     return torch.from_numpy(np.array(x[layer, s:e]))  # a copy: memmaps are read-only
 
 
+def states_sha256(x, n: int, chunk: int = 8192) -> str:
+    """sha256 hex of the bytes of the first `n` rows of every layer of a states array, as stored (its dtype),
+    layer by layer in chunks of rows (a memory-mapped .npy is never read whole)."""
+    h = hashlib.sha256()
+    for layer in range(x.shape[0]):
+        for s in range(0, n, chunk):
+            rows = x[layer, s : min(n, s + chunk)]
+            if isinstance(rows, torch.Tensor):  # numpy has no bfloat16: hash the tensor's own bytes
+                h.update(rows.contiguous().view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(np.ascontiguousarray(rows).tobytes())
+    return h.hexdigest()
+
+
 def analyse_states(
     x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192, cka_matrix: bool = False, progress: bool = True
 ) -> dict:
@@ -578,6 +605,7 @@ __all__ = [
     "read_text",
     "text_pieces",
     "select_tokens",
+    "token_sha256",
     "make_windows",
     "batch_rows",
     "batches",
@@ -587,6 +615,7 @@ __all__ = [
     "analyse_model",
     "check_finite",
     "load_states",
+    "states_sha256",
     "analyse_states",
     "parse_layers",
     "parse_exclude_positions",

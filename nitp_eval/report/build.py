@@ -318,7 +318,7 @@ def _dynamics(spec, runs, w, notes, many):
     for run in runs:
         arms = T.run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
-        fig = F.dynamics(run, arms, notes)
+        fig = F.dynamics(run, arms, notes, spec.allow_mismatch)
         if fig is None:
             notes.append(
                 f"{run.label}: no geometry probes in metrics.jsonl (probe_erank, probe_cosine) and no geometry "

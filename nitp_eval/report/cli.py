@@ -49,6 +49,12 @@ def command(
     ),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0, or the spec's).", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir. Default: off."),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Compare geometry results measured on different tokens, seq_len, text or token rules, each flagged "
+        "NOT COMPARABLE under the caveats. Default: off (the report refuses them).",
+    ),
 ) -> None:
     """Build report.md with tables (also LaTeX and CSV) and figures (PNG and PDF) for NTP vs NITP runs."""
     from nitp_eval.report.build import build_report
@@ -79,6 +85,8 @@ def command(
         s.n_boot = n_boot
     if seed is not None:
         s.seed = seed
+    if allow_mismatch:
+        s.allow_mismatch = True
     if out is None:
         out = Path("reports") / (spec.stem if spec is not None else Path(runs[0]).resolve().name)
     path = build_report(s, out, overwrite=overwrite)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp_eval.report.comparable import check_geometry_comparable
 from nitp_eval.report.load import Run
 from nitp_eval.report.tables import arm_name, finite, pick
 
@@ -260,7 +261,7 @@ def _checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.nda
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
 
 
-def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
+def dynamics(run: Run, arms: list[str], notes: list[str] | None = None, allow_mismatch: bool = False):
     """Paper Fig. 1: last-layer effective rank and cosine similarity vs training step.
 
     Two sources, one row each, since they measure different token sets and their levels differ:
@@ -268,6 +269,13 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None):
     and the checkpoint-series geometry results (erank_cov / anisotropy of the last layer).
     """
     notes = notes if notes is not None else []
+    # the checkpoint row is one curve per arm over steps: every point must be measured the same way
+    check_geometry_comparable(
+        [r for a in arms for r in run.series("geometry", a)],
+        allow_mismatch,
+        notes,
+        f"{run.label}: dynamics figure (geometry checkpoint series)",
+    )
     tokens = sorted(
         {r.data.get("tokens") for a in arms for r in run.series("geometry", a) if finite(r.data.get("tokens"))}
     )

@@ -9,6 +9,7 @@ A spec is data. Everything it can say:
     arms: [ntp, nitp]                      # which arms, baseline first (default: all found)
     tasks: [mmlu_pro, c3, commonsense_qa, arc_challenge, gsm8k]   # lm tasks and their order
     step: null                             # which checkpoint step tables use (default: the latest)
+    allow_mismatch: false                  # compare geometry measured on different tokens, flagged (default: refuse)
     bootstrap: {n: 10000, seed: 0, ci: 0.95}
     variants:                              # the ablation section's rows; the first is the baseline
       - {run: MoE 3B-A0.5B, arm: ntp, label: NTP}
@@ -48,6 +49,7 @@ class Spec:
     ci: float = 0.95
     ce_window: int = 10  # train NTP loss is averaged over the last this many logged steps
     variants: list[Variant] | None = None
+    allow_mismatch: bool = False  # geometry measured differently: a flagged caveat instead of a refusal
     source: Path | None = None  # the spec file, listed in the report
     notes: list[str] = field(default_factory=list)  # printed under "Missing inputs and caveats"
     study: dict | None = None  # how the study was made: `nitp-eval replicate` runs it (nitp_eval/replicate.py)
@@ -105,6 +107,9 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         v = raw.get(key)
         if v is not None and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v)):
             raise UserError(f"{path}: {key}: give a non-empty list of names, e.g. [ntp, nitp], or leave it out")
+    allow_mismatch = raw.get("allow_mismatch", False)
+    if not isinstance(allow_mismatch, bool):
+        raise UserError(f"{path}: allow_mismatch: {allow_mismatch!r} is not true or false")
     variants = None
     if raw.get("variants") is not None:
         try:
@@ -129,6 +134,7 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         ce_window=int(raw.get("ce_window", 10)),
         variants=variants,
         study=raw.get("study"),
+        allow_mismatch=allow_mismatch,
         source=path,
         notes=notes,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nitp_eval.report.comparable import check_geometry_comparable, erank_bias_note
 from nitp_eval.report.load import Run, Study
 from nitp_eval.report.spec import Spec
 from nitp_eval.report.stats import SeedDelta, finite, seed_delta
@@ -135,7 +136,11 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     steps = {x.step for p in picked for x in p if x is not None}
     if len(steps) > 1:
         notes.append(f"{study.label}: geometry results compare different steps across seeds/arms: {sorted(steps)}")
-    _check_comparable([x for p in picked for x in p if x is not None], spec, notes, f"{study.label} geometry")
+    geometry = [x for p in picked for x in p if x is not None]
+    check_geometry_comparable(geometry, spec.allow_mismatch, notes, f"{study.label} geometry")
+    bias = erank_bias_note(geometry)
+    if bias:
+        notes.append(f"{study.label}: {bias}")
 
     def layer_value(res, key, i):
         v = ((res.data.get("per_layer") or {}).get(key) or [])[i:]
@@ -207,15 +212,6 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     elif any(both):
         notes.append(f"{study.label}: MTEB results are missing for some seed or arm: no MTEB rows")
     return rows
-
-
-def _check_comparable(results, spec: Spec, notes: list[str], what: str) -> None:
-    """Geometry measured on different settings is not compared (nitp_eval.report.comparable)."""
-    try:
-        from nitp_eval.report.comparable import check_geometry_comparable
-    except ImportError:  # pragma: no cover - the module ships with the report
-        return
-    check_geometry_comparable(results, getattr(spec, "allow_mismatch", False), notes, what)
 
 
 SPLIT_GROUPS = {"Per-layer effective rank": "seeds_per_layer", "MTEB tasks": "seeds_mteb_tasks"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nitp_eval.report.comparable import check_geometry_comparable, erank_bias_note
 from nitp_eval.report.load import Result, Run
 from nitp_eval.report.spec import Spec, Variant
 from nitp_eval.report.stats import Delta, finite, mean_delta, paired_samples
@@ -409,6 +410,12 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
         "cosine of random cross-sequence token pairs (exact: all pairs). cos(h_t, z_t+1): last-layer "
         "state vs target-layer k state at t+1; Projector cos = 1 − L_NITP (NITP arms)."
     )
+    # every result in the table must have been measured on the same tokens the same way
+    compared = [pick(run, "geometry", a, spec.step) for run in runs for a in run_arms(run, spec)]
+    check_geometry_comparable(compared, spec.allow_mismatch, notes, "geometry table")
+    bias = erank_bias_note(compared)
+    if bias:
+        table.notes.append(bias)
     for run in runs:
         arms = run_arms(run, spec)
         picked = {a: pick(run, "geometry", a, spec.step) for a in arms}
