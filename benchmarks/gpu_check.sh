@@ -7,20 +7,9 @@
 #    (tokens/s, MFU, NITP overhead; dense-125m and a small MoE, compile off and on) as JSON and Markdown.
 # It fails loudly, before anything else, when no CUDA GPU is visible.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "error: gpu_check.sh needs a CUDA GPU and torch with CUDA; none is visible here (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1))" >&2
-    exit 1
-fi
+source "$(dirname "$0")/gpu_env.sh"
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-SITE=/tmp/nitp-site
-if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-fi
-export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi -L | tee "$RESULTS/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$RESULTS/gpu.txt"
 echo "== tests marked gpu"

@@ -1,5 +1,6 @@
 """nitp-eval replicate SPEC: a whole study from its spec's `study:` block, resumably (docs/report.md, "Studies").
 
+    time      (only when asked) a few NITP steps here -> the study's predicted training time
     train     nitp-train pair --seeds ... --out <study.out>        (--resume when it has started)
     evaluate  nitp-eval geometry|lm|mteb <study.out> --skip-existing <the spec's arguments>
     collect   the small results files -> <study.report>/results/   (as each stage lands)
@@ -23,6 +24,7 @@ from nitp_train.errors import UserError
 
 EVAL_KINDS = ("geometry", "lm", "mteb")
 STAGES = ("train", "evaluate", "report")
+EXTRA_STAGES = ("time",)  # run only when asked: `--stages time` sizes a design on this machine
 # what a study's results copy holds: small files only (no checkpoints, training states or token caches)
 ARM_FILES = ("config.yaml", "metrics.jsonl", "provenance.json")
 
@@ -85,6 +87,45 @@ def _run(argv: list[str], what: str) -> None:
         raise UserError(f"{what}: `{shown}` failed (exit {rc}); fix what it says and rerun to continue")
 
 
+def time_design(plan: StudyPlan, steps: int, budget_s: float | None) -> dict:
+    """Train `steps` steps of the design's NITP arm here and predict the study's training time from its
+    median tokens/s (steps only: probes, evaluations and saves come on top). Written to
+    <report>/results/timing.json; with `budget_s`, a prediction over it is an error."""
+    import json
+    import statistics
+
+    from nitp_train.config import load_config
+
+    cfg = load_config(sets=[f"{k}={v}" for k, v in plan.train.items()], **{"model.preset": plan.preset})
+    out = plan.out.parent / f".{plan.out.name}-timing"
+    timing = {**plan.train, "steps": steps, "optim.warmup_steps": max(1, steps // 4), "eval_every": 0,
+              "probe_every": 0, "save_every": steps, "data.cache_dir": str(plan.out / "data")}  # fmt: skip
+    argv = ["run", "--preset", plan.preset, "--out", str(out), "--overwrite"]
+    _run(argv + [a for k, v in timing.items() for a in ("--set", f"{k}={v}")], "train")
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rates = [r["tokens_per_s"] for r in recs[len(recs) // 2 :] if r.get("tokens_per_s")]  # after the warm-up steps
+    shutil.rmtree(out, ignore_errors=True)
+    if not rates:
+        raise UserError(f"time: the {steps}-step run logged no tokens_per_s; give more steps (--time-steps)")
+    tps = statistics.median(rates)
+    arms = 2 * len(plan.seeds)
+    predicted = arms * cfg.steps * cfg.tokens_per_step / tps
+    result = {"steps_timed": steps, "tokens_per_s_nitp": tps, "study_steps": cfg.steps, "arms": arms,
+              "tokens_per_step": cfg.tokens_per_step, "predicted_train_s": predicted, "budget_s": budget_s}  # fmt: skip
+    (plan.report / "results").mkdir(parents=True, exist_ok=True)
+    (plan.report / "results" / "timing.json").write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(
+        f"time: {tps:,.0f} tokens/s (NITP, median of steps {len(recs) - len(rates) + 1}-{len(recs)} of {steps}): "
+        f"{arms} arms x {cfg.steps} steps x {cfg.tokens_per_step:,} tokens = {predicted:,.0f} s of training steps"
+    )
+    if budget_s is not None and predicted > budget_s:
+        raise UserError(
+            f"time: the study's training steps would take ~{predicted:,.0f} s here, over --budget-s {budget_s:g}; "
+            "reduce study.train.steps or study.seeds (and commit the new design before running it)"
+        )
+    return result
+
+
 def collect(plan: StudyPlan) -> int:
     """Copy the study's small results files to <report>/results/, mirroring the study dir; returns the count."""
     dest = plan.report / "results"
@@ -105,7 +146,14 @@ def collect(plan: StudyPlan) -> int:
 def command(
     spec: Path = typer.Argument(..., help="A study spec with a `study:` block, e.g. analyses/replication-cpu.yaml."),
     stages: str = typer.Option(
-        ",".join(STAGES), "--stages", help="Which stages to run, in order: train,evaluate,report. Default: all."
+        ",".join(STAGES),
+        "--stages",
+        help="Which stages to run, in order: train,evaluate,report; `time` (only when named) trains a few steps of "
+        "the design here and predicts the study's training time. Default: train,evaluate,report.",
+    ),
+    time_steps: int = typer.Option(20, "--time-steps", help="Steps the `time` stage trains. Default: 20."),
+    budget_s: float = typer.Option(
+        None, "--budget-s", help="With `time`: fail when the predicted training time exceeds this. Default: none."
     ),
 ) -> None:
     """Run a study end to end from its spec: train every seed's pair, evaluate every arm, collect, report.
@@ -117,13 +165,17 @@ def command(
     from nitp_eval.report.spec import load_spec
 
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
-    bad = [s for s in chosen if s not in STAGES]
+    bad = [s for s in chosen if s not in STAGES + EXTRA_STAGES]
     if bad or not chosen:
-        raise UserError(f"--stages {stages!r}: choose from {','.join(STAGES)}")
+        raise UserError(f"--stages {stages!r}: choose from {','.join(EXTRA_STAGES + STAGES)}")
+    if time_steps < 2:
+        raise UserError(f"--time-steps {time_steps}: give at least 2 (the first steps include start-up)")
     if not spec.is_file():
         raise UserError(f"{spec}: no such spec file; the shipped studies are analyses/replication-*.yaml")
     load_spec(spec)  # the report part must be valid before hours of training
     plan = parse_plan((yaml.safe_load(spec.read_text()) or {}).get("study"), spec)
+    if "time" in chosen:
+        time_design(plan, time_steps, budget_s)
     if "train" in chosen:
         started = plan.out.is_dir() and any(p.name != "data" for p in plan.out.iterdir())
         _run(plan.train_command() + (["--resume"] if started else []), "train")

@@ -411,12 +411,13 @@ def test_compiled_layers_train_like_eager(tmp_path, base, objective, model, layo
     assert [r["loss_total"] for r in _records(compiled)] == pytest.approx(want, rel=1e-4)
 
 
-def test_gpu_check_fails_loudly_without_a_gpu():
-    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env={**ENV, "PYTHON": sys.executable},
+@pytest.mark.parametrize("script", ["gpu_check.sh", "replicate_gpu.sh"])
+def test_gpu_scripts_fail_loudly_without_a_gpu(script):
+    res = subprocess.run(["bash", str(REPO / "benchmarks" / script)], env={**ENV, "PYTHON": sys.executable},
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines()[-1].startswith("error: gpu_check.sh needs a CUDA GPU")
-    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[-1]]  # one line
+    assert res.stderr.startswith(f"error: {script} needs a CUDA GPU")
 
 
 def test_throughput_table_script_runs(tmp_path):
