@@ -16,12 +16,12 @@ import json
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from nitp_train.errors import UserError
+from nitp_train.version import git_commit
 
 SCHEMA_VERSION = 1
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -304,24 +304,6 @@ def library_versions(*names: str) -> dict[str, str]:
     return out
 
 
-def git_hash() -> str | None:
-    """The nitp source tree's commit (with '-dirty' when it has uncommitted changes), or None."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def results_header(kind: str, target: Target | None, settings: dict, libraries: tuple[str, ...] = ()) -> dict:
     """The common head of every results file: schema, what was evaluated, exact settings, versions."""
     return {
@@ -333,7 +315,7 @@ def results_header(kind: str, target: Target | None, settings: dict, libraries: 
         "step": target.step if target else None,
         "settings": settings,
         "versions": library_versions(*libraries),
-        "git": git_hash(),
+        "git": git_commit(),
     }
 
 

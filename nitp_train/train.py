@@ -25,6 +25,7 @@ from nitp_train.launch import is_main_process
 from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
 from nitp_train.step_log import NonFinite, StepLog
 from nitp_train.throughput import device_peak
+from nitp_train.version import git_commit
 
 # Fields a resumed run may change: how often it saves, logs and measures, and where and how it runs
 # (the global batch, the LR horizon and so the maths stay the same).
@@ -178,25 +179,6 @@ def _progress_bar(cfg: TrainConfig, out: Path, start: int):
     return tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
 
-def trainer_git() -> str | None:
-    """The trainer's git commit (with "-dirty" when its files differ from it); None outside a git checkout."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode:
-            return None
-        dirty = git("status", "--porcelain", "--", str(here)).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def write_provenance(
     out: Path, cfg, data, sampler, init_sha: str, config, dist: Dist, amp, start_state, extended: bool
 ) -> None:
@@ -225,7 +207,7 @@ def write_provenance(
     )
     record.update({
         "seed": cfg.seed,
-        "trainer_git": trainer_git(),
+        "trainer_git": git_commit(),
         "init_weights_sha256": record.get("init_weights_sha256", init_sha),
         "data_sha256": data.meta["sha256_train"],
         "order_sha256": order.hexdigest(),
