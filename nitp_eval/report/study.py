@@ -427,12 +427,12 @@ def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 
 def study_dynamics(study: Study, arms: list[str], notes: list[str]):
     """Paper Fig. 1 and Fig. 5 over seeds: probe effective rank and cosine, the NITP loss, Δ validation CE."""
-    from nitp_eval.report.figures import _integer_ticks, _legend, _plt, _series, arm_color, arm_style
+    from nitp_eval.report.figures import NOISY_MIN, _integer_ticks, _legend, _plt, _series, arm_color, arm_style, smooth
 
     panels = [
         ("probe_erank", "effective rank (last layer, probe)", arms),
         ("probe_cosine", "cosine similarity (last layer, probe)", arms),
-        ("loss_nitp", "NITP loss (1 − cos)", [a for a in arms if a != arms[0]]),
+        ("loss_nitp", "NITP loss (1 − cos), smoothed", [a for a in arms if a != arms[0]]),
         ("val_ce", f"Δ validation CE vs {arm_name(arms[0])} (nats/token)", [a for a in arms if a != arms[0]]),
     ]
     runs = [study.seeds[s] for s in sorted(study.seeds)]
@@ -451,6 +451,8 @@ def study_dynamics(study: Study, arms: list[str], notes: list[str]):
                     bx, by = _series(run, arms[0], key)
                     common, ia, ib = np.intersect1d(x, bx, return_indices=True)
                     x, y = common, y[ia] - by[ib]
+                if key == "loss_nitp" and len(y) >= NOISY_MIN:  # a per-step loss: smoothed like Fig. 5's
+                    y = smooth(y)
                 if len(x):
                     curves.append((x, y))
                     ax.plot(x, y, color=c, ls=ls, lw=0.7, alpha=0.35)
