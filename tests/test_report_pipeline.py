@@ -247,7 +247,7 @@ def test_report_from_real_commands(tiny_run, shared_data, tmp_path):
     md = (out / "report.md").read_text()
     sources = md.split("## Sources")[1]
     assert f"`{run}/eval/lm/nitp-step-000006.json`" in sources and f"`{run}/nitp/provenance.json`" in sources
-    assert "FLOPs" not in md.split("## Missing inputs")[1].split("## Sources")[0]
+    assert "no analytic FLOPs overhead" not in md.split("## Missing inputs")[1].split("## Sources")[0]
     # regenerating gives the same tables, byte for byte
     nitp_eval("report", run, "--out", tmp_path / "again", "--n-boot", 10_000, cwd=tmp_path)
     for f in (out / "tables").iterdir():
