@@ -150,7 +150,7 @@ def test_study_report_rows_equal_hand_computed_deltas(tmp_path):
     study = make_study(tmp_path / "study", val, shift, erank)
     md = build_report(spec_from_paths([study]), tmp_path / "out", progress=False)
     rows = _rows(md.parent)
-    ce = rows["Training: validation CE (final)"]
+    ce = rows["Training: validation CE (last common step)"]
     assert ce[3] == ", ".join(f"{d:+.4f}" for d in val)
     lo, hi = (
         np.mean(val) - T975[2] * np.std(val, ddof=1) / np.sqrt(3),
@@ -287,3 +287,14 @@ def test_replicate_needs_a_study_block(tmp_path):
     spec.write_text("runs: [runs/x]\nstudy: {out: r, preset: tiny-dense, seeds: [a], report: x}\n")
     res = _cli("replicate", spec)
     assert res.returncode == 2 and "study.seeds" in res.stderr
+
+
+def test_validation_ce_is_compared_at_the_last_step_both_arms_evaluated(tmp_path):
+    study = make_study(tmp_path / "study", [0.1, 0.1, 0.1], [0.0] * 3, [0.0] * 3)
+    nitp = study / "seed-2" / "nitp" / "metrics.jsonl"  # an arm cut short: its last val CE is at step 10
+    recs = [json.loads(x) for x in nitp.read_text().splitlines()]
+    _jsonl(nitp, [{k: v for k, v in r.items() if not (k == "val_ce" and r["step"] == 20)} for r in recs])
+    md = build_report(spec_from_paths([study]), tmp_path / "out", progress=False)
+    ce = _rows(md.parent)["Training: validation CE (last common step)"]
+    assert ce[3] == "+0.1000, +0.1000, +0.1000"  # seed 2 at step 10, not NITP step 10 against NTP step 20
+    assert "seed 2: val CE compared at step 10" in md.read_text()

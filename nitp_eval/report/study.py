@@ -20,7 +20,6 @@ from nitp_eval.report.tables import (
     MTEB_GROUPS,
     NA,
     arm_name,
-    last_value,
     lm_pairs,
     lm_score,
     ordered_tasks,
@@ -104,14 +103,16 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     def add(group, metric, values, pairs=None, **kw):
         _add(rows, notes, study.label, group, metric, values, seeds, pairs, spec=spec, **kw)
 
-    # training: final validation CE (same step in both arms) and train NTP loss over the last logs
+    # training: validation CE at the last step both arms evaluated, and train NTP loss over the last logs
     vals = []
     for run in runs:
-        b, o = last_value(run.metrics.get(base, []), "val_ce"), last_value(run.metrics.get(other, []), "val_ce")
-        if b and o and b[0] != o[0]:
-            notes.append(f"{run.label}: final val CE of {other} is at step {o[0]}, of {base} at step {b[0]}")
-        vals.append((b[1], o[1]) if b and o else None)
-    add("Training", "validation CE (final)", vals, key="val_ce")
+        b, o = dict(_metric(run, base, "val_ce")), dict(_metric(run, other, "val_ce"))
+        common = sorted(set(b) & set(o))
+        ends = {max(b, default=None), max(o, default=None)}
+        if common and ends != {common[-1]}:
+            notes.append(f"{run.label}: val CE compared at step {common[-1]}, the last both arms evaluated")
+        vals.append((b[common[-1]], o[common[-1]]) if common else None)
+    add("Training", "validation CE (last common step)", vals, key="val_ce")
     ntp = []
     for run in runs:
         pair = [[v for _, v in _metric(run, a, "loss_ntp")][-spec.ce_window :] for a in (base, other)]
