@@ -51,11 +51,12 @@ class Row:
     percent: bool = False  # scores in 0-1 shown as percentages (deltas in points)
     key: str = ""  # a PAPER_CLAIMS key, for the verdict paragraph
     seeds: tuple[int, ...] = ()
+    rank: bool = False  # an effective rank: 2 decimals, whatever its size
 
     @property
     def digits(self) -> int:
-        """One precision per row: scores in % and ranks (>= 10) to 2 decimals, CE and cosines to 4."""
-        return 2 if self.percent or max(abs(x) for x in self.base + self.other) >= 10 else 4
+        """One precision per row: scores in %, ranks and values >= 10 to 2 decimals, CE and cosines to 4."""
+        return 2 if self.percent or self.rank or max(abs(x) for x in self.base + self.other) >= 10 else 4
 
     def value(self, x: float) -> str:
         return f"{(100 if self.percent else 1) * x:.{self.digits}f}" if finite(x) else NA
@@ -122,15 +123,14 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     # in-training probes at matched steps: the middle and the last step every seed and arm probed
     for key, name in (("probe_erank", "effective rank"), ("probe_cosine", "cosine similarity")):
         per = [{a: dict(_metric(run, a, key)) for a in (base, other)} for run in runs]
-        common = sorted(set.intersection(*[set(p[a]) for p in per for a in (base, other)]))
+        probed = [set(p[base]) & set(p[other]) for p in per]  # per seed; a seed without probes is left out
+        common = sorted(set.intersection(*[x for x in probed if x])) if any(probed) else []
         if not common:
             continue
         for step in dict.fromkeys([common[len(common) // 2], common[-1]]):
-            last = step == common[-1]
-            add(
-                "Probes (last layer)", f"{name} at step {step}", [(p[base][step], p[other][step]) for p in per],
-                key=key if last else "",
-            )  # fmt: skip
+            values = [(p[base][step], p[other][step]) if step in x else None for p, x in zip(per, probed)]
+            add("Probes (last layer)", f"{name} at step {step}", values, key=key if step == common[-1] else "",
+                rank=key == "probe_erank")  # fmt: skip
 
     # geometry of the evaluated checkpoints: last layer, then every layer's effective rank
     picked = [(pick(r, "geometry", base, spec.step), pick(r, "geometry", other, spec.step)) for r in runs]
@@ -149,7 +149,8 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
 
     for key, name in (("erank_cov", "effective rank"), ("anisotropy", "anisotropy")):
         add("Geometry (last layer)", name,
-            [(layer_value(b, key, -1), layer_value(o, key, -1)) if b and o else None for b, o in picked])  # fmt: skip
+            [(layer_value(b, key, -1), layer_value(o, key, -1)) if b and o else None for b, o in picked],
+            rank=key == "erank_cov")  # fmt: skip
     cos = [
         ((b.data.get("alignment") or {}).get("cos_next"), (o.data.get("alignment") or {}).get("cos_next"))
         if b and o
@@ -160,7 +161,8 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     layers = next((b.data.get("layers") for b, o in picked if b and o), None) or []
     for i, layer in enumerate(layers):
         add("Per-layer effective rank", f"layer {layer}",
-            [(layer_value(b, "erank_cov", i), layer_value(o, "erank_cov", i)) if b and o else None for b, o in picked])  # fmt: skip
+            [(layer_value(b, "erank_cov", i), layer_value(o, "erank_cov", i)) if b and o else None for b, o in picked],
+            rank=True)  # fmt: skip
 
     # downstream: per task (documents nested in seeds), then the unweighted average over tasks
     lm = [(pick(r, "lm", base, spec.step), pick(r, "lm", other, spec.step)) for r in runs]
@@ -254,7 +256,7 @@ def seed_tables(rows: list[Row], study: Study, spec: Spec, base: str, other: str
             label,
             r.value(float(np.mean(r.base))),
             r.value(float(np.mean(r.other))),
-            ", ".join(r.diff(x) for x in r.delta.per_seed),
+            ", ".join((f"s{s} " if len(r.seeds) < n else "") + r.diff(x) for s, x in zip(r.seeds, r.delta.per_seed)),
             Cell(r.diff(r.delta.mean), bold=bool(r.delta.intervals) and r.delta.verdict().startswith("resolved")),
             r.interval(r.delta.seed_ci),
             r.interval(r.delta.nested_ci),
