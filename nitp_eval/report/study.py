@@ -62,7 +62,10 @@ class Row:
         return f"{(100 if self.percent else 1) * x:.{self.digits}f}" if finite(x) else NA
 
     def diff(self, x: float) -> str:
-        return f"{(100 if self.percent else 1) * x:+.{self.digits}f}" if finite(x) else NA
+        if not finite(x):
+            return NA
+        text = f"{(100 if self.percent else 1) * x:+.{self.digits}f}"
+        return f"{0:+.{self.digits}f}" if float(text) == 0 else text  # no "-0.00"
 
     def interval(self, ci: tuple[float, float] | None) -> str:
         return f"[{self.diff(ci[0])}, {self.diff(ci[1])}]" if ci else "—"
@@ -381,9 +384,7 @@ def verdict_paragraph(unit: Run | Study, rows: list[Row] | None, notes: list[str
     n = len(unit.seeds)
     resolved = [r for r in rows if r.delta.verdict().startswith("resolved")]
     headline = [r for r in resolved if r.group not in SPLIT_GROUPS]  # per-layer and per-task rows are counted
-    counted = {
-        g: (sum(r in resolved for r in rows if r.group == g), sum(r.group == g for r in rows)) for g in SPLIT_GROUPS
-    }
+    counted = {g: ([r for r in resolved if r.group == g], sum(r.group == g for r in rows)) for g in SPLIT_GROUPS}
     claims = []
     for key, (name, paper) in PAPER_CLAIMS.items():
         r = next((r for r in rows if r.key == key), None)
@@ -408,7 +409,20 @@ def verdict_paragraph(unit: Run | Study, rows: list[Row] | None, notes: list[str
             if headline
             else ""
         )  # fmt: skip
-        + "".join(f"; {g.lower()}: {k} of {m} rows resolved" for g, (k, m) in counted.items() if m)
+        + "".join(
+            f"; {g.lower()}: {len(k)} of {m} rows resolved"
+            + (
+                " ("
+                + ", ".join(
+                    f"{r.metric} {r.delta.verdict().split()[-1]} by {r.diff(r.delta.mean).lstrip('+-')}" for r in k
+                )
+                + ")"
+                if k
+                else ""
+            )
+            for g, (k, m) in counted.items()
+            if m
+        )
         + ". "
         + ("".join(c[0].upper() + c[1:] + ". " for c in claims))
         + f"Unresolved differences are not evidence of no effect: they are smaller than what {n} seeds can resolve."
