@@ -160,8 +160,6 @@ def command(
 
     Resumable: rerun the same command after an interruption; finished work is kept, never redone.
     """
-    import yaml
-
     from nitp_eval.report.spec import load_spec
 
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
@@ -172,8 +170,7 @@ def command(
         raise UserError(f"--time-steps {time_steps}: give at least 2 (the first steps include start-up)")
     if not spec.is_file():
         raise UserError(f"{spec}: no such spec file; the shipped studies are analyses/replication-*.yaml")
-    load_spec(spec)  # the report part must be valid before hours of training
-    plan = parse_plan((yaml.safe_load(spec.read_text()) or {}).get("study"), spec)
+    plan = parse_plan(load_spec(spec).study, spec)  # the report part, too, is checked before hours of training
     if "time" in chosen:
         time_design(plan, time_steps, budget_s)
     if "train" in chosen:

@@ -158,8 +158,9 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     notes: list[str] = list(spec.notes)
     w.text(f"# {spec.title or report_title(runs)}\n")
     for run in runs:  # what can be concluded and what was trained, before any number
-        w.text(("" if len(runs) == 1 else f"*{run.label}.* ") + S.verdict_paragraph(run, None, notes) + "\n")
-        w.text(S.setup_paragraph(run, notes) + "\n")
+        facts = S.setup_facts(run, notes)
+        w.text(("" if len(runs) == 1 else f"*{run.label}.* ") + S.verdict_paragraph(run, None, facts) + "\n")
+        w.text(S.setup_paragraph(facts) + "\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")
     w.text(
@@ -202,13 +203,14 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
         sfx = f"-{slug(study.label)}" if many else ""
         arms = T.run_arms(study.seeds[min(study.seeds)], spec)
         rows = S.collect_rows(study, spec, notes)
-        rows = [r for r in rows if STUDY_SECTION.get(r.group.split(" (")[0], "downstream") in spec.sections]
+        rows = [r for r in rows if STUDY_SECTION[r.group] in spec.sections]
         if many:
             w.text(f"## {study.label}\n")
-        w.text(S.verdict_paragraph(study, rows, notes) + "\n")
+        facts = S.setup_facts(study, notes)
+        w.text(S.verdict_paragraph(study, rows, facts) + "\n")
         if spec.description and study is studies[0]:
             w.text(spec.description.strip() + "\n")
-        w.text(S.setup_paragraph(study, notes) + "\n")
+        w.text(S.setup_paragraph(facts) + "\n")
         w.text(
             "Built by `nitp-eval report` from results files only (list at the end)"
             + (f", spec `{spec.source}`" if spec.source else "")
@@ -247,8 +249,8 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
 # which spec section a seed-table row group belongs to
 STUDY_SECTION = {
     "Training": "dynamics",
-    "Probes": "dynamics",
-    "Geometry": "geometry",
+    "Probes (last layer)": "dynamics",
+    "Geometry (last layer)": "geometry",
     "Per-layer effective rank": "geometry",
     "Downstream": "downstream",
     "MTEB groups": "mteb",

@@ -25,7 +25,6 @@ from nitp_eval.report.tables import (
     ordered_tasks,
     pick,
     run_arms,
-    sessions,
     task_name,
 )
 
@@ -146,9 +145,9 @@ def collect_rows(study: Study, spec: Spec, notes: list[str]) -> list[Row]:
     if bias:
         notes.append(f"{study.label}: {bias}")
 
-    def layer_value(res, key, i):
-        v = ((res.data.get("per_layer") or {}).get(key) or [])[i:]
-        return v[0] if v and (i >= 0 or len(v) == 1) else None
+    def layer_value(res, key, i):  # per_layer[key][i] (i = -1: the last layer), or None
+        v = (res.data.get("per_layer") or {}).get(key) or []
+        return v[i] if -len(v) <= i < len(v) else None
 
     for key, name in (("erank_cov", "effective rank"), ("anisotropy", "anisotropy")):
         add("Geometry (last layer)", name,
@@ -330,8 +329,6 @@ def setup_facts(unit: Run | Study, notes: list[str]) -> dict:
         notes.append(f"{unit.label}: some seeds share an initial model (init_weights_sha256): not independent seeds")
     if len({p.get("data_sha256") for p in provs.values()}) > 1:
         notes.append(f"{unit.label}: the seeds' token files differ (data_sha256): not one design")
-    facts["resumed"] = sorted({f"{a} (seed {s})" if s is not None else a for s, run in runs.items() for a in run.arms
-                               if sessions(run.metrics.get(a, [])) > 1})  # fmt: skip
     return facts
 
 
@@ -339,8 +336,8 @@ def _num(x, spec: str = "{:,}") -> str:
     return spec.format(x) if finite(x) else "?"
 
 
-def setup_paragraph(unit: Run | Study, notes: list[str]) -> str:
-    f = setup_facts(unit, notes)
+def setup_paragraph(f: dict) -> str:
+    """The setup in one paragraph, from `setup_facts`."""
     if "preset" not in f:
         return "**Setup.** No config.yaml found for any arm: the setup is unknown."
     n = len(f["seeds"])
@@ -363,9 +360,8 @@ def setup_paragraph(unit: Run | Study, notes: list[str]) -> str:
     )
 
 
-def verdict_paragraph(unit: Run | Study, rows: list[Row] | None, notes: list[str]) -> str:
-    """The verdict in plain words, with the scale it holds at."""
-    f = setup_facts(unit, [])
+def verdict_paragraph(unit: Run | Study, rows: list[Row] | None, f: dict) -> str:
+    """The verdict in plain words (rows None: a single pair), with the scale it holds at (`setup_facts`)."""
     scale = ""
     if f.get("params") and f.get("tokens"):
         scale = (
