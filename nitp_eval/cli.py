@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from nitp_eval.design import command as design
 from nitp_eval.geometry.cli import command as geometry
 from nitp_eval.lm.cli import command as lm
 from nitp_eval.mteb_eval.cli import command as mteb
@@ -22,6 +23,7 @@ app.command("lm")(lm)
 app.command("mteb")(mteb)
 app.command("report")(report)
 app.command("replicate")(replicate)
+app.command("design")(design)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def get_preset(name: str) -> Preset:
     raise UserError(f"unknown preset {name!r}; choose one of {', '.join(presets)} (or give a preset .yaml file)")
 
 
-def param_counts(preset: Preset, vocab_size: int = 8192) -> dict[str, int]:
+def param_counts(preset: Preset, vocab_size: int = 8192, **overrides) -> dict[str, int]:
     """Total and activated parameters, counted on the meta device (no memory is allocated).
 
     Activated = total minus the routed experts a token does not use: of each MoE layer's routed
@@ -76,7 +76,7 @@ def param_counts(preset: Preset, vocab_size: int = 8192) -> dict[str, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = preset.hf_config(vocab_size=vocab_size)
+    config = preset.hf_config(vocab_size=vocab_size, **overrides)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = routed = 0

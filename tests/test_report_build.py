@@ -280,16 +280,29 @@ def _mteb_run(tmp_path, ntp: dict, nitp: dict):
 
 def test_bold_delta_and_count_agree_at_the_shown_rounding(tmp_path):
     # 30.0049 and 30.0051 show as 30.00 and 30.01: NITP bold, Δ +0.01, counted improved;
-    # 30.001 and 30.004 both show as 30.00: a tie (both bold, Δ +0.00, not improved)
+    # 30.001 and 30.004 both show as 30.00: a tie (no best, so no bold; Δ +0.00, not improved)
     out = _mteb_run(
         tmp_path, {"STS12": 0.300049, "STSBenchmark": 0.30001}, {"STS12": 0.300051, "STSBenchmark": 0.30004}
     )
     md = (out / "tables" / "mteb_tasks.md").read_text()
-    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 | 100 |" in md
-    assert "| STSBenchmark | STS | accuracy | **30.00** | **30.00** | +0.00 | 100 |" in md
+    assert "| STS12 | STS | accuracy | 30.00 | **30.01** | +0.01 |  | 100 |" in md
+    assert "| STSBenchmark | STS | accuracy | 30.00 | 30.00 | +0.00 |  | 100 |" in md
     assert "NITP improves 1 of 2 tasks over NTP (not improved: STSBenchmark +0.00)." in md
-    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|---:|"  # text columns left-aligned
-    assert "\\begin{tabular}{lllrrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
+    assert md.splitlines()[1] == "|:---|:---|:---|---:|---:|---:|---:|---:|"  # text columns left-aligned
+    assert "\\begin{tabular}{lllrrrrr}" in (out / "tables" / "mteb_tasks.tex").read_text()
+
+
+def test_no_bold_at_or_below_chance_and_a_one_task_group_is_named_as_the_task(tmp_path):
+    """Banking77 has 77 classes (chance 1.30 %): 1.0 % vs 1.2 % is no "best"; one Retrieval/Dup task is that task."""
+    out = _mteb_run(
+        tmp_path,
+        {"Banking77Classification": 0.010, "TwitterURLCorpus": 0.5, "STS12": 0.3},
+        {"Banking77Classification": 0.012, "TwitterURLCorpus": 0.6, "STS12": 0.4},
+    )
+    md = (out / "tables" / "mteb_tasks.md").read_text()
+    assert "| Banking77Classification | Classification | accuracy | 1.00≤ | 1.20≤ | +0.20 | 1.30 | 100 |" in md
+    groups = (out / "tables" / "mteb_groups.md").read_text()
+    assert "Retrieval/Dup: only TwitterURLCorpus" in groups and "Retrieval/Dup (1" not in groups
 
 
 def test_mteb_tables(report):

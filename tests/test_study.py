@@ -4,7 +4,6 @@ and `nitp-eval replicate` end to end (train, evaluate, collect, report, resume, 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import subprocess
 import sys
@@ -16,71 +15,6 @@ import yaml
 
 from nitp_eval.report.build import build_report
 from nitp_eval.report.spec import spec_from_paths
-from nitp_eval.report.stats import hierarchical_bootstrap, seed_delta, seed_interval
-
-T975 = {2: 4.302652729911275, 3: 3.182446305284263, 4: 2.7764451051977987}  # Student t 0.975 quantiles (tables)
-
-
-# --- the intervals ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("deltas", [[0.1, -0.3, 0.25], [1.0, 2.0, 3.5, 0.5], [0.01, 0.02, 0.0, 0.05, -0.01]])
-def test_seed_interval_is_the_student_t_interval(deltas):
-    d = np.array(deltas)
-    half = T975[len(d) - 1] * d.std(ddof=1) / np.sqrt(len(d))
-    lo, hi = seed_interval(d)
-    assert lo == pytest.approx(d.mean() - half, rel=1e-9) and hi == pytest.approx(d.mean() + half, rel=1e-9)
-
-
-def test_identical_arms_give_intervals_containing_zero_and_no_verdict():
-    rng = np.random.default_rng(0)
-    pairs = [[(x, x.copy())] for x in (rng.random(200) for _ in range(3))]
-    d = seed_delta([0.0, 0.0, 0.0], pairs)
-    assert d.seed_ci == (0.0, 0.0) and d.nested_ci == (0.0, 0.0)
-    assert d.verdict() == "not resolved at n = 3 seeds"
-
-
-def test_a_constant_shift_gives_exactly_that_interval():
-    rng = np.random.default_rng(1)
-    pairs = [[(x, x + 0.25)] for x in (rng.random(150) for _ in range(3))]
-    d = seed_delta([0.25] * 3, pairs)
-    assert d.seed_ci == pytest.approx((0.25, 0.25), abs=1e-12)
-    assert d.nested_ci == pytest.approx((0.25, 0.25), abs=1e-12)
-    assert d.verdict() == "resolved: NITP higher" and d.k_higher == 3
-    assert seed_delta([-0.5] * 4).verdict("X") == "resolved: X lower"
-
-
-def test_one_seed_never_resolves():
-    d = seed_delta([0.4])
-    assert d.seed_ci is None and d.verdict() == "not resolved at n = 1 seed"
-
-
-def test_hierarchical_bootstrap_matches_the_exact_seed_distribution():
-    """Documents without spread inside a seed: only the seed level is random, and resampling 3 seeds with
-    replacement has 27 equally likely outcomes whose means give the exact percentiles."""
-    means = [0.1, 0.4, 1.0]
-    pairs = [[(np.zeros(50), np.full(50, m))] for m in means]
-    exact = np.sort([np.mean(c) for c in itertools.product(means, repeat=3)])
-    lo, hi = hierarchical_bootstrap(pairs, n_boot=20_000, seed=3)
-    # the percentile of a 27-point distribution: bootstrap quantiles fall on one of its values or between
-    assert exact[0] <= lo <= exact[1] + 1e-9 and exact[-2] - 1e-9 <= hi <= exact[-1]
-
-
-def test_hierarchical_bootstrap_matches_an_independent_two_level_resampling():
-    rng = np.random.default_rng(5)
-    pairs = [[(rng.random(n), rng.random(n) + shift)] for n, shift in ((80, 0.05), (120, 0.0), (60, 0.1))]
-    ours = hierarchical_bootstrap(pairs, n_boot=20_000, seed=0)
-    ref_rng = np.random.default_rng(123)
-    diffs = [b - a for [(a, b)] in pairs]
-    reps = []
-    for _ in range(20_000):  # seeds with replacement, then documents with replacement within each drawn seed
-        drawn = ref_rng.integers(0, 3, size=3)
-        reps.append(np.mean([diffs[s][ref_rng.integers(0, len(diffs[s]), len(diffs[s]))].mean() for s in drawn]))
-    ref = np.quantile(reps, [0.025, 0.975])
-    assert ours == pytest.approx(tuple(ref), abs=0.01)
-    # it is wider than the documents-only view of the same data: seed-to-seed spread counts
-    assert ours[1] - ours[0] > 0.05
-
 
 # --- a study report on hand-made results -----------------------------------------------------------
 
@@ -146,31 +80,41 @@ def _rows(report: Path, table: str = "seeds") -> dict[str, list[str]]:
 
 
 def test_study_report_rows_equal_hand_computed_deltas(tmp_path):
+    """Every number of the primary table against scipy (t tests) and statsmodels (Holm) on the per-seed deltas."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
     val, shift, erank = [-0.02, -0.05, 0.01], [0.03, 0.05, 0.04], [2.0, 3.0, 4.0]
     study = make_study(tmp_path / "study", val, shift, erank)
     md = build_report(spec_from_paths([study]), tmp_path / "out", progress=False)
-    rows = _rows(md.parent)
-    ce = rows["Training: validation CE (last common step)"]
-    assert ce[3] == ", ".join(f"{d:+.4f}" for d in val)
-    lo, hi = (
-        np.mean(val) - T975[2] * np.std(val, ddof=1) / np.sqrt(3),
-        np.mean(val) + T975[2] * np.std(val, ddof=1) / np.sqrt(3),
-    )
-    assert ce[5] == f"[{lo:+.4f}, {hi:+.4f}]" and ce[7] == "1 of 3" and ce[8] == "not resolved at n = 3 seeds"
-    arc = rows["Downstream: ARC-C"]  # every document shifted by the seed's shift: Δ in points
-    assert arc[3] == "+3.00, +5.00, +4.00" and arc[4] == "+4.00" and arc[7] == "3 of 3"
-    nested = [float(x) for x in arc[6].strip("[]").split(",")]
-    assert 3.0 - 1e-9 <= nested[0] < nested[1] <= 5.0 + 1e-9  # between the smallest and largest seed's shift
-    g = rows["Geometry (last layer): effective rank"]
-    assert g[3] == "+2.00, +3.00, +4.00" and g[8] == "resolved: NITP higher"  # t CI of 2,3,4 is [0.52, 5.48]
-    layer = _rows(md.parent, "seeds_per_layer")["layer 0"]
-    assert layer[3] == "+0.00, +0.00, +0.00" and layer[8] == "not resolved at n = 3 seeds"
+    rows = _rows(md.parent, "primary")
+    ce = rows["validation CE (last common step)"]
+    assert ce[1] == "NITP − NTP < 0.0200" and ce[4] == ", ".join(f"{d:+.4f}" for d in val)
+    ref = stats.ttest_1samp(val, 0.0)
+    lo, hi = ref.confidence_interval(0.95)
+    assert ce[6] == f"[{lo:+.4f}, {hi:+.4f}]" and ce[7] == "seeds"
+    p_ce = stats.ttest_1samp(val, 0.02, alternative="less").pvalue  # non-inferiority: H0 delta >= margin
+    p_er = stats.ttest_1samp(erank, 0.0, alternative="greater").pvalue
+    p_lm = stats.ttest_1samp([3.0, 5.0, 4.0], 0.0, alternative="greater").pvalue  # every document shifted alike
+    # declared family of 5: anisotropy has no spread (not estimable) and MTEB no results: both count as p = 1
+    holm = multipletests([p_ce, p_er, 1.0, p_lm, 1.0], method="holm")[1]
+    g = rows["last layer: effective rank"]
+    assert g[4] == "+2.00, +3.00, +4.00" and g[8] == f"{p_er:.3f}" and g[9] == f"{holm[1]:.3f}"
+    assert ce[8] == f"{p_ce:.3f}" and ce[9] == f"{holm[0]:.3f}"
+    avg = next(v for k, v in rows.items() if k.startswith("downstream average (ARC-C)"))
+    assert avg[4] == "+3.00, +5.00, +4.00" and avg[5] == "+4.00" and avg[7] == "seeds × documents"
+    assert avg[8] == f"{p_lm:.3f}" and avg[9] == f"{holm[3]:.3f}"
+    aniso = rows["last layer: anisotropy"]
+    assert aniso[6] == "—" and aniso[12].startswith("not estimable")
+    layer = _rows(md.parent, "exploratory_layers")["layer 0"]
+    assert layer[3] == "+0.00, +0.00, +0.00" and layer[-1].startswith("not estimable")
+    assert "layer 2" not in _rows(md.parent, "exploratory_layers")  # the last layer is the geometry row
     text = md.read_text()
     first = text.split("\n\n")[1]
-    assert first.startswith("**Verdict.** Over n = 3 seeds") and "Scale: 1.0M parameters" in first
+    assert first.startswith("**Verdict.** Over n = 3 seeds, primary endpoints (Holm") and "Scale: " in first
     setup = text.split("\n\n")[2]
     for fact in ("Preset `tiny-dense`", "20 steps × 4 × 8 = 640 tokens", "`corpus/*.jsonl`", "`train:512`",
-                 "λ = 1.0, target layer 2", "3 seeds (0, 1, 2)", "`abc123def456`"):  # fmt: skip
+                 "λ = 1.0, target layer 2", "3 seeds (0, 1, 2)", "`abc123def456`", "parameters, counted"):  # fmt: skip
         assert fact in setup, fact
     assert (md.parent / "figures" / "dynamics.png").is_file()
 
@@ -294,6 +238,6 @@ def test_validation_ce_is_compared_at_the_last_step_both_arms_evaluated(tmp_path
     recs = [json.loads(x) for x in nitp.read_text().splitlines()]
     _jsonl(nitp, [{k: v for k, v in r.items() if not (k == "val_ce" and r["step"] == 20)} for r in recs])
     md = build_report(spec_from_paths([study]), tmp_path / "out", progress=False)
-    ce = _rows(md.parent)["Training: validation CE (last common step)"]
-    assert ce[3] == "+0.1000, +0.1000, +0.1000"  # seed 2 at step 10, not NITP step 10 against NTP step 20
+    ce = _rows(md.parent, "primary")["validation CE (last common step)"]
+    assert ce[4] == "+0.1000, +0.1000, +0.1000"  # seed 2 at step 10, not NITP step 10 against NTP step 20
     assert "seed 2: val CE compared at step 10" in md.read_text()

@@ -13,11 +13,21 @@ import shutil
 from pathlib import Path
 
 from nitp_eval.report import figures as F
-from nitp_eval.report import study as S
-from nitp_eval.report import tables as T
+from nitp_eval.report import setup as S
+from nitp_eval.report.common import pick, run_arms
+from nitp_eval.report.downstream import ablation_table, downstream_table, lm_pairs
+from nitp_eval.report.endpoints import DEFAULT_ENDPOINTS, PAPER_EFFECTS
+from nitp_eval.report.geometry_tables import geometry_table
 from nitp_eval.report.load import Run, Study, file_digest, load_any
+from nitp_eval.report.mteb_tables import mteb_tables
+from nitp_eval.report.rows import decide
 from nitp_eval.report.spec import Spec
+from nitp_eval.report.stats import mean_delta
+from nitp_eval.report.study_figures import study_dynamics, study_profiles
+from nitp_eval.report.study_rows import collect_rows
+from nitp_eval.report.study_tables import seed_tables, verdict_paragraph
 from nitp_eval.report.table import Table
+from nitp_eval.report.training_tables import ce_table, cost_table
 from nitp_train.errors import UserError
 
 REPORT_FILE = "report.md"
@@ -66,7 +76,15 @@ def build_report(spec: Spec, out: str | Path, overwrite: bool = False, progress:
     out = check_out(Path(out), [Path(r["path"]) for r in spec.runs], overwrite)
     runs = [load_any(r["path"], r["label"]) for r in spec.runs]
     if len({r.label for r in runs}) < len(runs):
-        raise UserError("two runs share a label; give each a distinct `label:` in the spec")
+        raise UserError("two runs share a label; give each a distinct --label (or `label:` in the spec)")
+    for r in runs:
+        # a dir holding one run dir (no pair.json, no results of its own) is not a pair to compare
+        lone = isinstance(r, Run) and r.model is None and r.pair is None and len(r.arms) == 1
+        if lone and not any(any(by_arm.values()) for by_arm in r.results.values()):
+            raise UserError(
+                f"{r.path}: one run dir ({r.arms[0]}) and no pair.json or eval/: not a pair; give the run dirs "
+                "to compare side by side (nitp-eval report runs/a runs/b --label A --label B)"
+            )
     studies = [r for r in runs if isinstance(r, Study)]
     if studies and len(studies) < len(runs):
         raise UserError(
@@ -159,7 +177,7 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     w.text(f"# {spec.title or report_title(runs)}\n")
     for run in runs:  # what can be concluded and what was trained, before any number
         facts = S.setup_facts(run, notes)
-        w.text(("" if len(runs) == 1 else f"*{run.label}.* ") + S.verdict_paragraph(run, None, facts) + "\n")
+        w.text(("" if len(runs) == 1 else f"*{run.label}.* ") + _pair_verdict(run, spec, facts) + "\n")
         w.text(S.setup_paragraph(facts) + "\n")
     if spec.description:
         w.text(spec.description.strip() + "\n")
@@ -174,6 +192,24 @@ def _write(spec: Spec, runs: list[Run], w: _Writer, progress: bool) -> None:
     for section in tqdm(spec.sections, desc="report", unit="section", disable=not progress):
         _SECTIONS[section](spec, runs, w, notes, many)
     _closing(spec, runs, w, notes)
+
+
+def _pair_verdict(run: Run, spec: Spec, facts: dict) -> str:
+    """What one pair showed for each of the paper's claims (its rows as a study of one seed)."""
+    arms = run_arms(run, spec)
+    if len(arms) < 2 or not {"ntp", "nitp"} <= set(arms):
+        return "**Verdict.** Not an NTP/NITP pair: no verdict on the paper's claims (the tables compare the arms)."
+    scratch: list[str] = []  # the tables below report what is missing; the paragraph only reads values
+    rows = collect_rows(Study(run.path, run.label, None, {0: run}), spec, scratch)
+    avg = next((r for r in rows if r.key == "downstream_avg"), None)
+    avg_ci = None
+    if avg is not None:
+        b, o = pick(run, "lm", arms[0], spec.step), pick(run, "lm", arms[1], spec.step)
+        kept = avg.extra["tasks"]
+        pairs = lm_pairs(run, b, o, kept, scratch)
+        if len(pairs) == len(kept):
+            avg_ci = mean_delta(pairs, spec.n_boot, spec.seed, spec.ci)[1]
+    return S.pair_verdict_paragraph(rows, avg_ci, facts)
 
 
 def _closing(spec: Spec, runs: list, w: _Writer, notes: list[str]) -> None:
@@ -201,13 +237,14 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
     many = len(studies) > 1
     for study in tqdm(studies, desc="report", unit="study", disable=not progress):
         sfx = f"-{slug(study.label)}" if many else ""
-        arms = T.run_arms(study.seeds[min(study.seeds)], spec)
-        rows = S.collect_rows(study, spec, notes)
-        rows = [r for r in rows if STUDY_SECTION[r.group] in spec.sections]
+        arms = run_arms(study.seeds[min(study.seeds)], spec)
+        rows = [r for r in collect_rows(study, spec, notes) if STUDY_SECTION[r.section] in spec.sections]
+        rows = decide(rows, spec.endpoints or list(DEFAULT_ENDPOINTS), spec.alpha, PAPER_EFFECTS)
         if many:
             w.text(f"## {study.label}\n")
         facts = S.setup_facts(study, notes)
-        w.text(S.verdict_paragraph(study, rows, facts) + "\n")
+        prereg = S.preregistration(spec.source, [study.path], spec.endpoints_declared)
+        w.text(verdict_paragraph(study, rows, facts, spec.alpha, prereg) + "\n")
         if spec.description and study is studies[0]:
             w.text(spec.description.strip() + "\n")
         w.text(S.setup_paragraph(facts) + "\n")
@@ -221,24 +258,24 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
         w.text("## NITP vs NTP over seeds\n")
         if len(arms) < 2:
             w.text("Fewer than two arms found: nothing to compare.\n")
-        for t in S.seed_tables(rows, study, spec, arms[0], arms[1]) if len(arms) > 1 else []:
+        for t in seed_tables(rows, study, spec, arms[0], arms[1], spec.alpha) if len(arms) > 1 else []:
             t.name += sfx
             w.table(t)
         if "dynamics" in spec.sections:
-            fig = S.study_dynamics(study, arms, notes)
+            fig = study_dynamics(study, arms, notes)
             w.figure(
                 fig,
                 f"dynamics{sfx}",
                 f"{study.label}: probes, NITP loss and Δ validation CE over seeds (paper Fig. 1, Fig. 5)",
             )
         if "geometry" in spec.sections:
-            fig = S.study_profiles(study, arms, spec.step, notes)
+            fig = study_profiles(study, arms, spec.step, notes)
             w.figure(
                 fig, f"geometry_profiles{sfx}", f"{study.label}: per-layer effective rank and anisotropy over seeds"
             )
         if "cost" in spec.sections:
             w.text("## Cost\n")
-            t = T.cost_table([study.seeds[s] for s in sorted(study.seeds)], spec, notes)
+            t = cost_table([study.seeds[s] for s in sorted(study.seeds)], spec, notes)
             if t:
                 t.name += sfx
             w.table(t) if t else w.text("No metrics.jsonl found: no throughput to report.\n")
@@ -246,15 +283,15 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
     _closing(spec, studies, w, notes)
 
 
-# which spec section a seed-table row group belongs to
+# which spec section a study row's section belongs to
 STUDY_SECTION = {
-    "Training": "dynamics",
-    "Probes (last layer)": "dynamics",
-    "Geometry (last layer)": "geometry",
-    "Per-layer effective rank": "geometry",
-    "Downstream": "downstream",
-    "MTEB groups": "mteb",
-    "MTEB tasks": "mteb",
+    "training": "dynamics",
+    "probes": "dynamics",
+    "geometry": "geometry",
+    "layers": "geometry",
+    "downstream": "downstream",
+    "mteb": "mteb",
+    "mteb_tasks": "mteb",
 }
 
 
@@ -269,7 +306,7 @@ def report_title(runs: list[Run]) -> str:
 
 def _downstream(spec, runs, w, notes, many):
     w.text("## Downstream benchmarks\n")
-    t = T.downstream_table(runs, spec, notes)
+    t = downstream_table(runs, spec, notes)
     w.table(t) if t else w.text(f"No lm results found (run `nitp-eval lm <run dir>`; {OFFLINE_HINT['lm']}).\n")
 
 
@@ -277,7 +314,7 @@ def _mteb(spec, runs, w, notes, many):
     w.text("## MTEB (frozen embeddings)\n")
     found = False
     for run in runs:
-        for t in T.mteb_tables(run, spec, notes, suffix=f"-{slug(run.label)}" if many else ""):
+        for t in mteb_tables(run, spec, notes, suffix=f"-{slug(run.label)}" if many else ""):
             w.table(t)
             found = True
     if not found:
@@ -286,7 +323,7 @@ def _mteb(spec, runs, w, notes, many):
 
 def _geometry(spec, runs, w, notes, many):
     w.text("## Hidden-state geometry\n")
-    t = T.geometry_table(runs, spec, notes)
+    t = geometry_table(runs, spec, notes)
     if t is None:
         w.text("No geometry results found (run `nitp-eval geometry <run dir>`).\n")
         return
@@ -294,9 +331,9 @@ def _geometry(spec, runs, w, notes, many):
     from nitp_eval.geometry.flags import massive_flag
 
     for run in runs:
-        arms = T.run_arms(run, spec)
+        arms = run_arms(run, spec)
         for arm in arms:  # layers decided by a few massive-norm tokens (the attention sink), as the console says
-            res = T.pick(run, "geometry", arm, spec.step)
+            res = pick(run, "geometry", arm, spec.step)
             flag = massive_flag(res.data) if res else None
             if flag:
                 notes.append(f"{run.label}: {res.path.name}: {flag}")
@@ -318,7 +355,7 @@ def _geometry(spec, runs, w, notes, many):
 def _dynamics(spec, runs, w, notes, many):
     w.text("## Training dynamics\n")
     for run in runs:
-        arms = T.run_arms(run, spec)
+        arms = run_arms(run, spec)
         sfx = f"-{slug(run.label)}" if many else ""
         fig = F.dynamics(run, arms, notes, spec.allow_mismatch)
         if fig is None:
@@ -340,18 +377,18 @@ def _dynamics(spec, runs, w, notes, many):
             f"cross_entropy{sfx}",
             f"{run.label}: train NTP loss and validation CE vs step",
         )
-    w.table(T.ce_table(runs, spec, notes))
+    w.table(ce_table(runs, spec, notes))
 
 
 def _cost(spec, runs, w, notes, many):
     w.text("## Cost\n")
-    t = T.cost_table(runs, spec, notes)
+    t = cost_table(runs, spec, notes)
     w.table(t) if t else w.text("No metrics.jsonl found: no throughput to report.\n")
 
 
 def _ablation(spec, runs, w, notes, many):
     w.text("## Ablations\n")
-    t = T.ablation_table(runs, spec, notes)
+    t = ablation_table(runs, spec, notes)
     w.table(t) if t else w.text("No lm results for the ablation variants.\n")
 
 

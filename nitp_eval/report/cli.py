@@ -48,6 +48,12 @@ def command(
         show_default=False,
     ),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0, or the spec's).", show_default=False),
+    label: list[str] = typer.Option(
+        None,
+        "--label",
+        help="A name for each run, in order (repeat: --label A --label B). Default: the dir's name, or the spec's label.",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report dir. Default: off."),
     allow_mismatch: bool = typer.Option(
         False,
@@ -60,11 +66,15 @@ def command(
     from nitp_eval.report.build import build_report
     from nitp_eval.report.spec import SECTIONS, load_spec, spec_from_paths
 
-    runs = list(runs or [])
+    runs, labels = list(runs or []), list(label or [])
     if spec is not None:
         s = load_spec(spec, runs)
+        if len(labels) > len(s.runs):
+            raise UserError(f"{len(labels)} --label for {len(s.runs)} run(s); give at most one --label per run")
+        for r, name in zip(s.runs, labels):
+            r["label"] = name
     elif runs:
-        s = spec_from_paths(runs)
+        s = spec_from_paths(runs, labels)
     else:
         raise UserError(
             "report: nothing to report on; give a run dir (nitp-eval report runs/x) or --spec analyses/<name>.yaml"

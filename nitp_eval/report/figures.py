@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nitp_eval.report.common import arm_name, pick
 from nitp_eval.report.comparable import check_geometry_comparable
 from nitp_eval.report.load import Run
-from nitp_eval.report.tables import arm_name, finite, pick
+from nitp_eval.report.stats import finite
 
 ARM_COLORS = {"ntp": "#1f77b4", "nitp": "#d62728"}
 ARM_STYLES = {"ntp": "-", "nitp": "--"}
@@ -44,7 +45,7 @@ def arm_style(arm: str, arms: list[str]):
     return EXTRA_STYLES[i % len(EXTRA_STYLES)] if i is not None else "-"
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +66,7 @@ def _plt():
 
 def save(fig, out_dir: Path, name: str) -> list[Path]:
     """PNG and PDF, without timestamps so the same inputs give the same files."""
-    plt = _plt()
+    plt = pyplot()
     paths = [Path(out_dir) / f"{name}.png", Path(out_dir) / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None, "Creator": None, "Producer": None})
@@ -81,7 +82,7 @@ def _floats(values) -> np.ndarray:
     return np.array([v if finite(v) else np.nan for v in values], dtype=float)
 
 
-def _integer_ticks(ax, axis: str = "x") -> None:
+def integer_ticks(ax, axis: str = "x") -> None:
     """Steps and layers are integers: no 2.5 ticks on short runs or shallow models."""
     from matplotlib.ticker import MaxNLocator
 
@@ -105,7 +106,7 @@ def _no_data(ax, why: str) -> None:
     ax.grid(False)
 
 
-def _legend(fig, arms: list[str], all_arms: list[str], labels: dict[str, str] | None = None, keys=()) -> None:
+def legend(fig, arms: list[str], all_arms: list[str], labels: dict[str, str] | None = None, keys=()) -> None:
     """One legend for the whole figure, below the axes: an entry per arm, then grey style keys."""
     from matplotlib.lines import Line2D
 
@@ -154,7 +155,7 @@ def _noisy(ax, x, y, color, ls, raw: bool = True) -> np.ndarray:
     return top
 
 
-def _series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+def metric_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     pts = [(r["step"], r[key]) for r in run.metrics.get(arm, []) if finite(r.get(key))]
     return np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
 
@@ -180,7 +181,7 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
     picked = {a: r for a, r in picked.items() if r is not None}
     if not picked:
         return None
-    plt = _plt()
+    plt = pyplot()
     panels = [
         ("erank_cov", "effective rank (cov)"),
         ("anisotropy", "anisotropy (mean pair cosine)"),
@@ -207,11 +208,11 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
             ax.axvline(k, color="grey", ls=":", lw=1)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel(label)
-        _integer_ticks(ax)
+        integer_ticks(ax)
         if key == "cka_to_last":
             ax.set_ylim(-0.02, 1.02)
     labels = {a: arm_name(a) + (f" (step {r.step})" if r.step is not None else "") for a, r in picked.items()}
-    _legend(
+    legend(
         fig, list(picked), arms, labels, keys=[("NITP target layer k", {"ls": ":", "lw": 1})] if k is not None else []
     )
     fig.suptitle(f"{run.label}: per-layer geometry")
@@ -224,7 +225,7 @@ def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
     picked = {a: r for a, r in picked.items() if r is not None and r.data.get("cka_matrix")}
     if not picked:
         return None
-    plt = _plt()
+    plt = pyplot()
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#cccccc")
@@ -281,7 +282,12 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None, allow_mi
     )
     ckpt_src = "checkpoints (eval/geometry" + (f", {tokens[-1]:,} tokens" if len(tokens) == 1 else "") + ")"
     sources = [
-        ("in-training probes (metrics.jsonl)", ("probe_erank", "probe_cosine"), _series, ("probe (line)", {"lw": 1.5})),
+        (
+            "in-training probes (metrics.jsonl)",
+            ("probe_erank", "probe_cosine"),
+            metric_series,
+            ("probe (line)", {"lw": 1.5}),
+        ),
         (
             ckpt_src,
             ("erank_cov", "anisotropy"),
@@ -302,7 +308,7 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None, allow_mi
             notes.append(f"{run.label}: no values from {name}: the dynamics figure shows the other source only")
     # one step axis per column, unless a "no data" panel would take the shared tick labels with it
     shared = all(any(len(x) for x, _ in d.values()) for r in rows for d in r[2])
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(rows), 2, figsize=(11, 3.4 * len(rows) + 0.6), squeeze=False, sharex=shared, layout="constrained"
     )
@@ -319,9 +325,9 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None, allow_mi
             if i == len(rows) - 1 or not shared:
                 ax.set_xlabel("training step")
             ax.set_ylabel(f"{label} (last layer)")
-            _integer_ticks(ax)
+            integer_ticks(ax)
     shown = [a for a in arms if any(len(d[a][0]) for _, _, data, _ in rows for d in data)]
-    _legend(fig, shown, arms, keys=[r[3] for r in rows])
+    legend(fig, shown, arms, keys=[r[3] for r in rows])
     fig.suptitle(f"{run.label}: last-layer geometry during training")
     return fig
 
@@ -333,11 +339,11 @@ def aux_loss(run: Run, arms: list[str], notes: list[str] | None = None):
     the hump during warm-up and the slow convergence are all visible. Right: the last 20 % of the
     steps, where the converged values of close arms are told apart.
     """
-    curves = [(a, key, *_series(run, a, key)) for a in arms for key in ("loss_nitp", "loss_cosine_reg")]
+    curves = [(a, key, *metric_series(run, a, key)) for a in arms for key in ("loss_nitp", "loss_cosine_reg")]
     curves = [c for c in curves if len(c[2])]
     if not curves:
         return None
-    plt = _plt()
+    plt = pyplot()
     xs = np.concatenate([c[2] for c in curves])
     zoom = len(np.unique(xs)) >= NOISY_MIN
     fig, axes = plt.subplots(
@@ -354,17 +360,17 @@ def aux_loss(run: Run, arms: list[str], notes: list[str] | None = None):
     if len(pos) and xs.max() / pos.min() > 100:
         axes[0].set_xscale("log")
     else:
-        _integer_ticks(axes[0])
+        integer_ticks(axes[0])
     if zoom:
         axes[0].set_title("whole run", fontsize=9.5)
         x0 = xs.min() + (1 - ZOOM) * (xs.max() - xs.min())
         _zoom_limits(axes[1], x0, tops[len(curves) :])
-        _integer_ticks(axes[1])
+        integer_ticks(axes[1])
         axes[1].set_title(f"last {ZOOM:.0%} of steps (zoom)", fontsize=9.5)
     many_keys = len({c[1] for c in curves}) > 1
     labels = {a: f"{arm_name(a)}: {key}" if many_keys else arm_name(a) for a, key, *_ in curves}
     keys = [("raw (faint), smoothed (bold)", {"lw": 1.8})] if len(xs) >= NOISY_MIN else []
-    _legend(fig, list(dict.fromkeys(c[0] for c in curves)), arms, labels, keys)
+    legend(fig, list(dict.fromkeys(c[0] for c in curves)), arms, labels, keys)
     fig.suptitle(f"{run.label}: auxiliary loss during training")
     return fig
 
@@ -377,12 +383,12 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
     difference of train loss has far less noise than either loss.
     """
     notes = notes if notes is not None else []
-    train = {a: _series(run, a, "loss_ntp") for a in arms}
-    val = {a: _series(run, a, "val_ce") for a in arms}
+    train = {a: metric_series(run, a, "loss_ntp") for a in arms}
+    val = {a: metric_series(run, a, "val_ce") for a in arms}
     have = [a for a in arms if len(train[a][0]) or len(val[a][0])]
     if not have:
         return None
-    plt = _plt()
+    plt = pyplot()
     steps = np.concatenate([train[a][0] for a in have] + [val[a][0] for a in have])
     zoom = len(np.unique(steps)) >= NOISY_MIN
     base = arms[0]
@@ -404,7 +410,7 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
                 tops.append((x, y))
         ax.set_xlabel("training step")
         ax.set_ylabel("cross-entropy (nats/token)")
-        _integer_ticks(ax)
+        integer_ticks(ax)
     axes[0].set_title("whole run", fontsize=9.5)
     if zoom:
         x0 = steps.min() + (1 - ZOOM) * (steps.max() - steps.min())
@@ -433,7 +439,7 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
             dx.set_xlabel("training step")
             dx.set_ylabel(f"Δ vs {arm_name(base)} (nats/token)")
             dx.set_title(f"Δ {what}", fontsize=9.5)
-            _integer_ticks(dx)
+            integer_ticks(dx)
         else:
             _no_data(dx, f"no {key} step logged by both {arm_name(base)} and another arm")
             notes.append(
@@ -447,6 +453,6 @@ def cross_entropy(run: Run, arms: list[str], notes: list[str] | None = None):
         if any(len(val[a][0]) for a in have)
         else []
     )
-    _legend(fig, have, arms, keys=keys)
+    legend(fig, have, arms, keys=keys)
     fig.suptitle(f"{run.label}: next-token cross-entropy")
     return fig

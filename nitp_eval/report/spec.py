@@ -14,6 +14,8 @@ A spec is data. Everything it can say:
     variants:                              # the ablation section's rows; the first is the baseline
       - {run: MoE 3B-A0.5B, arm: ntp, label: NTP}
     study: {out: runs/s, preset: tiny-dense, seeds: [0, 1, 2], ...}   # nitp-eval replicate (replicate.py)
+    endpoints: {alpha: 0.05, primary: [{row: val_ce, direction: non-inferior, margin: 0.02}, ...]}  # endpoints.py
+    design: {pilot: reports/x/results}     # nitp-eval design: the study whose spread sizes this one (design.py)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from nitp_eval.report.endpoints import parse_endpoints
+from nitp_eval.report.rows import Endpoint
 from nitp_train.errors import UserError
 
 SECTIONS = ("downstream", "mteb", "geometry", "dynamics", "cost", "ablation")
@@ -53,11 +57,19 @@ class Spec:
     source: Path | None = None  # the spec file, listed in the report
     notes: list[str] = field(default_factory=list)  # printed under "Missing inputs and caveats"
     study: dict | None = None  # how the study was made: `nitp-eval replicate` runs it (nitp_eval/replicate.py)
+    endpoints: list[Endpoint] | None = None  # None: the paper's claims (endpoints.DEFAULT_ENDPOINTS), undeclared
+    alpha: float = 0.05
+    endpoints_declared: bool = False  # the spec declares them (committed before training, if the history says so)
+    design: dict | None = None  # nitp-eval design's inputs (nitp_eval/design.py)
 
 
-def spec_from_paths(paths: list[str | Path]) -> Spec:
-    """The implicit spec of `nitp-eval report runs/x [runs/y ...]`: every default section."""
-    return Spec(runs=[{"path": str(p), "label": Path(p).resolve().name} for p in paths])
+def spec_from_paths(paths: list[str | Path], labels: list[str] | None = None) -> Spec:
+    """The implicit spec of `nitp-eval report runs/x [runs/y ...] [--label A --label B]`: every default section."""
+    labels = labels or []
+    if len(labels) > len(paths):
+        raise UserError(f"{len(labels)} --label for {len(paths)} run(s); give at most one --label per run, in order")
+    names = labels + [Path(p).resolve().name for p in paths[len(labels) :]]
+    return Spec(runs=[{"path": str(p), "label": n} for p, n in zip(paths, names)])
 
 
 def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -> Spec:
@@ -73,7 +85,9 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         raise UserError(f"{path}: not valid YAML ({e.__class__.__name__}); fix the file") from e
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a spec is a YAML mapping (title, runs, sections, ...); see analyses/README.md")
-    known = {f.name for f in fields(Spec)} - {"n_boot", "seed", "ci", "source"} | {"bootstrap"}
+    known = {f.name for f in fields(Spec)} - {"n_boot", "seed", "ci", "source", "alpha", "endpoints_declared"} | {
+        "bootstrap"
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
@@ -110,6 +124,10 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
     allow_mismatch = raw.get("allow_mismatch", False)
     if not isinstance(allow_mismatch, bool):
         raise UserError(f"{path}: allow_mismatch: {allow_mismatch!r} is not true or false")
+    endpoints, alpha, declared = parse_endpoints(raw.get("endpoints"), str(path))
+    design = raw.get("design")
+    if design is not None and not isinstance(design, dict):
+        raise UserError(f"{path}: design: a mapping, e.g. {{pilot: reports/replication-cpu/results}}")
     variants = None
     if raw.get("variants") is not None:
         try:
@@ -134,6 +152,10 @@ def load_spec(path: str | Path, override_runs: list[str | Path] | None = None) -
         ce_window=int(raw.get("ce_window", 10)),
         variants=variants,
         study=raw.get("study"),
+        endpoints=endpoints,
+        alpha=alpha,
+        endpoints_declared=declared,
+        design=design,
         allow_mismatch=allow_mismatch,
         source=path,
         notes=notes,

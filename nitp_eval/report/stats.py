@@ -34,6 +34,19 @@ def paired_samples(base: list[dict], other: list[dict], metric: str) -> tuple[np
     return np.array([a[k] for k in common]), np.array([b[k] for k in common])
 
 
+def paired_by_doc(base, other, task: str) -> dict[str, float] | None:
+    """{doc_id: other − base} of a task's primary metric over the documents both lm results scored, or None
+    when either lacks per-sample records (`base`, `other`: report.load.Result)."""
+    t = (base.data.get("tasks") or {}).get(task) or {}
+    sa, sb = (r.data.get("samples", {}).get(task) for r in (base, other))
+    if not t.get("primary") or not sa or not sb:
+        return None
+    metric = t["primary"]
+    a = {str(r["doc_id"]): float(r[metric]) for r in sa if finite(r.get(metric))}
+    b = {str(r["doc_id"]): float(r[metric]) for r in sb if finite(r.get(metric))}
+    return {k: b[k] - a[k] for k in set(a) & set(b)} or None
+
+
 def finite(x) -> bool:
     """A usable number: results files write NaN as null, and metrics.jsonl may hold NaN."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -90,107 +103,3 @@ def mean_delta(
         return per_task, None
     avg_point = float(np.mean([d.value for d in per_task.values()]))
     return per_task, interval(avg_point, np.mean(reps, axis=0), sum(d.n for d in per_task.values()), ci)
-
-
-# --- seeds: what a difference between training runs covers -----------------------------------------
-
-
-@dataclass(frozen=True)
-class SeedDelta:
-    """A delta (other - baseline) measured on several paired seeds.
-
-    `per_seed`: one delta per seed (its own mean over documents where there are documents).
-    `seed_ci`: the 95 % (or `ci`) Student-t interval of the mean over seeds: it covers training-seed
-    noise (init and data order), not evaluation noise beyond what each seed's delta carries; None with
-    one seed. `nested_ci`: where per-document records exist, a hierarchical bootstrap (seeds resampled,
-    then documents within each drawn seed), which covers both.
-    """
-
-    per_seed: tuple[float, ...]
-    mean: float
-    seed_ci: tuple[float, float] | None
-    nested_ci: tuple[float, float] | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.per_seed)
-
-    @property
-    def k_higher(self) -> int:
-        """How many seeds' deltas are > 0 (the arm scored higher than the baseline on that seed)."""
-        return sum(d > 0 for d in self.per_seed)
-
-    @property
-    def k_lower(self) -> int:
-        return sum(d < 0 for d in self.per_seed)
-
-    @property
-    def intervals(self) -> list[tuple[float, float]]:
-        return [c for c in (self.seed_ci, self.nested_ci) if c is not None]
-
-    def verdict(self, arm: str = "NITP") -> str:
-        """`resolved: NITP higher|lower` when every interval this delta has excludes 0 on the same side;
-        else `not resolved at n = N seeds`. One seed never resolves (its CI covers evaluation noise only)."""
-        ivs = self.intervals if self.seed_ci is not None else []
-        if ivs and all(lo > 0 for lo, _ in ivs):
-            return f"resolved: {arm} higher"
-        if ivs and all(hi < 0 for _, hi in ivs):
-            return f"resolved: {arm} lower"
-        return f"not resolved at n = {self.n} seed{'s' if self.n != 1 else ''}"
-
-
-def seed_interval(per_seed, ci: float = 0.95) -> tuple[float, float] | None:
-    """Student-t interval of the mean of the per-seed deltas (scipy), or None with fewer than 2 seeds.
-
-    Identical deltas give the zero-width interval [d, d] (scipy returns NaN bounds for zero variance)."""
-    from scipy import stats
-
-    d = np.asarray(per_seed, dtype=np.float64)
-    if len(d) < 2:
-        return None
-    mean = float(d.mean())
-    if np.all(d == d[0]):
-        return mean, mean
-    lo, hi = stats.t.interval(ci, df=len(d) - 1, loc=mean, scale=stats.sem(d))
-    return float(lo), float(hi)
-
-
-def hierarchical_bootstrap(
-    pairs: list[list[tuple[np.ndarray, np.ndarray]]], n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
-    stream: str = "",
-) -> tuple[float, float] | None:  # fmt: skip
-    """Percentile interval of the mean over seeds of a seed's delta, resampling seeds with replacement and
-    then, within each drawn seed, its documents with replacement (a two-level bootstrap).
-
-    `pairs`: per seed, per task, the (base, other) per-document values both arms scored; a seed's delta is
-    the unweighted mean over its tasks of mean(other - base) (one task: that task's delta). None with
-    fewer than 2 seeds.
-    """
-    m = len(pairs)
-    if m < 2 or any(not tasks or any(len(a) == 0 for a, _ in tasks) for tasks in pairs):
-        return None
-    rng = np.random.default_rng([seed, zlib.crc32(("nested:" + stream).encode())])
-    # n_boot x m document-level replicates per seed (each task's paired bootstrap, averaged over tasks),
-    # so that a seed drawn twice into one replicate gets two independent document resamples
-    pool = np.stack(
-        [
-            np.mean(
-                [bootstrap_replicates(a, b, n_boot * m, seed, f"{stream}:{i}:{t}") for t, (a, b) in enumerate(tasks)],
-                axis=0,
-            )
-            for i, tasks in enumerate(pairs)
-        ]
-    )
-    drawn = rng.integers(0, m, size=(n_boot, m))  # the seeds of each replicate
-    reps = pool[drawn, np.arange(n_boot * m).reshape(n_boot, m)].mean(axis=1)
-    lo, hi = np.quantile(reps, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(lo), float(hi)
-
-
-def seed_delta(
-    per_seed: list[float], pairs: list[list[tuple[np.ndarray, np.ndarray]]] | None = None, n_boot: int = 10_000,
-    seed: int = 0, ci: float = 0.95, stream: str = "",
-) -> SeedDelta:  # fmt: skip
-    """The seed-aware delta of one metric: per-seed deltas, their mean and intervals (see SeedDelta)."""
-    nested = hierarchical_bootstrap(pairs, n_boot, seed, ci, stream) if pairs else None
-    return SeedDelta(tuple(float(x) for x in per_seed), float(np.mean(per_seed)), seed_interval(per_seed, ci), nested)
