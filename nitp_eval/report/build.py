@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from nitp_eval.report import figures as F
@@ -200,7 +201,8 @@ def _pair_verdict(run: Run, spec: Spec, facts: dict) -> str:
     if len(arms) < 2 or not {"ntp", "nitp"} <= set(arms):
         return "**Verdict.** Not an NTP/NITP pair: no verdict on the paper's claims (the tables compare the arms)."
     scratch: list[str] = []  # the tables below report what is missing; the paragraph only reads values
-    rows = collect_rows(Study(run.path, run.label, None, {0: run}), spec, scratch)
+    # the geometry table refuses incomparable results (or flags them): the paragraph leaves that to it
+    rows = collect_rows(Study(run.path, run.label, None, {0: run}), replace(spec, allow_mismatch=True), scratch)
     avg = next((r for r in rows if r.key == "downstream_avg"), None)
     avg_ci = None
     if avg is not None:
