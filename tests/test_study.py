@@ -179,7 +179,7 @@ def test_replicate_trains_evaluates_collects_reports_and_resumes(tmp_path, tiny_
     names = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
     assert "seed-1/eval/geometry/nitp-step-000004.json" in names and "seed-0/ntp/metrics.jsonl" in names
     assert not any("checkpoints" in n or "state" in n or n.startswith("data") for n in names)  # small files only
-    table = _rows(report)
+    table = _rows(report, "primary")
     runs = tmp_path / "runs" / "study"
     for seed, row in ((0, 0), (1, 1)):  # the table's Δ = the results files' values
         g = {
@@ -187,7 +187,7 @@ def test_replicate_trains_evaluates_collects_reports_and_resumes(tmp_path, tiny_
             for a in ("ntp", "nitp")
         }
         d = g["nitp"]["per_layer"]["erank_cov"][-1] - g["ntp"]["per_layer"]["erank_cov"][-1]
-        cell = table["Geometry (last layer): effective rank"][3].split(", ")[row]
+        cell = table["last layer: effective rank"][4].split(", ")[row]
         assert float(cell) == pytest.approx(d, abs=0.006)
     before = (runs / "seed-0" / "nitp" / "metrics.jsonl").read_bytes()
     again = _cli("replicate", spec, cwd=REPO)  # resumes: nothing retrained, nothing re-evaluated
@@ -198,10 +198,10 @@ def test_replicate_trains_evaluates_collects_reports_and_resumes(tmp_path, tiny_
     import shutil
 
     shutil.rmtree(runs)
-    first = (report / "tables" / "seeds.csv").read_text()
+    first = (report / "tables" / "primary.csv").read_text()
     res = _cli("report", "--spec", spec, "--out", report, "--overwrite")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (report / "tables" / "seeds.csv").read_text() == first and (results / "study.json").is_file()
+    assert (report / "tables" / "primary.csv").read_text() == first and (results / "study.json").is_file()
 
 
 def test_time_stage_predicts_the_training_time_and_enforces_a_budget(tmp_path, tiny_sets, tiny_corpus):
