@@ -8,6 +8,7 @@ from nitp_eval.design import command as design
 from nitp_eval.geometry.cli import command as geometry
 from nitp_eval.lm.cli import command as lm
 from nitp_eval.mteb_eval.cli import command as mteb
+from nitp_eval.pilot import command as pilot
 from nitp_eval.replicate import command as replicate
 from nitp_eval.report.cli import command as report
 from nitp_train.errors import run_cli
@@ -24,6 +25,7 @@ app.command("mteb")(mteb)
 app.command("report")(report)
 app.command("replicate")(replicate)
 app.command("design")(design)
+app.command("pilot")(pilot)
 
 
 def main() -> None:
