@@ -79,7 +79,7 @@ def test_presets_give_the_papers_run():
 
 
 def test_extension_keeps_the_learning_rate_of_the_longer_run(tmp_path, base):
-    sets = base + ["eval_every=0", "save_every=2", "optim.warmup_steps=2", "keep_last=1"]
+    sets = base + ["eval_every=0", "save_every=2", "optim.warmup_steps=2", "keep_last=1", "log_every=1"]
     short, extended, uninterrupted = tmp_path / "short", tmp_path / "extended", tmp_path / "long"
     train(load_config(sets=sets + ["steps=10"]), short, progress=False)  # decay starts at step 8
     # keep_last=1 keeps the newest state and, as an extension point, the last one before the decay
