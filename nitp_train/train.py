@@ -1,5 +1,9 @@
 """The training loop: one arm (NTP, NITP or an ablation) of a pair, one process or many (torchrun).
 
+torchtitan's shape: `setup()` returns a `TrainState`; the loop in `train()` then runs `train_step()`
+(forward, backward, clip, update: no host read) and `periodic()` (eval, probes, the log, save, export,
+each timed apart from compute by the StepLog's timers).
+
 The parts live beside it: processes and wrapping (distributed.py), the model and its seeded init
 (model.py), checkpoints (checkpoint.py), in-training evaluation (evaluate.py), data (data.py).
 Run directory: docs/training.md, "Run directory".
