@@ -8,12 +8,14 @@ architecture) x compile off/on x NTP/NITP, it times the trainer's own step (its 
 meta device and initialised from the seed, fused AdamW, clip, autocast as `precision=auto` chooses)
 on random tokens, NTP and NITP alternated, the device synchronised around each timed block (data
 loading is not included). MFU = achieved FLOP/s (Appendix G FLOPs of the exact config x tokens/s)
-over the device's peak (nitp_train.throughput). Writes throughput.json and throughput.md to --out.
+over the device's peak (nitp_train.throughput); torchtitan's convention (attention over all T keys, no
+causal halving) beside it. Writes throughput.json (dated, with the device) and throughput.md to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -100,16 +102,18 @@ def measure(model: str, sets: list[str], compiled: bool, args, device: torch.dev
            "batch": f"{args.batch} x {args.seq_len}", "ntp_tokens_per_s": tokens / ntp_s, "nitp_tokens_per_s": tokens / nitp_s,
            "nitp_overhead_measured": nitp_s / ntp_s - 1, "nitp_overhead_analytic": flops.exact_overhead}  # fmt: skip
     achieved = tokens / nitp_s * (flops.exact_baseline + flops.exact_nitp_extra)
-    row.update(nitp_flops_per_s=achieved, mfu=achieved / peak if peak else None)
+    torchtitan = tokens / nitp_s * (flops.torchtitan_baseline + flops.exact_nitp_extra)  # all T keys per query
+    row.update(nitp_flops_per_s=achieved, mfu=achieved / peak if peak else None,
+               mfu_torchtitan=torchtitan / peak if peak else None)  # fmt: skip
     return row
 
 
 def markdown(rows: list[dict], peak_source: str) -> str:
     lines = [f"peak: {peak_source}", "",
-             "| model | compile | precision | batch | NTP tokens/s | NITP tokens/s | NITP overhead measured / analytic | NITP TFLOP/s | MFU |",
+             "| model | compile | precision | batch | NTP tokens/s | NITP tokens/s | NITP overhead measured / analytic | NITP TFLOP/s | MFU (ours / torchtitan's) |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a"
+        mfu = f"{100 * r['mfu']:.1f} % / {100 * r['mfu_torchtitan']:.1f} %" if r["mfu"] is not None else "n/a"
         lines.append(f"| {r['model']} | {'on' if r['compile'] else 'off'} | {r['precision']} | {r['batch']} | "
                      f"{r['ntp_tokens_per_s']:,.0f} | {r['nitp_tokens_per_s']:,.0f} | {100 * r['nitp_overhead_measured']:.2f} % / "
                      f"{100 * r['nitp_overhead_analytic']:.2f} % | {r['nitp_flops_per_s'] / 1e12:.1f} | {mfu} |")  # fmt: skip
@@ -141,9 +145,12 @@ def main() -> None:
             print(markdown(rows[-1:], source).splitlines()[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(
-        json.dumps({"peak_source": source, "peak_flops": peak, "rows": rows}, indent=2)
-    )
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "peak_source": source, "peak_flops": peak,
+              "flop_convention": "mfu: Appendix G exact count, causal attention ((T+1)/2 keys per query); "
+                                 "mfu_torchtitan: torchtitan's (all T keys)", "rows": rows}  # fmt: skip
+    (out / "throughput.json").write_text(json.dumps(record, indent=2))
     (out / "throughput.md").write_text(markdown(rows, source))
     print(markdown(rows, source))
 

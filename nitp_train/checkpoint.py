@@ -2,7 +2,8 @@
 
     <arm>/state/step-NNNNNN/        training state: model + projector + AdamW, every rank its own shard (DCP),
                                     and trainer.json (step, schedule, data position, RNG, config); keep_last kept
-    <arm>/checkpoints/step-NNNNNN/  HF export: save_pretrained dir + tokenizer (+ nitp_projector.safetensors)
+    <arm>/checkpoints/step-NNNNNN/  HF export: save_pretrained dir + tokenizer (+ nitp_projector.safetensors),
+                                    in export_dtype; every export_every steps; keep_exports kept (+ export_steps)
 
 DCP state is keyed by parameter name and stores each tensor's global shape, so a state written by
 one layout loads into any other (1 process, DDP, FSDP on N processes): `dcp.load` reads the slices
@@ -12,6 +13,7 @@ finished, so a kill during a save never leaves a dir that `--resume` or an analy
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -83,6 +85,7 @@ class Checkpointer:
     def __init__(self, out: Path, cfg, dist: Dist):
         self.out, self.cfg, self.dist = out, cfg, dist
         self.fsdp = uses_fsdp(cfg, dist)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]  # of the HF export
         self.no_dist = dist.world == 1  # one process: DCP without collectives
         if self.no_dist:  # ... which is what DCP warns it assumes
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -183,10 +186,18 @@ class Checkpointer:
             from transformers.utils import logging
 
             logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
-            model.save_pretrained(tmp)
+            if self.dtype == torch.float32:
+                model.save_pretrained(tmp)
+            else:  # a cast copy (the weights stay fp32 for training)
+                sd = _cast(model.state_dict(), self.dtype)
+                if model.config.tie_word_embeddings:
+                    sd.pop("lm_head.weight", None)  # stored once, as HF does
+                model.save_pretrained(tmp, state_dict=sd)
         projector = self._projector_state(module)
         if self.dist.is_main:
-            model.config.save_pretrained(tmp)
+            config = copy.deepcopy(model.config)
+            config.dtype = self.dtype  # what from_pretrained(dtype="auto") loads the weights as
+            config.save_pretrained(tmp)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -195,8 +206,17 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            if self.cfg.keep_exports:
+                self._retain_exports()
         self.dist.barrier()
         return final
+
+    def _retain_exports(self) -> None:
+        """Delete all HF exports but the newest keep_exports and those at a step named in export_steps."""
+        exports = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())
+        for old in exports[: -self.cfg.keep_exports]:
+            if step_of(old) not in self.cfg.export_steps:
+                shutil.rmtree(old)
 
     def _export_sharded(self, model, tmp: Path) -> None:
         """Each rank writes its own shards as safetensors; rank 0 then consolidates them file by file."""
@@ -204,7 +224,7 @@ class Checkpointer:
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        sd = get_model_state_dict(model)
+        sd = _cast(get_model_state_dict(model), self.dtype)  # each rank casts its own shards
         if model.config.tie_word_embeddings:
             sd.pop("lm_head.weight", None)  # stored once, as HF does
         writer = HuggingFaceStorageWriter(path=str(tmp), save_distributed=True, enable_consolidation=True)
@@ -221,6 +241,8 @@ class Checkpointer:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if model.config.tie_word_embeddings:
             full.pop("lm_head.weight", None)  # stored once, as HF does
+        for key in list(full):  # one tensor at a time: never a second full copy
+            full[key] = _cast({key: full[key]}, self.dtype)[key]
         if self.dist.is_main:
             from transformers.utils import logging
 
@@ -236,6 +258,11 @@ class Checkpointer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(module.objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _cast(state: dict, dtype: torch.dtype) -> dict:
+    """Floating-point tensors in `dtype` (no copy when they already are); others as they are."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _name_for_from_pretrained(path: Path) -> None:

@@ -200,17 +200,20 @@ def plan(
     preset: str = typer.Option("moe-9b-a1b", help="Preset name or preset .yaml file."),
     gpus: int = typer.Option(8, help="Processes (GPUs) the run is sharded over."),
     gpu_mem: float = typer.Option(80.0, help="Memory per GPU in GB (1e9 bytes)."),
-    parallel: str = typer.Option("fsdp", help="fsdp | ddp"),
-    micro_batch: int = typer.Option(None, help="Sequences per forward pass per GPU (default: 1)."),
+    parallel: str = typer.Option(None, help="fsdp | ddp (default: the run's: the preset's, else ddp)."),
+    micro_batch: int = typer.Option(
+        None, help="Sequences per forward pass per GPU (default: the run's: the preset's, else the largest that fits)."
+    ),
+    steps: int = _STEPS,
+    config: str = _CONFIG,
     set_: list[str] = _SET,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
-    """Before a run: steps, tokens, FLOPs per step, and per-GPU memory (with and without activation checkpointing)."""
-    from nitp_train.config import load_config
+    """Before a run: steps, tokens, FLOPs per step, per-GPU memory and disk, with the defaults `run` resolves."""
     from nitp_train.plan import format_plan, plan_run
 
-    sets = [f"parallel={parallel}", *(set_ or [])]
-    cfg = load_config(None, sets, **{"model.preset": preset, "micro_batch": micro_batch or 1})
+    # the same resolution as `run` and `pair` (_config), so the plan describes the run they would start
+    cfg = _config(preset, None, steps, None, None, config, set_, parallel=parallel, micro_batch=micro_batch)
     result = plan_run(cfg, gpus=gpus, gpu_mem_gb=gpu_mem)
     typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -65,15 +66,23 @@ class TrainConfig:
     steps: int = 1000
     tokens: float | None = None  # resolved: always steps x global_batch x seq_len once loaded
     global_batch: int = 16  # sequences per optimiser step, over all processes and accumulation
-    micro_batch: int = 8  # sequences per forward pass per process
+    # sequences per forward pass per process; None = auto: on a GPU the largest that fits its memory
+    # (nitp_train.plan.resolve_micro_batch, the planner's model), elsewhere 8; written resolved to config.yaml
+    micro_batch: int | None = None
     seq_len: int = 256
     seed: int = 1234
     data_seed: int | None = None  # the data order's seed; None = `seed` (set it to hold the order fixed across seeds)
     save_every: int = 250  # sharded training state (for --resume) every N steps and at the end
-    keep_last: int = 2  # training states kept (older ones deleted; 0 = keep all); HF exports are never deleted
+    keep_last: int = 2  # training states kept (older ones deleted; 0 = keep all)
     export_every: int | None = None  # HF export (checkpoints/step-N) every N steps and at the end; None = save_every
+    keep_exports: int = 0  # HF exports kept: the newest N (0 = keep all), plus every step in `export_steps`
+    export_steps: list[int] = field(default_factory=list)  # exports kept whatever keep_exports says (e.g. [1000])
+    export_dtype: str = "fp32"  # fp32 | bf16: the dtype of the HF export's weights (paper presets: bf16)
     async_checkpoint: bool = False  # write training state in a background thread (torch.distributed.checkpoint)
-    log_every: int = 1
+    # Every logged step reads the device on the host (a sync, plus all-reduces under torchrun): 10 keeps that
+    # to at most 1 per 10 steps; evaluations, probes, saves and exports log too.
+    log_every: int = 10
+    max_consecutive_skips: int = 20  # non-finite steps are skipped and counted; this many in a row end the run
     eval_every: int = 100  # validation CE; 0 = never
     eval_windows: int = 32  # validation windows of seq_len tokens (the same set for every world size / micro-batch)
     probe_every: int = 50  # geometry probes on a fixed batch; 0 = never
@@ -100,13 +109,16 @@ class TrainConfig:
     def batch_split(self, world: int) -> tuple[int, int, int]:
         """(sequences per process, accumulation steps, micro-batch) of one optimiser step on `world` processes.
 
-        The micro-batch is at most the per-process share; the global batch must split evenly.
+        The micro-batch is at most the per-process share; the global batch must split evenly. An unset
+        micro-batch (auto) is here the largest divisor of the share up to 8 (on a GPU, nitp_train.plan sizes it).
         """
         per_rank, rem = divmod(self.global_batch, world)
-        micro = min(self.micro_batch, per_rank)
+        micro = min(self.micro_batch, per_rank) if self.micro_batch else 1
+        if self.micro_batch is None:  # auto, unresolved (no device memory to size it by): at most 8, and splitting
+            micro = max(m for m in range(1, min(8, per_rank) + 1) if per_rank % m == 0) if per_rank else 1
         if rem or not per_rank or per_rank % micro:
             raise UserError(
-                f"global_batch={self.global_batch} must split evenly over {world} process(es) x micro_batch={self.micro_batch}"
+                f"global_batch={self.global_batch} must split evenly over {world} process(es) x micro_batch={micro}"
             )
         return per_rank, per_rank // micro, micro
 
@@ -128,17 +140,23 @@ class TrainConfig:
         return self.steps - self.decay_steps
 
     def validate(self) -> TrainConfig:
-        for name in ("steps", "global_batch", "micro_batch", "seq_len", "save_every", "log_every", "eval_windows"):
+        for name in ("steps", "global_batch", "seq_len", "save_every", "log_every", "eval_windows", "probe_batch",
+                     "dist_timeout_s", "max_consecutive_skips"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("probe_batch", "dist_timeout_s"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("eval_every", "probe_every", "keep_last"):
+        if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
+            raise UserError(
+                f"micro_batch={self.micro_batch!r} must be a whole number >= 1 (or unset: sized to the GPU)"
+            )
+        for name in ("eval_every", "probe_every", "keep_last", "keep_exports"):
             if getattr(self, name) < 0:
                 raise UserError(
-                    f"{name}={getattr(self, name)} must be >= 0 (0 = {'keep all' if name == 'keep_last' else 'never'})"
+                    f"{name}={getattr(self, name)} must be >= 0 (0 = {'never' if name.endswith('every') else 'keep all'})"
                 )
+        if not isinstance(self.export_steps, list) or not all(isinstance(s, int) and s >= 1 for s in self.export_steps):
+            raise UserError(f"export_steps={self.export_steps!r} must be a list of steps >= 1, e.g. [1000, 5000]")
+        if self.export_dtype not in ("fp32", "bf16"):
+            raise UserError(f"export_dtype={self.export_dtype!r} is unknown; choose fp32 or bf16")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise UserError(f"peak_tflops={self.peak_tflops} must be > 0 (or unset)")
         if self.export_every is not None and self.export_every < 1:
@@ -152,6 +170,22 @@ class TrainConfig:
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
             if getattr(self, name) not in ("auto", "bf16", "fp32"):
                 raise UserError(f"{name}={getattr(self, name)!r} is unknown; choose auto, bf16 or fp32")
+        self._validate_optim()
+        return self
+
+    def _validate_optim(self) -> None:
+        """Every optimiser and schedule setting, checked here so that torch and transformers never see a bad one."""
+        o = self.optim
+        if not o.lr > 0 or o.lr == float("inf"):
+            raise UserError(f"optim.lr={o.lr} must be a finite number > 0")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise UserError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        if not o.weight_decay >= 0:
+            raise UserError(f"optim.weight_decay={o.weight_decay} must be >= 0")
+        if not o.grad_clip > 0:
+            raise UserError(f"optim.grad_clip={o.grad_clip} must be > 0")
+        if not 0 <= o.min_lr_ratio <= 1:
+            raise UserError(f"optim.min_lr_ratio={o.min_lr_ratio} must lie in [0, 1]")
         if self.optim.decay_type not in ("linear", "cosine", "1-sqrt"):
             raise UserError(f"optim.decay_type={self.optim.decay_type!r} is unknown; choose linear, cosine or 1-sqrt")
         if not 0 <= self.optim.decay_ratio <= 1:
@@ -164,7 +198,6 @@ class TrainConfig:
                 f"(decay_ratio {self.optim.decay_ratio} starts it at step {self.decay_start}); "
                 f"lower optim.warmup_steps or raise steps/tokens"
             )
-        return self
 
 
 def _defaults_from_preset(preset_name: str) -> dict:
@@ -177,7 +210,8 @@ def _defaults_from_preset(preset_name: str) -> dict:
     for key in ("lr", "warmup_steps"):
         if key in p.train:
             d["optim"][key] = p.train[key]
-    for key in ("global_batch", "seq_len", "steps", "tokens", "save_every", "eval_every", "probe_every"):
+    for key in ("global_batch", "seq_len", "steps", "tokens", "save_every", "eval_every", "probe_every", "micro_batch",
+                "activation_checkpointing", "parallel", "precision", "export_every", "keep_exports", "export_dtype"):  # fmt: skip
         if key in p.train:
             d[key] = p.train[key]
     if p.tokenizer:
@@ -250,9 +284,13 @@ def _build(cls, d: dict, prefix: str = ""):
                 raise UserError(f"{prefix}{name}={value!r} must be true or false")
             kwargs[name] = value
         elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
+            if not isinstance(value, (list, tuple)):
+                raise UserError(f"{prefix}{name}={value!r} must be a list, e.g. {list(default)}")
+            kwargs[name] = tuple(_number(v, float, prefix + name) for v in value)
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             kwargs[name] = _number(value, type(default), prefix + name)
+        elif default is None and value is not None and known[name].type in ("int | None", "float | None"):
+            kwargs[name] = _number(value, int if known[name].type.startswith("int") else float, prefix + name)
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -286,7 +324,30 @@ def load_config(config_file: str | Path | None = None, sets: list[str] | None = 
     preset_layer = _defaults_from_preset(preset)
     full = merge(preset_layer, layered)
     _resolve_length(full, layered, preset_layer)
-    return _build(TrainConfig, full).validate()
+    cfg = _build(TrainConfig, full)
+    if "warmup_steps" not in layered.get("optim", {}):  # the user's own warm-up is never changed
+        fit_warmup(cfg)
+    return cfg.validate()
+
+
+def fit_warmup(cfg: TrainConfig) -> None:
+    """A default warm-up (the preset's) longer than the stable phase of a short run becomes 10 % of the run.
+
+    So a smoke test (`--steps 8`) runs, as in nanoGPT and torchtitan; the value is printed once and
+    written to config.yaml. A warm-up the user set that does not fit stays an error (`validate`).
+    """
+    if cfg.optim.warmup_steps <= cfg.decay_start:
+        return
+    fitted = min(max(cfg.steps // 10, 1), cfg.decay_start)
+    from nitp_train.launch import is_main_process
+
+    if is_main_process():
+        print(
+            f"note: optim.warmup_steps {cfg.optim.warmup_steps} -> {fitted}: the default warm-up does not fit before "
+            f"the decay of a {cfg.steps}-step run (step {cfg.decay_start}); set optim.warmup_steps to choose",
+            file=sys.stderr,
+        )
+    cfg.optim.warmup_steps = fitted
 
 
 def _resolve_length(full: dict, user: dict, preset: dict) -> None:

@@ -212,16 +212,21 @@ def _chunks(docs, size: int = CHUNK_DOCS):
 def _tokenise_to(path: Path, docs, tokenizer, dtype, num_proc: int = 1, tokenizer_dir: Path | None = None) -> int:
     """Write the token stream of `docs` to `path`; with num_proc > 1 a process pool encodes chunks in order.
 
-    The pool's output is byte-identical to num_proc = 1 (imap keeps the order; tested).
+    The pool's output is byte-identical to num_proc = 1 (imap keeps the order; tested). The progress bar
+    counts the tokens written (the work done), not the documents read ahead of the encoder.
     """
+    from tqdm.auto import tqdm
+
     n = 0
     dtype = np.dtype(dtype).name
-    with open(path, "wb") as f:
+    bar = tqdm(desc=f"tokenising {path.stem}", unit="tok", unit_scale=True, leave=False)
+    with open(path, "wb") as f, bar:
         if num_proc <= 1:
             encoded = (_encode(chunk, tokenizer, dtype) for chunk in _chunks(docs))
             for arr in encoded:
                 f.write(arr.tobytes())
                 n += len(arr)
+                bar.update(len(arr))
             return n
         import functools
         import multiprocessing
@@ -231,6 +236,7 @@ def _tokenise_to(path: Path, docs, tokenizer, dtype, num_proc: int = 1, tokenize
             for arr in pool.imap(functools.partial(_encode, dtype=dtype), _chunks(docs), chunksize=1):
                 f.write(arr.tobytes())
                 n += len(arr)
+                bar.update(len(arr))
     return n
 
 
@@ -335,15 +341,12 @@ def _build_token_dir(cfg: DataConfig, out: Path, key_src: dict, num_proc: int = 
 def _tokenise_into(
     cfg: DataConfig, tmp: Path, key_src: dict, train_spec: str, val_spec: str | None, num_proc: int = 1
 ) -> None:
-    from tqdm.auto import tqdm
-
     def texts():
         return read_documents(train_spec, cfg.text_field, cfg.max_docs, revision=cfg.revision)
 
     tokenizer = load_or_train_tokenizer(cfg.tokenizer or "train:8192", texts, tmp / "tokenizer")
     dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
-    docs = tqdm(texts(), desc="tokenising", unit="doc", leave=False)
-    n_train = _tokenise_to(tmp / "train.bin", docs, tokenizer, dtype, num_proc, tmp / "tokenizer")
+    n_train = _tokenise_to(tmp / "train.bin", texts(), tokenizer, dtype, num_proc, tmp / "tokenizer")
     if n_train == 0:
         raise UserError(f"data {train_spec!r}: empty corpus (no text found)")
     if val_spec is not None:

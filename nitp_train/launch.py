@@ -12,3 +12,8 @@ def launch_rank() -> int:
 def is_main_process() -> bool:
     """Rank 0 of a torchrun launch, or the only process: the one that writes and prints."""
     return launch_rank() == 0
+
+
+def launch_world() -> int:
+    """Processes torchrun started (WORLD_SIZE), known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -105,7 +105,74 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2
     )
 
 
-def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2) -> dict:
+# ---------------------------------------------------------------------------- run defaults (planner and trainer)
+
+USABLE = 0.9  # of a GPU's memory: ~10 % for the allocator's fragmentation, NCCL buffers and the CUDA context
+
+
+def activation_bytes(cfg: TrainConfig) -> int:
+    """Bytes per activation element: fp32 when precision=fp32, else the bf16 autocast a GPU run uses."""
+    return 4 if cfg.precision == "fp32" else 2
+
+
+def _peak_bytes(cfg: TrainConfig, world: int, vocab: int, micro: int) -> float:
+    mem = memory_plan(dataclasses.replace(cfg, micro_batch=micro), vocab, world, bytes_act=activation_bytes(cfg))
+    return mem.total(cfg.activation_checkpointing)
+
+
+def resolve_micro_batch(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> int:
+    """The micro-batch a run uses: the config's; or (auto) the largest that fits `mem_bytes` per device.
+
+    Only divisors of the per-process share are tried (the batch must split evenly); 1 when none fits (the
+    fit check then refuses the run). Without a memory size (a CPU) auto is what TrainConfig.batch_split picks.
+    """
+    per_rank, _, micro = cfg.batch_split(world)  # a batch that cannot split is refused here, one line
+    if cfg.micro_batch is not None or mem_bytes is None:
+        return micro
+    fitting = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
+    fitting = [m for m in fitting if _peak_bytes(cfg, world, vocab, m) <= mem_bytes * USABLE]
+    return fitting[-1] if fitting else 1
+
+
+def resolve_run(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> TrainConfig:
+    """The config a run trains with: its defaults resolved the same way by `nitp-train plan` and the trainer.
+
+    Everything else (activation checkpointing, parallel mode, export cadence and dtype, precision) is
+    resolved by `load_config` from the preset for both; the micro-batch also needs the device's memory.
+    A run that cannot fit is refused here, before any weights exist, with the planner's advice.
+    """
+    resolved = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, world, vocab, mem_bytes))
+    if mem_bytes is not None:
+        mem = memory_plan(resolved, vocab, world, bytes_act=activation_bytes(cfg))
+        budget = mem_bytes * USABLE
+        fits = {"without_ac": mem.total(False) <= budget, "with_ac": mem.total(True) <= budget}
+        if not fits["with_ac" if cfg.activation_checkpointing else "without_ac"]:
+            from nitp_train.errors import UserError
+
+            peak = mem.total(cfg.activation_checkpointing) / GB
+            raise UserError(
+                f"preset {cfg.model.preset} at micro_batch {resolved.micro_batch} needs ~{peak:.1f} GB per device of "
+                f"{mem_bytes / GB:.1f} GB: {_advice(resolved, mem, fits, budget, world)} (nitp-train plan shows the parts)"
+            )
+    return resolved
+
+
+def export_disk(cfg: TrainConfig, n_params: float) -> dict:
+    """Disk taken by the HF exports and training states a run keeps (GB), and how many of each."""
+    steps = set(range(cfg.export_every or cfg.save_every, cfg.steps + 1, cfg.export_every or cfg.save_every))
+    steps.add(cfg.steps)
+    kept = sorted(steps)[-cfg.keep_exports :] if cfg.keep_exports else sorted(steps)
+    exports = len(set(kept) | (steps & set(cfg.export_steps)))
+    states = (
+        min(cfg.keep_last, -(-cfg.steps // cfg.save_every)) + 1 if cfg.keep_last else -(-cfg.steps // cfg.save_every)
+    )
+    export_gb = n_params * (2 if cfg.export_dtype == "bf16" else 4) / GB
+    state_gb = n_params * 12 / GB  # fp32 weights and AdamW's two moments
+    return {"exports": exports, "export_gb": export_gb, "states": states, "state_gb": state_gb,
+            "total_gb": exports * export_gb + states * state_gb}  # fmt: skip
+
+
+def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
     """Everything `nitp-train plan` prints, as a dict (bytes in GB)."""
     from nitp_train.errors import UserError
 
@@ -113,20 +180,28 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2)
         raise UserError(f"--gpus {gpus} and --gpu-mem {gpu_mem_gb} must be positive")
     if cfg.objective.projector not in PROJECTORS:
         raise UserError(f"objective.projector={cfg.objective.projector!r} is unknown")
-    _, accumulation, micro = cfg.batch_split(gpus)  # as the trainer splits it (a one-line error otherwise)
-    cfg = dataclasses.replace(cfg, micro_batch=micro)
     preset = resolved_preset(cfg, 151936)
     vocab = preset.hf.get("vocab_size", 151936)
+    # the trainer's own resolution, without its refusal: the plan shows what does not fit and why
+    cfg = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, gpus, vocab, gpu_mem_gb * GB))
+    _, accumulation, _ = cfg.batch_split(gpus)
+    bytes_act = activation_bytes(cfg)
     mem = memory_plan(cfg, vocab, gpus, bytes_act=bytes_act)
     flops = flops_per_token(preset, seq_len=cfg.seq_len, projector=cfg.objective.projector,
                             projector_mult=cfg.objective.projector_mult)  # fmt: skip
-    budget = gpu_mem_gb * GB * 0.9  # ~10 % for the allocator's fragmentation, NCCL buffers and the CUDA context
+    budget = gpu_mem_gb * GB * USABLE
     fits = {"without_ac": mem.total(False) <= budget, "with_ac": mem.total(True) <= budget}
+    n_params = param_counts(preset, vocab_size=vocab)["total"]
     return {
         "preset": cfg.model.preset,
         "gpus": gpus,
         "gpu_mem_gb": gpu_mem_gb,
         "parallel": cfg.parallel,
+        "precision": cfg.precision,
+        "activation_checkpointing": cfg.activation_checkpointing,
+        "export_every": cfg.export_every or cfg.save_every,
+        "export_dtype": cfg.export_dtype,
+        "disk_gb": export_disk(cfg, n_params),
         "steps": cfg.steps,
         "tokens": cfg.tokens,
         "global_batch": cfg.global_batch,
@@ -146,7 +221,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2)
 
 
 def _advice(cfg: TrainConfig, mem: MemoryPlan, fits: dict, budget: float, gpus: int) -> str:
-    if fits["without_ac"]:
+    if fits["with_ac" if cfg.activation_checkpointing else "without_ac"]:
         return "fits as configured"
     if fits["with_ac"]:
         return "fits with --set activation_checkpointing=true"
@@ -162,7 +237,8 @@ def _advice(cfg: TrainConfig, mem: MemoryPlan, fits: dict, budget: float, gpus: 
 def format_plan(p: dict) -> str:
     m = p["memory_gb"]
     lines = [
-        f"preset {p['preset']} on {p['gpus']} x {p['gpu_mem_gb']:g} GB ({p['parallel']})",
+        f"preset {p['preset']} on {p['gpus']} x {p['gpu_mem_gb']:g} GB ({p['parallel']}, precision {p['precision']}, "
+        f"activation checkpointing {'on' if p['activation_checkpointing'] else 'off'})",
         f"  steps {p['steps']:,}  tokens {p['tokens']:.4g}  global batch {p['global_batch']} x {p['seq_len']}  "
         f"micro-batch {p['micro_batch']}  accumulation {p['grad_accumulation']}",
         f"  schedule: warm-up {p['warmup_steps']:,}, decay from step {p['decay_start']:,}",
@@ -176,4 +252,9 @@ def format_plan(p: dict) -> str:
     t = p["total_gb"]
     lines.append(f"  total: {t['without_ac']:.2f} GB without activation checkpointing, {t['with_ac']:.2f} GB with it")
     lines.append(f"  fits: {p['advice']}")
+    d = p["disk_gb"]
+    lines.append(
+        f"  disk: {d['exports']} HF exports every {p['export_every']:,} steps x {d['export_gb']:.1f} GB ({p['export_dtype']}) "
+        f"+ {d['states']} training states x {d['state_gb']:.1f} GB = {d['total_gb']:.0f} GB"
+    )
     return "\n".join(lines)

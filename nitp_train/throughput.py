@@ -8,35 +8,48 @@ step can at best reach there). `peak_tflops` in the config overrides both.
 from __future__ import annotations
 
 import functools
+import re
 import time
 
 import torch
 
-# dense bf16 peak FLOP/s per device, by a substring of torch.cuda.get_device_name() (first match wins)
-GPU_PEAK_BF16 = [
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10", 125e12),
-    ("MI300X", 1307e12),
-    ("MI250X", 383e12),
-]
+# Dense bf16 peak FLOP/s per device (vendor data sheets, no sparsity), keyed by the model's words in
+# torch.cuda.get_device_name(). A key matches whole words in order, so "L4" never matches an L40 and
+# "H200" never an H200 NVL; the longest matching key wins. Names not here: set peak_tflops.
+GPU_PEAK_BF16 = {
+    "GB200": 2.5e15,
+    "B200": 2.25e15,
+    "GH200": 989e12,
+    "H200": 989e12,  # SXM
+    "H200 NVL": 835e12,
+    "H100": 989e12,  # SXM ("H100 80GB HBM3", "H100 SXM5 ...")
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "MI300X": 1307e12,
+    "MI250X": 383e12,
+}
+
+
+def _words(name: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", name.lower())
 
 
 def gpu_peak(name: str) -> float | None:
-    for key, peak in GPU_PEAK_BF16:
-        if key in name:
-            return peak
-    return None
+    """The table's peak for a device name, matched by whole words (the longest matching key), or None."""
+    words = _words(name)
+    best = None
+    for key, peak in GPU_PEAK_BF16.items():
+        k = _words(key)
+        if any(words[i : i + len(k)] == k for i in range(len(words))) and (best is None or len(k) > best[0]):
+            best = (len(k), peak)
+    return best[1] if best else None
 
 
 @functools.cache  # once per process: a pair's second arm reuses it

@@ -1,5 +1,9 @@
 """The training loop: one arm (NTP, NITP or an ablation) of a pair, one process or many (torchrun).
 
+torchtitan's shape: `setup()` returns a `TrainState`; the loop in `train()` then runs `train_step()`
+(forward, backward, clip, update: no host read) and `periodic()` (eval, probes, the log, save, export,
+each timed apart from compute by the StepLog's timers).
+
 The parts live beside it: processes and wrapping (distributed.py), the model and its seeded init
 (model.py), checkpoints (checkpoint.py), in-training evaluation (evaluate.py), data (data.py).
 Run directory: docs/training.md, "Run directory".
@@ -11,6 +15,8 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,19 +27,50 @@ from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, pr
 from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
 from nitp_train.errors import Interrupted, UserError
 from nitp_train.evaluate import geometry_probe, validation_ce
-from nitp_train.launch import is_main_process
+from nitp_train.launch import is_main_process, launch_world
 from nitp_train.model import build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
+from nitp_train.plan import resolve_run
 from nitp_train.step_log import NonFinite, StepLog
 from nitp_train.throughput import device_peak
-from nitp_train.version import git_commit
+from nitp_train.version import check_torch, git_commit
 
 # Fields a resumed run may change: how often it saves, logs and measures, and where and how it runs
 # (the global batch, the LR horizon and so the maths stay the same).
 RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
     "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
-    "peak_tflops",
+    "peak_tflops", "keep_exports", "export_steps", "export_dtype", "max_consecutive_skips",
 }  # fmt: skip
+
+
+@dataclass
+class TrainState:
+    """Everything the loop needs, built once by `setup`: the run, its model and optimiser, where it stands."""
+
+    cfg: TrainConfig
+    out: Path
+    dist: Dist
+    data: object  # TokenData
+    sampler: WindowSampler
+    module: torch.nn.Module  # TrainModule (FSDP-sharded in place, or plain)
+    wrapped: torch.nn.Module  # what the step calls: the module, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: object
+    ckpt: Checkpointer
+    log: StepLog
+    amp: torch.dtype | None
+    per_rank: int
+    accum: int
+    micro: int
+    start: int
+    consumed_sha: str  # hash chain over the window ids of every global batch consumed so far
+    val_windows: torch.Tensor | None
+    probe_windows: torch.Tensor | None
+    init_sha: str
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
 
 
 def train(
@@ -50,6 +87,98 @@ def train(
     `extend_from`: a training state (or an arm dir: its last state before the decay) of another run,
     continued in `out` under this config's longer LR horizon (docs/training.md, "Schedule").
     """
+    s = setup(cfg, out, resume, overwrite, cache_dir, progress, extend_from)
+    cfg, out, step = s.cfg, s.out, s.start
+    params = s.params
+    try:
+        for step, global_ids, batches in prefetched_batches(s.sampler, range(s.start, cfg.steps), cfg.global_batch,
+                                                             s.dist.rank, s.per_rank, s.micro, s.dist.device):  # fmt: skip
+            s.consumed_sha = hashlib.sha256(f"{s.consumed_sha}:{global_ids}".encode()).hexdigest()
+            with s.log.timer("first_step" if step == s.start else None):  # compile and warm-up: not compute
+                lr = train_step(s, step, batches, params)
+            periodic(s, step + 1, lr)
+        s.ckpt.wait()
+    except NonFinite as e:
+        s.ckpt.wait()  # an asynchronous save of an earlier, checked step still lands
+        raise _non_finite(e, out) from None
+    except KeyboardInterrupt:
+        raise _interrupted(out, step) from None
+    finally:
+        s.log.close()
+        s.ckpt.close()
+    return finish(s)
+
+
+def train_step(s: TrainState, step: int, batches: list[torch.Tensor], params: list) -> float:
+    """Forward and backward over the micro-batches, clip, and one optimiser update (skipped on the device
+    when the loss or the gradient norm is not finite); returns the step's learning rate. No host read."""
+    sums: dict[str, torch.Tensor] = {}
+    for m, x in enumerate(batches):
+        with _no_sync(s.wrapped, last_micro=m == s.accum - 1), autocast(s.dist.device, s.amp):
+            total, parts = s.wrapped(x, step)
+        (total / s.accum).backward()
+        for k, v in parts.items():  # device tensors: no host read here
+            sums[k] = sums.get(k, 0.0) + v.float() / s.accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, s.cfg.optim.grad_clip, foreach=True)
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+        grad_norm = grad_norm.full_tensor()
+    bad = ~(torch.isfinite(sums["loss_total"]) & torch.isfinite(grad_norm))
+    if s.dist.world > 1:  # every rank skips, or none (a NaN on one rank poisons the reduced gradients anyway)
+        bad = s.dist.all_reduce_sum(bad.float()) > 0
+    s.log.step(step + 1, sums, grad_norm, bad)
+    lr = s.sched.get_last_lr()[0]
+    s.opt.found_inf = bad.float()  # fused AdamW leaves weights, moments and step count untouched when it is 1
+    s.opt.step()
+    s.sched.step()
+    s.opt.zero_grad(set_to_none=True)
+    return lr
+
+
+def periodic(s: TrainState, done: int, lr: float) -> None:
+    """The work between steps, each part timed apart from compute: eval, probes, the log, save, export."""
+    cfg, last = s.cfg, done == s.cfg.steps
+    save = done % cfg.save_every == 0 or last or done == cfg.decay_start
+    export = done % (cfg.export_every or cfg.save_every) == 0 or last or done in cfg.export_steps
+    extra, values = {}, {}
+    if cfg.eval_every and s.val_windows is not None and (done % cfg.eval_every == 0 or last):
+        with s.log.timer("eval"):
+            extra["val_ce"] = validation_ce(s.module.model, s.val_windows, s.micro, s.dist, s.amp)
+    probed = bool(cfg.probe_every and s.probe_windows is not None and _probe_step(cfg, done))
+    if probed:
+        with s.log.timer("probe"):
+            values = geometry_probe(s.module.model, s.probe_windows, s.dist, s.amp)  # {} on ranks other than 0
+    # decided from what every rank knows alike: flush all-reduces
+    if done % cfg.log_every == 0 or last or extra or probed or save or export:
+        s.log.flush(done, lr, extra, values)  # checks every step since the last read before anything is saved
+    if save:
+        with s.log.timer("save"):
+            trainer = {"config": cfg.to_dict(), "decay_start": cfg.decay_start, "consumed_order_sha256": s.consumed_sha}
+            s.ckpt.save(done, s.module, s.opt, s.sched, trainer)
+    if export:
+        with s.log.timer("export"):
+            s.ckpt.export(done, s.module, s.data.tokenizer)
+
+
+def finish(s: TrainState) -> dict:
+    if s.dist.is_main:
+        provenance = json.loads((s.out / "provenance.json").read_text())
+        provenance.update(consumed_order_sha256=s.consumed_sha, consumed_steps=s.cfg.steps)
+        (s.out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    s.dist.barrier()
+    return {"out": str(s.out), "step": s.cfg.steps, "last": s.log.last, "init_weights_sha256": s.init_sha}
+
+
+def setup(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    extend_from: str | Path | None = None,
+) -> TrainState:
+    """Check the run, tokenise, start the processes, build the sharded model, restore a state: the train state."""
+    check_torch()
     out = Path(out)
     has_content = check_out_dir(out, resume, overwrite)
     if resume and extend_from is not None:
@@ -59,29 +188,34 @@ def train(
         check_resume_config(cfg, start_state[1]["config"], start_state[0])
     elif resume and (out / "provenance.json").exists():  # an extension killed before its first save
         extend_from = json.loads((out / "provenance.json").read_text()).get("extended_from") or extend_from
+    if resume and not start_state and extend_from is None and is_main_process():
+        print(f"note: --resume: no training state in {out / 'state'} yet; starting from step 0", file=sys.stderr)
     if extend_from is not None:
         start_state = extension_point(Path(extend_from), cfg)
 
     hf_config(cfg)  # settings that cannot work fail here, before minutes of tokenising
+    cfg.batch_split(launch_world())  # ... and a batch that cannot split over the processes torchrun starts
     cache = Path(cfg.data.cache_dir or cache_dir or out.parent / "data")
     data = prepare_data(cfg.data, cache, is_main=is_main_process(), wait_s=cfg.dist_timeout_s)
     configure_kernels(cfg)  # TF32, deterministic kernels: before the first CUDA work
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # after tokenising: no rank waits in a collective meanwhile
+    config = hf_config(cfg, data.tokenizer)
+    amp = autocast_dtype(cfg.precision, dist.device)
+    # the micro-batch sized to this device as `nitp-train plan` sizes it; refused here if it cannot fit
+    cfg = resolve_run(cfg, dist.world, config.vocab_size, device_memory(dist.device))
     per_rank, accum, micro = cfg.batch_split(dist.world)
     torch.manual_seed(cfg.seed)
-    config = hf_config(cfg, data.tokenizer)
     module = build_meta_module(cfg, config)
     sampler = WindowSampler(data.train, cfg.seq_len, cfg.order_seed)
     prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
 
-    amp = autocast_dtype(cfg.precision, dist.device)
     compile_layers(module, cfg)
     shard(module, cfg, dist, amp)  # FSDP2 on the meta device: nothing is allocated yet
     init_sha = materialise(module, cfg, config, dist.device, init=start_state is None)
     wrapped = replicate(module, cfg, dist)  # DDP, when several processes and no FSDP (fully_shard wraps in place)
     opt, sched = make_optimizer(cfg, module, dist.device)  # after sharding: FSDP2 swaps parameters for DTensors
     ckpt = Checkpointer(out, cfg, dist)
-    start, consumed_sha = 0, ""  # hash chain over the window ids of every global batch consumed so far
+    start, consumed_sha = 0, ""
     if start_state:
         state_dir, info = start_state
         ckpt.load(state_dir, module, opt, sched, info)
@@ -94,75 +228,31 @@ def train(
         dump_config(cfg, out / "config.yaml")
         write_provenance(out, cfg, data, sampler, init_sha, config, dist, amp, start_state, extend_from is not None)
         _truncate_metrics(out / "metrics.jsonl", start, source=Path(extend_from) if extend_from else None)
-    flops = json.loads((out / "provenance.json").read_text())["train_flops_per_token"] if dist.is_main else 0.0
+    flops = {}
+    if dist.is_main:
+        record = json.loads((out / "provenance.json").read_text())
+        flops = {"ours": record["train_flops_per_token"], "torchtitan": record.get("train_flops_per_token_torchtitan")}
     peak, _ = device_peak(dist.device, cfg.peak_tflops) if dist.is_main else (None, "")
-
-    params = [p for p in module.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, out, start) if progress and dist.is_main else None
     log = StepLog(out, cfg, dist, flops, peak, start, bar)
-    trainer = {"config": cfg.to_dict(), "decay_start": cfg.decay_start}
-    step = start
-    try:
-        for step, global_ids, batches in prefetched_batches(sampler, range(start, cfg.steps), cfg.global_batch,
-                                                             dist.rank, per_rank, micro, dist.device):  # fmt: skip
-            consumed_sha = hashlib.sha256(f"{consumed_sha}:{global_ids}".encode()).hexdigest()
-            sums: dict[str, torch.Tensor] = {}
-            for m, x in enumerate(batches):
-                with _no_sync(wrapped, last_micro=m == accum - 1), autocast(dist.device, amp):
-                    total, parts = wrapped(x, step)
-                (total / accum).backward()
-                for k, v in parts.items():  # device tensors: no host read here
-                    sums[k] = sums.get(k, 0.0) + v.float() / accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
-            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
-                grad_norm = grad_norm.full_tensor()
-            bad = ~(torch.isfinite(sums["loss_total"]) & torch.isfinite(grad_norm))
-            if dist.world > 1:  # every rank skips, or none (a NaN on one rank poisons the reduced gradients anyway)
-                bad = dist.all_reduce_sum(bad.float()) > 0
-            done = step + 1
-            log.step(done, sums, grad_norm, bad)
-            lr = sched.get_last_lr()[0]
-            opt.found_inf = bad.float()  # fused AdamW leaves weights, moments and step count untouched when it is 1
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            save = done % cfg.save_every == 0 or done == cfg.steps or done == cfg.decay_start
-            export = done % (cfg.export_every or cfg.save_every) == 0 or done == cfg.steps
-            extra, values = {}, {}
-            if cfg.eval_every and val_windows is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                extra["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp)
-            probed = bool(cfg.probe_every and probe_windows is not None and _probe_step(cfg, done))
-            if probed:
-                values = geometry_probe(module.model, probe_windows, dist, amp)  # {} on ranks other than 0
-            # decided from what every rank knows alike: flush all-reduces
-            if done % cfg.log_every == 0 or done == cfg.steps or extra or probed or save or export:
-                log.flush(done, lr, extra, values)  # checks every step since the last read before anything is saved
-            if save:
-                ckpt.save(done, module, opt, sched, {**trainer, "consumed_order_sha256": consumed_sha})
-            if export:
-                ckpt.export(done, module, data.tokenizer)
-        ckpt.wait()
-    except NonFinite as e:
-        ckpt.wait()  # an asynchronous save of an earlier, checked step still lands
-        raise _non_finite(e.what, e.step, out) from None
-    except KeyboardInterrupt:
-        raise _interrupted(out, step) from None
-    finally:
-        log.close()
-        ckpt.close()
-    if dist.is_main:
-        provenance = json.loads((out / "provenance.json").read_text())
-        provenance.update(consumed_order_sha256=consumed_sha, consumed_steps=cfg.steps)
-        (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
-    dist.barrier()
-    return {"out": str(out), "step": cfg.steps, "last": log.last, "init_weights_sha256": init_sha}
+    return TrainState(cfg, out, dist, data, sampler, module, wrapped, opt, sched, ckpt, log, amp, per_rank, accum,
+                      micro, start, consumed_sha, val_windows, probe_windows, init_sha)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- pieces of the run
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory the device has, to size the micro-batch by; None on a CPU (not sized)."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
 def _no_sync(wrapped, last_micro: bool):
-    """DDP: all-reduce gradients only on the last micro-batch of a step (FSDP2 reduce-scatters each one)."""
+    """Gradients are reduced only on the last micro-batch of a step: DDP's no_sync, FSDP2's
+    set_requires_gradient_sync (its reduce-scatter would otherwise run once per micro-batch)."""
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # an FSDPModule
+        wrapped.set_requires_gradient_sync(last_micro)
+        return contextlib.nullcontext()
     if last_micro or not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return wrapped.no_sync()
@@ -205,6 +295,7 @@ def write_provenance(
         projector=cfg.objective.projector,
         projector_mult=cfg.objective.projector_mult,
     )
+    nitp_extra = flops.exact_nitp_extra if cfg.objective.name == "nitp" else 0
     record.update({
         "seed": cfg.seed,
         "trainer_git": git_commit(),
@@ -221,7 +312,9 @@ def write_provenance(
                      "decay_start": cfg.decay_start, "decay_type": cfg.optim.decay_type},  # fmt: skip
         "flops": flops.to_dict(),
         # what this arm's steps cost per token: the baseline, plus the NITP extra only in an NITP arm
-        "train_flops_per_token": flops.exact_baseline + (flops.exact_nitp_extra if cfg.objective.name == "nitp" else 0),
+        "train_flops_per_token": flops.exact_baseline + nitp_extra,
+        # the same in torchtitan's convention (attention over all T keys), for its MFU (docs/training.md, "Speed")
+        "train_flops_per_token_torchtitan": flops.torchtitan_baseline + nitp_extra,
     })  # fmt: skip
     path.write_text(json.dumps(record, indent=2))
 
@@ -318,11 +411,11 @@ def _interrupted(out: Path, step: int) -> Interrupted:
     return Interrupted(f"interrupted at step {step + 1}; {kept}: rerun the same command with --resume to continue")
 
 
-def _non_finite(what: str, step: int, out: Path) -> UserError:
+def _non_finite(e: NonFinite, out: Path) -> UserError:
     kept = state_dirs(out)
     return UserError(
-        f"non-finite {what} at step {step}: its update was skipped on the device; "
-        f"last good checkpoint: {kept[-1] if kept else 'none'}; lower optim.lr or check the data"
+        f"{e}: their updates were skipped on the device and max_consecutive_skips={e.limit} ends the run; "
+        f"last good state: {kept[-1] if kept else 'none'}; lower optim.lr or check the data"
     )
 
 

@@ -21,3 +21,25 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# The oldest torch with everything the trainer calls (pyproject.toml's floor says the same; a test checks):
+# public torch.distributed.fsdp.fully_shard (2.6), distribute_tensor(src_data_rank=), dcp.async_save(no_dist=),
+# and torch.distributed.checkpoint.HuggingFaceStorageWriter(save_distributed=, enable_consolidation=) (2.9).
+TORCH_FLOOR = "2.9"
+
+
+def check_torch(version: str | None = None) -> None:
+    """One line, before any work, when the installed torch is older than TORCH_FLOOR."""
+    from nitp_train.errors import UserError
+
+    if version is None:
+        import torch
+
+        version = torch.__version__
+    major_minor = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    if major_minor < tuple(int(part) for part in TORCH_FLOOR.split(".")):
+        raise UserError(
+            f"torch {version} is older than {TORCH_FLOOR}, the oldest release with the FSDP2, DTensor and "
+            f"distributed-checkpoint calls nitp-train makes: pip install 'torch>={TORCH_FLOOR}'"
+        )

@@ -43,15 +43,14 @@ def test_pair_writes_the_run_directory_contract(tiny_run):
         names[arm] = [n for n, _ in model.named_parameters()]
         assert (ckpts[-1] / "nitp_projector.safetensors").exists() == (arm == "nitp")
         records = [json.loads(line) for line in (tiny_run / arm / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
-        for key in ("tokens", "lr", "loss_ntp", "loss_total", "grad_norm", "tokens_per_s"):
+        # log_every (10) is beyond this run: the probes (1, 3), the decay start's save (5) and the end log
+        assert [r["step"] for r in records] == [1, 3, 5, 6]
+        for key in ("tokens", "lr", "loss_ntp", "loss_total", "grad_norm", "tokens_per_s", "skipped_total"):
             assert all(key in r for r in records)
-        assert "val_ce" in records[2] and "probe_erank" in records[2] and "probe_cosine" in records[2]
-        assert (
-            0 < records[2]["probe_top1pct_share"] < 1
-            and records[2]["probe_norm_max"] >= records[2]["probe_norm_median"]
-        )
-        assert records[2]["probe_excluded_norm_median"] > 0  # the left-out first positions
+        r3 = records[1]
+        assert "val_ce" in r3 and "probe_erank" in r3 and "probe_cosine" in r3
+        assert 0 < r3["probe_top1pct_share"] < 1 and r3["probe_norm_max"] >= r3["probe_norm_median"]
+        assert r3["probe_excluded_norm_median"] > 0  # the left-out first positions
         assert ("loss_nitp" in records[0]) == (arm == "nitp")
     # the exported NITP model has exactly the NTP architecture and parameter names
     assert names["ntp"] == names["nitp"]
@@ -259,7 +258,11 @@ def test_cli_bad_input_is_one_line_on_stderr(tmp_path):
         assert not (tmp_path / "a").exists()
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_corpus):
+def test_nan_loss_ends_the_run_after_max_consecutive_skips_and_keeps_the_last_checkpoint(
+    tmp_path, tiny_sets, tiny_corpus, capsys
+):
+    """lr=1e12 blows the weights up at step 1; every later step is non-finite and skipped (the weights stay
+    as they are), so the run ends at the third skip in a row, with one line; the exports stay finite."""
     sets = tiny_sets + [
         f"data.path={tiny_corpus}",
         "steps=40",
@@ -269,18 +272,24 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_sets, tiny_
         "optim.warmup_steps=0",
         "eval_every=0",
         "probe_every=0",
+        "max_consecutive_skips=3",
     ]
-    with pytest.raises(UserError, match="non-finite loss .* last good checkpoint"):
+    with pytest.raises(UserError, match=r"3 non-finite step\(s\) in a row, the last at step \d+ \(non-finite loss"):
         train(load_config(sets=sets), tmp_path / "nan", progress=False)
+    assert capsys.readouterr().err.count("warning: non-finite loss") == 2  # the skips before the third
+    records = [json.loads(line) for line in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_total"] for r in records[-2:]] == [1, 2]  # counted, one per step (save_every=1 logs each)
+    assert records[-1]["loss_ntp"] is None  # non-finite values are null in the JSON, never NaN
     kept = sorted((tmp_path / "nan" / "checkpoints").glob("step-*"))
     assert kept, "no checkpoint before the loss blew up"
     weights = _weights(kept[-1])
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-def test_infinite_gradient_norm_stops_before_the_update(tmp_path, tiny_sets, tiny_corpus):
-    """A finite loss with an infinite gradient norm: lambda=1e30 keeps L_total near 1e30 (finite in fp32),
-    but the squared gradients overflow. The auxiliary loss starts at step 2, so step 1 is saved first."""
+def test_one_skipped_step_does_not_end_the_run(tmp_path, tiny_sets, tiny_corpus, capsys):
+    """lambda=1e30 from start_step 1 keeps the loss finite (~1e30 in fp32) but overflows the squared gradients
+    at steps 2 and 3: the first skip is counted, announced and the run goes on (it saves and exports step 2);
+    max_consecutive_skips=2 ends it at the second, with one line."""
     sets = tiny_sets + [
         f"data.path={tiny_corpus}",
         "objective.name=nitp",
@@ -290,13 +299,18 @@ def test_infinite_gradient_norm_stops_before_the_update(tmp_path, tiny_sets, tin
         "save_every=1",
         "eval_every=0",
         "probe_every=0",
+        "max_consecutive_skips=2",
     ]
     out = tmp_path / "inf"
-    with pytest.raises(UserError, match=r"non-finite gradient norm at step 2: .*last good checkpoint: .*step-000001"):
+    with pytest.raises(UserError, match=r"2 non-finite step\(s\) in a row, the last at step 3 \(non-finite gradient"):
         train(load_config(sets=sets), out, progress=False)
-    assert [p.name for p in sorted((out / "checkpoints").glob("step-*"))] == ["step-000001"]
-    assert all(torch.isfinite(t).all() for t in _weights(out / "checkpoints" / "step-000001").values())
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert "warning: non-finite gradient norm at step 2: its update was skipped" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"], r["skipped_total"]) for r in records] == [(1, 0, 0), (2, 1, 1)]
+    # step 2's update was skipped: its state and export hold step 1's weights, finite
+    w1, w2 = (_weights(out / "checkpoints" / f"step-00000{i}") for i in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert all(torch.isfinite(t).all() for t in w2.values())
 
 
 def test_pair_under_torchrun(tmp_path, tiny_sets, tiny_corpus):

@@ -1,0 +1,92 @@
+"""Which part of a training run sets its peak host memory: one process vs each rank of a 2-rank FSDP run.
+
+    python benchmarks/export_memory.py                   # dense-125m, 1 process then torchrun x 2 (FSDP)
+    python benchmarks/export_memory.py --preset tiny-moe --nproc 2
+
+Runs the real trainer (`nitp_train.train.train`) for a few steps with a save and an HF export, and
+records the process's peak RSS (ru_maxrss, a running maximum) after each part: setup (tokenise, build,
+shard, materialise), every training step, every save, every export. The part after which the maximum
+jumps last is the one that sets the peak. The wrappers only read ru_maxrss; the run is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(sets: list[str], out: str) -> dict:
+    import nitp_train.train as trainer
+    from nitp_train.checkpoint import Checkpointer
+    from nitp_train.config import load_config
+
+    parts: list[tuple[str, float]] = []
+
+    def measured(name, fn):
+        def wrapper(*a, **k):
+            result = fn(*a, **k)
+            parts.append((name, _peak_mb()))
+            return result
+
+        return wrapper
+
+    trainer.setup = measured("setup", trainer.setup)
+    trainer.train_step = measured("step", trainer.train_step)
+    Checkpointer.save = measured("save", Checkpointer.save)
+    Checkpointer.export = measured("export", Checkpointer.export)
+    trainer.train(load_config(sets=sets), out, progress=False)
+    rank = int(os.environ.get("RANK", "0"))
+    peak = max(mb for _, mb in parts)
+    sets_by = next(name for name, mb in parts if mb == peak)  # the first part at which the maximum was reached
+    return {"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "peak_rss_mb": peak, "set_by": sets_by,
+            "parts": [{"part": name, "peak_rss_mb": round(mb, 1)} for name, mb in parts]}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="dense-125m")
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--data", default=str(REPO.parent / "shared/data/corpus/tinystories/validation.txt"))
+    ap.add_argument("--tokenizer", default=str(REPO.parent / "shared/data/tokenizers/gpt2"))
+    ap.add_argument("--out", default="/tmp/nitp-export-memory")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    sets = [f"model.preset={args.preset}", f"data.path={args.data}", f"data.tokenizer={args.tokenizer}",
+            f"data.cache_dir={args.out}/data", "precision=fp32", "seq_len=128", "global_batch=2", "micro_batch=1",
+            "steps=2", "save_every=2", "optim.warmup_steps=0", "eval_every=0", "probe_every=0", "parallel=fsdp",
+            *args.sets]  # fmt: skip
+    if args.worker:
+        print(json.dumps(run(sets, f"{args.out}/run-{os.environ.get('WORLD_SIZE', '1')}")), flush=True)
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    worker = [str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--data", args.data,
+              "--tokenizer", args.tokenizer, "--out", args.out, *(a for s in args.sets for a in ("--set", s))]  # fmt: skip
+    subprocess.run(["rm", "-rf", f"{args.out}/run-1", f"{args.out}/run-{args.nproc}"], check=True)
+    rows = []
+    for cmd in ([sys.executable, *worker],
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), *worker]):  # fmt: skip
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(res.stderr[-3000:])
+        rows += [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    single = next(r for r in rows if r["world"] == 1)
+    for r in rows:
+        r["ratio_to_one_process"] = round(r["peak_rss_mb"] / single["peak_rss_mb"], 3)
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
