@@ -118,7 +118,9 @@ def decide(rows: list[Row], endpoints: list[Endpoint], alpha: float = 0.05, pape
         r.p = r.estimate.p_value(ALTERNATIVE[e.direction], e.margin if e.direction is Direction.NON_INFERIOR else 0.0)
         # one-sided at alpha/m: the strictest step of Holm's procedure (a Bonferroni bound)
         r.mde = r.estimate.mde(alpha / m, sided=1)
-        if paper and r.key in paper:
+        if e.direction is Direction.NON_INFERIOR:  # what must be resolved is the declared margin
+            r.paper_effect, r.paper_source = e.margin, "the declared non-inferiority margin"
+        elif paper and r.key in paper:
             r.paper_effect, r.paper_source = paper[r.key](r) if callable(paper[r.key]) else paper[r.key]
     for r in exploratory:
         r.family, r.direction, r.p = Family.EXPLORATORY, Direction.EITHER, r.estimate.p_value()

@@ -161,7 +161,9 @@ def verdict_paragraph(study: Study, rows: list[Row], f: dict, alpha: float, prer
                 or (lo_hi[0] > 0 and r.direction in (Direction.LOWER, Direction.NON_INFERIOR))
             ):
                 tail += "; the two-sided interval excludes 0 against the claim"
-        if r.underpowered:
+        if r.underpowered and r.direction is Direction.NON_INFERIOR:
+            tail += f"; underpowered for its margin ({diff_text(r.paper_effect, r.unit)})"
+        elif r.underpowered:
             tail += f"; underpowered for the paper's effect ({diff_text(r.paper_effect, r.unit)}: {r.paper_source})"
         said.append(f"{claim}: {what}; {tail}")
     missing = "" if prim else " None of the declared primary endpoints was measured."
