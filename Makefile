@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 setup: $(VENV)/.installed
 
 # Paired NTP/NITP run of tiny-dense on the built-in corpus (~1M tokens per arm), its geometry over
-# training, the lm-eval and MTEB suites on small limits (from local copies in $(SHARED_DATA) when
+# training, the lm-eval and MTEB suites on small limits (MTEB: the paper suite, so every local task in
+# $(SHARED_DATA)/mteb, 15 of the 25 there; from local copies in $(SHARED_DATA) when
 # present, else from the Hugging Face hub when it is reachable, else skipped with one line saying so),
 # and a report in reports/quickstart/. Re-running replaces the previous quick-start (it is a demo).
 # max_gen_toks=32 keeps the generation tasks short on a CPU (without it they run capped at half the

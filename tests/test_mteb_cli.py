@@ -192,3 +192,54 @@ def test_settings_are_checked_before_any_model_loads(tiny_checkpoint, tmp_path, 
     assert code == 2 and err.startswith("error: --layer 9: out of range for a model with 4 layers")
     code, _, err = _main([weightless, "--layer", -1, "--out", tmp_path / "out"], capsys)
     assert code == 2 and "cannot load the model" in err  # what --layer 9 would have met otherwise
+
+
+SMALL = ["--tasks", "STSBenchmark", "--limit", 20]
+
+
+def test_series_of_checkpoint_dirs(tiny_checkpoint, shared_data, tmp_path, capsys):
+    """--series as geometry takes it (nitp_eval.runs.resolve_series): a glob of step dirs is one run's trajectory."""
+    import shutil
+
+    for step in (200, 50):
+        shutil.copytree(tiny_checkpoint, tmp_path / "ckpts" / f"step-{step}")
+    series = tmp_path / "my-run"
+    code, _, err = _main(
+        [tmp_path / "ckpts" / "step-*", "--series", series, "--data-dir", shared_data / "mteb", *SMALL], capsys
+    )
+    assert code == 0, err[-2000:]
+    files = sorted((series / "eval" / "mteb").glob("*.json"))
+    assert [f.name for f in files] == ["my-run-step-000050.json", "my-run-step-000200.json"]
+    res = [json.loads(f.read_text()) for f in files]
+    assert [(r["arm"], r["step"]) for r in res] == [("my-run", 50), ("my-run", 200)]
+    assert res[0]["checkpoint"] == str((tmp_path / "ckpts" / "step-50").resolve())
+    # the same weights at both steps: the same score
+    assert res[0]["tasks"]["STSBenchmark"]["main_score"] == res[1]["tasks"]["STSBenchmark"]["main_score"]
+    code, _, err = _main([tmp_path / "ckpts" / "step-*", "--series", series, "--all-steps", *SMALL], capsys)
+    assert code == 2 and err.startswith("error: --all-steps applies to run dirs")
+    code, _, err = _main([tiny_checkpoint, "--series", tmp_path / "s", *SMALL], capsys)
+    assert code == 2 and "no step number at the end of its name" in err and not (tmp_path / "s").exists()
+
+
+def test_hub_revisions_from_a_local_hf_cache(tiny_checkpoint, shared_data, tmp_path, capsys, monkeypatch):
+    """--revisions through huggingface_hub's own cache layout (refs/<rev> -> snapshots/<commit>/), offline."""
+    import shutil
+
+    import huggingface_hub.constants as hf
+
+    repo = tmp_path / "hub" / "models--someorg--tiny-lm"
+    for i, rev in enumerate(("step1000", "step8000")):
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / rev).write_text(f"{i + 1:040x}")
+        shutil.copytree(tiny_checkpoint, repo / "snapshots" / f"{i + 1:040x}")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    args = ["someorg/tiny-lm", "--data-dir", shared_data / "mteb", *SMALL]
+    code, _, err = _main([*args, "--revisions", "step1000,step8000"], capsys)
+    assert code == 0, err[-2000:]
+    files = sorted((tmp_path / "tiny-lm" / "eval" / "mteb").glob("*.json"))
+    assert [f.name for f in files] == ["tiny-lm-step-001000.json", "tiny-lm-step-008000.json"]
+    assert json.loads(files[1].read_text())["checkpoint"].endswith(f"snapshots/{2:040x}")
+    code, _, err = _main([*args, "--revisions", "step9"], capsys)
+    assert code == 2 and err.startswith("error: someorg/tiny-lm@step9: cannot get it")

@@ -213,3 +213,115 @@ def test_a_failing_task_is_recorded_and_the_others_still_run(shared_data, encode
     assert res["missing"] == ["BIOSSES"] and list(res["tasks"]) == ["SICK-R"]
     assert res["overall"]["n"] == 1 and res["overall"]["of"] == 3
     assert res["tasks"]["SICK-R"]["local_files"] == {"SICK-R/test.jsonl": {**_file_record(sick), "rows": 40}}
+
+
+def _local_folders(root):
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+    assert len(folders) >= 15  # SOURCES.md: 15 of the paper's 25
+    return folders
+
+
+def _needed_files(root, name):
+    """The files a task reads: its test split and, for classification, the train split it fits on."""
+    return sorted(p for p in (root / name).rglob("*.jsonl") if p.stem in ("test", "train"))
+
+
+def test_every_local_task_loads_offline(shared_data):
+    """Every task folder of ../shared/data/mteb is a task of the paper suite and loads completely: the suite
+    with --data-dir (what studies and the quick-start run) picks all of them up."""
+    from nitp_eval.mteb_eval.local import attach_local
+    from nitp_eval.mteb_eval.suite import PAPER, load_task
+
+    root = shared_data / "mteb"
+    folders = _local_folders(root)
+    by_name = {t.name: t for t in PAPER}
+    assert set(folders) <= set(by_name)
+    for name in folders:
+        task = load_task(by_name[name])
+        files = attach_local(task, root)
+        needed = _needed_files(root, name)
+        assert files == {p.relative_to(root).as_posix(): _file_record(p) for p in needed}, name
+        for path in needed:  # each subset's split holds the file's rows, in order
+            subset, split = path.parent.name, path.stem
+            ds = task.dataset[subset][split] if task.metadata.is_multilingual else task.dataset[split]
+            rows = _rows(path)
+            column = "text" if "text" in rows[0] else "sentence1"
+            assert ds[column] == [r[column] for r in rows], path
+        if task.metadata.is_multilingual:
+            assert list(task.dataset) == list(task.hf_subsets) == [needed[0].parent.name], name
+    for name in ("MassiveIntentClassification", "MassiveScenarioClassification"):  # string labels, as in mteb's data
+        task = load_task(by_name[name])
+        attach_local(task, root)
+        assert all(isinstance(x, str) for x in task.dataset["en"]["train"]["label"])
+
+
+def _check_scored(root, res, limit):
+    from nitp_eval.mteb_eval.suite import PAPER
+
+    pins = {t.name: t.revision for t in PAPER}
+    assert res["failed"] == [], res["failed_reasons"]
+    for name, got in res["tasks"].items():
+        needed = _needed_files(root, name)
+        assert got["local_files"] == {p.relative_to(root).as_posix(): _file_record(p) for p in needed}, name
+        (test,) = [p for p in needed if p.stem == "test"]
+        assert got["hf_subsets"] == [test.parent.name if test.parent != root / name else "default"], name
+        assert got["n_eval"] == {"test": min(limit, len(_rows(test)))} and got["limited"], name
+        assert got["version"] == got["mteb_revision"] == pins[name], name
+        assert np.isfinite(got["main_score"]), name
+
+
+def test_every_local_sts_and_pair_task_evaluates_offline(shared_data, encoder):
+    """The local STS and pair tasks through mteb (the classification ones: the slow test below, and the MASSIVE
+    pair in tests/test_mteb_reference.py); STS17 (subset en-en in a subfolder, an extra `lang` column) against scipy."""
+    from scipy.stats import spearmanr
+
+    from nitp_eval.mteb_eval.run import evaluate_suite
+    from nitp_eval.mteb_eval.suite import PAPER
+
+    root = shared_data / "mteb"
+    folders = set(_local_folders(root))
+    suite = tuple(t for t in PAPER if t.name in folders and t.group != "Classification")
+    limit = 20
+    res = evaluate_suite(encoder, suite, data_dir=root, limit=limit, show_progress_bar=False)
+    assert sorted(res["tasks"]) == sorted(t.name for t in suite) and len(suite) >= 9
+    _check_scored(root, res, limit)
+    assert res["tasks"]["STS17"]["hf_subsets"] == ["en-en"]
+    sts17 = _subsample(_rows(root / "STS17" / "en-en" / "test.jsonl"), limit)
+    rho = spearmanr(_cosines(encoder, sts17), [r["score"] for r in sts17]).statistic
+    assert res["tasks"]["STS17"]["main_score"] == pytest.approx(rho, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_paper_suite_offline_scores_every_local_task(shared_data, encoder):
+    """All of it as studies and the quick-start run it: ~2 min of CPU (5 min wall on the loaded 2 cores), most of
+    it mteb's per-experiment undersampling of the classification train splits."""
+    from nitp_eval.mteb_eval.run import evaluate_suite
+    from nitp_eval.mteb_eval.suite import PAPER
+
+    root = shared_data / "mteb"
+    folders = _local_folders(root)
+    limit = 20
+    res = evaluate_suite(encoder, PAPER, data_dir=root, limit=limit, show_progress_bar=False)
+    assert sorted(res["tasks"]) == folders
+    assert sorted(res["missing"]) == sorted({t.name for t in PAPER} - set(folders))
+    assert res["overall"]["n"] == len(folders) and res["overall"]["of"] == 25
+    _check_scored(root, res, limit)
+
+
+def test_a_local_task_outside_the_paper_suite_in_the_documented_schema(shared_data, encoder, tmp_path):
+    """Any mteb task in the docs/mteb.md layout is served: STS22, multilingual, its `en` subset in a subfolder."""
+    from scipy.stats import spearmanr
+
+    from nitp_eval.mteb_eval.run import evaluate_suite
+    from nitp_eval.mteb_eval.suite import resolve_suite
+
+    rows = _rows(shared_data / "mteb" / "STSBenchmark" / "test.jsonl")[:60]
+    path = tmp_path / "STS22" / "en" / "test.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({k: r[k] for k in ("sentence1", "sentence2", "score")}) + "\n" for r in rows))
+    res = evaluate_suite(encoder, resolve_suite("STS22"), data_dir=tmp_path, show_progress_bar=False)
+    got = res["tasks"]["STS22"]
+    assert res["failed"] == [] and got["group"] == "STS" and got["hf_subsets"] == ["en"]
+    assert got["local_files"] == {"STS22/en/test.jsonl": _file_record(path)}
+    rho = spearmanr(_cosines(encoder, rows), [r["score"] for r in rows]).statistic
+    assert got["main_score"] == pytest.approx(rho, abs=1e-6)

@@ -85,3 +85,32 @@ def test_tasks_are_restricted_to_english_test_splits():
         task = load_task(by_name[name])
         assert list(task.hf_subsets) == subsets, name
         assert list(task.eval_splits) == ["test"], name
+
+
+def test_pinned_revisions_are_those_the_installed_mteb_names():
+    """The suite's one record of dataset revisions against mteb's own TaskMetadata (the source of the pins)."""
+    from nitp_eval.mteb_eval import import_mteb
+    from nitp_eval.mteb_eval.suite import PAPER
+
+    mteb = import_mteb()
+    assert all(t.revision and len(t.revision) == 40 for t in PAPER)
+    assert {t.name: t.revision for t in PAPER} == {
+        t.name: mteb.get_task(t.name).metadata.dataset["revision"] for t in PAPER
+    }
+
+
+def test_a_pin_wins_over_another_mteb_revision_and_both_are_known():
+    """Under an mteb that names another revision, the task loads the pinned one; the class's metadata is untouched."""
+    from dataclasses import replace
+
+    from nitp_eval.mteb_eval import import_mteb
+    from nitp_eval.mteb_eval.suite import PAPER, load_task, mteb_revision
+
+    st = next(t for t in PAPER if t.name == "STS17")
+    installed = import_mteb().get_task("STS17").metadata.dataset["revision"]
+    task = load_task(replace(st, revision="0" * 40))
+    assert task.metadata.dataset["revision"] == "0" * 40  # what mteb's load_data hands to load_dataset
+    assert task.metadata.revision == "0" * 40 and mteb_revision(task) == installed
+    assert list(task.hf_subsets) == ["en-en"] and list(task.eval_splits) == ["test"]
+    again = load_task(st)  # the override did not leak into the shared class metadata
+    assert again.metadata.dataset["revision"] == installed == st.revision

@@ -11,7 +11,25 @@ from nitp_train.errors import UserError
 
 
 def command(
-    path: Path = typer.Argument(..., help="Run dir, arm dir, checkpoint dir or any HF model dir."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        help="Run dir(s) (all arms), study dir(s), arm dir(s), checkpoint dir(s) or any HF model dir(s). "
+        "With --series: checkpoint dirs or quoted globs ('ckpts/step-*'); with --revisions: one hub model id.",
+        show_default=False,
+    ),
+    series: Path = typer.Option(
+        None,
+        help="Treat the checkpoint dirs as the steps of one run, this dir: the step is the number each dir name "
+        "ends with; results go to SERIES/eval/mteb/<name>-step-N.json and `nitp-eval report SERIES` reads them. "
+        "Default: off (with --revisions: the model's name).",
+        show_default=False,
+    ),
+    revisions: str = typer.Option(
+        None,
+        help="Comma-separated hub revisions of the model id given as PATH (e.g. step1000,step8000), "
+        "evaluated as a series (from the local HF cache when the hub is unreachable). Default: off.",
+        show_default=False,
+    ),
     tasks: str = typer.Option(
         "paper", help="Suite name (paper = the 25 tasks of the paper's Table 6) or comma-separated mteb task names."
     ),
@@ -48,7 +66,7 @@ def command(
     One device per process (bfloat16 weights on a CUDA GPU by default); run one process per GPU over different
     checkpoints (--out keeps their results apart) for several GPUs.
     """
-    from nitp_eval.runs import check_destinations, pending_targets, resolve_targets
+    from nitp_eval.runs import check_destinations, pending_targets, resolve_series
 
     if data_dir is not None and not data_dir.is_dir():
         raise UserError(
@@ -69,7 +87,7 @@ def command(
     from nitp_eval.mteb_eval.suite import resolve_suite
 
     suite = resolve_suite(tasks)
-    targets = resolve_targets(path, all_steps)
+    targets = resolve_series(paths, series, revisions, all_steps)
     targets = pending_targets(targets, "mteb", out, skip_existing, overwrite)
     if not targets:
         return

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from nitp_eval.mteb_eval import import_mteb
 from nitp_eval.mteb_eval.local import MissingData, attach_local, limit_eval_splits
-from nitp_eval.mteb_eval.suite import GROUPS, SuiteTask, load_task
+from nitp_eval.mteb_eval.suite import GROUPS, SuiteTask, load_task, mteb_revision
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -75,7 +75,8 @@ def _evaluate_task(mteb, encoder, st: SuiteTask, task, batch_size: int, show_pro
         "main_score_name": task.metadata.main_score,
         "main_score": float(tr.get_score()),
         "scores": scores,
-        "version": task.metadata.revision,  # dataset revision mteb pins for this task version
+        "version": task.metadata.revision,  # the dataset revision evaluated: the suite's pin (suite.py)
+        "mteb_revision": mteb_revision(task),  # the one the installed mteb names: the same unless mteb moved it
         "hf_subsets": list(task.hf_subsets),
         "evaluation_time": tr.evaluation_time,
     }
@@ -120,6 +121,10 @@ def evaluate_suite(
             continue
         tasks[st.name] = {**record, "n_eval": counts, "limited": limit is not None, **provenance}
         tqdm.write(f"mteb: {st.name}: {task.metadata.main_score} = {record['main_score']:.4f}")
+        if record["version"] != record["mteb_revision"]:
+            tqdm.write(
+                f"mteb: {st.name}: dataset revision {record['version']} (pinned; mteb names {record['mteb_revision']})"
+            )
         task.unload_data()
     return {
         "tasks": tasks,
