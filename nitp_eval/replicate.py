@@ -38,8 +38,9 @@ class StudyPlan:
     train: dict = field(default_factory=dict)
     evaluate: dict[str, list[str] | None] = field(default_factory=dict)
 
-    def train_command(self) -> list[str]:
-        cmd = ["pair", "--preset", self.preset, "--seeds", ",".join(map(str, self.seeds)), "--out", str(self.out)]
+    def train_command(self, seeds: list[int] | None = None) -> list[str]:
+        seeds = self.seeds if seeds is None else seeds
+        cmd = ["pair", "--preset", self.preset, "--seeds", ",".join(map(str, seeds)), "--out", str(self.out)]
         for key, value in self.train.items():
             cmd += ["--set", f"{key}={value}"]
         return cmd
@@ -85,6 +86,37 @@ def _run(argv: list[str], what: str) -> None:
     rc = subprocess.call([sys.executable, "-m", module, *argv])
     if rc:
         raise UserError(f"{what}: `{shown}` failed (exit {rc}); fix what it says and rerun to continue")
+
+
+def train_parallel(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> None:
+    """The seeds split over `workers` processes, each pinned to a core of its own with one thread (so every
+    arm is timed under the same load), each running `nitp-train pair --seeds <its seeds> --resume`. The first
+    makes the shared token cache; the others start once its meta.json exists (two tokenisers would collide)."""
+    import os
+    import time
+
+    cores = sorted(os.sched_getaffinity(0))
+    if workers > len(cores):
+        raise UserError(f"--workers {workers}: this machine gives this process {len(cores)} core(s)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cache = Path(plan.train.get("data.cache_dir") or plan.out / "data")  # where `pair` puts the token cache
+    procs = []
+    for w, seeds in enumerate(plan.seeds[i::workers] for i in range(workers)):
+        if not seeds:
+            continue
+        while procs and not list(cache.glob("*/meta.json")):
+            if procs[0].poll() not in (None, 0):
+                raise UserError(
+                    f"train: the first worker stopped (exit {procs[0].returncode}) before the token cache existed"
+                )
+            time.sleep(poll_s)
+        argv = plan.train_command(seeds) + ["--resume"]
+        typer.echo(f"\n$ taskset -c {cores[w]} nitp-train {' '.join(argv)}   # worker {w + 1} of {workers}", err=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "nitp_train", *argv], env=env,
+                                      preexec_fn=lambda core=cores[w]: os.sched_setaffinity(0, {core})))  # fmt: skip
+    failed = [p.args[3:] for p in procs if p.wait() != 0]
+    if failed:
+        raise UserError(f"train: {len(failed)} worker(s) failed; fix what they said and rerun to continue")
 
 
 def time_design(plan: StudyPlan, steps: int, budget_s: float | None) -> dict:
@@ -155,6 +187,11 @@ def command(
     budget_s: float = typer.Option(
         None, "--budget-s", help="With `time`: fail when the predicted training time exceeds this. Default: none."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        help="Train the seeds in this many processes at once, each pinned to its own core with one thread. Default: 1.",
+    ),
 ) -> None:
     """Run a study end to end from its spec: train every seed's pair, evaluate every arm, collect, report.
 
@@ -173,7 +210,11 @@ def command(
     plan = parse_plan(load_spec(spec).study, spec)  # the report part, too, is checked before hours of training
     if "time" in chosen:
         time_design(plan, time_steps, budget_s)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: give at least 1")
     if "train" in chosen:
+        if workers > 1:
+            train_parallel(plan, workers)
         started = plan.out.is_dir() and any(p.name != "data" for p in plan.out.iterdir())
         _run(plan.train_command() + (["--resume"] if started else []), "train")
         typer.echo(f"collected {collect(plan)} results files into {plan.report / 'results'}", err=True)

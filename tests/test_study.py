@@ -241,3 +241,31 @@ def test_validation_ce_is_compared_at_the_last_step_both_arms_evaluated(tmp_path
     ce = _rows(md.parent, "primary")["validation CE (last common step)"]
     assert ce[4] == "+0.1000, +0.1000, +0.1000"  # seed 2 at step 10, not NITP step 10 against NTP step 20
     assert "seed 2: val CE compared at step 10" in md.read_text()
+
+
+def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_corpus):
+    """--workers 2: the seeds split over two pinned single-thread processes, one shared token cache, the same
+    pairs (init, data and order hashes) as one process would make, and study.json listing every seed."""
+    from conftest import REPO
+
+    train = dict(s.split("=", 1) for s in tiny_sets)
+    train.update({"data.path": str(tiny_corpus), "steps": 2, "save_every": 2, "eval_every": 0, "probe_every": 0})
+    out = tmp_path / "runs" / "study"
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "study": {"out": str(out), "preset": "tiny-dense", "seeds": [0, 1], "train": train, "report": str(tmp_path / "r")},
+        "runs": [{"path": str(tmp_path / "r" / "results")}],
+    }))  # fmt: skip
+    res = _cli("replicate", spec, "--stages", "train", "--workers", "2", cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "worker 2 of 2" in res.stderr and "--seeds 1 " in res.stderr
+    cache = Path(train["data.cache_dir"])
+    assert len(list(cache.glob("*/meta.json"))) == 1  # one token cache, made once
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
+    for s in (0, 1):
+        assert all(json.loads((out / f"seed-{s}" / "pair.json").read_text())["paired"].values())
+    prov = [json.loads((out / f"seed-{s}" / "ntp" / "provenance.json").read_text()) for s in (0, 1)]
+    assert (
+        prov[0]["data_sha256"] == prov[1]["data_sha256"]
+        and prov[0]["init_weights_sha256"] != prov[1]["init_weights_sha256"]
+    )
