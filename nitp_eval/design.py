@@ -76,13 +76,18 @@ def design(spec_path: Path, pilot: Path | None, seeds: int | None) -> dict:
         out["endpoints"].append(item)
     # cost: the pilot's training wall-clock per step and arm, scaled to the plan; MTEB's recorded time
     steps = int(plan.train.get("steps") or 0)
+    presets = {(c.get("model") or {}).get("preset") for run in study.seeds.values() for c in run.configs.values()}
+    if presets != {plan.preset}:  # another model's step time says nothing about this one's
+        out["time"]["train_why"] = (
+            f"the pilot's preset ({', '.join(map(str, sorted(presets, key=str)))}) is not {plan.preset}"
+        )
     per_step = [wall_clock(recs) / recs[-1]["step"] for run in study.seeds.values() for recs in run.metrics.values()
                 if recs and wall_clock(recs)]  # fmt: skip
-    if per_step and steps:
+    if per_step and steps and "train_why" not in out["time"]:
         out["time"]["train_s"] = float(np.mean(per_step)) * steps * 2 * n
     mteb = [sum(t.get("evaluation_time") or 0 for t in (res.data.get("tasks") or {}).values())
             for run in study.seeds.values() for by_step in run.results.get("mteb", {}).values() for res in by_step.values()]  # fmt: skip
-    if mteb:
+    if mteb and "train_why" not in out["time"]:
         out["time"]["mteb_s"] = float(np.mean(mteb)) * 2 * n
     return out
 
@@ -134,9 +139,13 @@ def command(
     t = d["time"]
     typer.echo(
         "  time: training "
-        + (f"~{t['train_s'] / 3600:.1f} h" if "train_s" in t else "unknown (no pilot metrics)")
+        + (
+            f"~{t['train_s'] / 3600:.1f} h"
+            if "train_s" in t
+            else f"unknown ({t.get('train_why', 'no pilot metrics')}; `nitp-eval replicate SPEC --stages time` times it)"
+        )
         + ", MTEB "
-        + (f"~{t['mteb_s'] / 3600:.1f} h" if "mteb_s" in t else "not recorded")
+        + (f"~{t['mteb_s'] / 3600:.1f} h" if "mteb_s" in t else "unknown")
         + " (geometry and lm time are not recorded in results files)"
     )
     if json_out:
