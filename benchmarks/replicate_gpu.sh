@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU study (analyses/replication-gpu.yaml) on one GPU, in one go, sized to ~8 minutes on an H100/H200:
+# The GPU study (analyses/replication-gpu.yaml: 5 seeds x 300 steps) on one GPU, in one go, sized to ~12 minutes on an H100/H200:
 #   bash benchmarks/replicate_gpu.sh         # -> reports/replication-gpu/ (and $OUT/replication-gpu when set)
 # 1. times 20 NITP steps of the design on this GPU and stops, saying so, if the study's training steps
 #    would take more than BUDGET_S (default 300 s); 2. trains both seeds' pairs, evaluates every arm
