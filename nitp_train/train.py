@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nitp_train.checkpoint import Checkpointer, latest_state, read_trainer, state_dirs, step_of
-from nitp_train.config import TrainConfig, dump_config
+from nitp_train.config import TrainConfig, dump_config, merge
 from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, prepare_data
 from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
 from nitp_train.errors import Interrupted, UserError
@@ -348,6 +348,9 @@ def prepare_out_dir(out: Path, replace: bool, dist: Dist) -> None:
 
 def _config_changes(cfg: TrainConfig, saved: dict, allowed: set[str]) -> list[str]:
     now = cfg.to_dict()
+    # a field added to the trainer after the run started reads as its default: a newer trainer can resume
+    # an older run (a study spans sessions) unless the run's meaning would change
+    saved = merge(TrainConfig().to_dict(), saved)
     return sorted(k for k in set(now) | set(saved) if k not in allowed and now.get(k) != saved.get(k))
 
 

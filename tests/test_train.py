@@ -414,3 +414,19 @@ def test_seeds_are_an_axis_of_paired_runs(tmp_path, tiny_sets, tiny_corpus):
     res = subprocess.run([sys.executable, "-m", "nitp_train", "pair", "--out", str(tmp_path / "x"), "--seeds", "1,1"],
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "distinct" in res.stderr
+
+
+def test_resume_accepts_a_config_saved_before_a_field_existed_and_refuses_a_real_change(tmp_path):
+    """A study spans sessions: a field the saved config.yaml predates reads as its default; a changed one refuses."""
+    from nitp_train.config import TrainConfig
+    from nitp_train.errors import UserError
+    from nitp_train.train import check_resume_config
+
+    cfg = TrainConfig()
+    saved = cfg.to_dict()
+    del saved["max_consecutive_skips"]  # written by a trainer before this field
+    del saved["optim"]["weight_decay"]
+    check_resume_config(cfg, saved, tmp_path / "state" / "step-000010")
+    saved["seq_len"] = cfg.seq_len * 2
+    with pytest.raises(UserError, match="seq_len"):
+        check_resume_config(cfg, saved, tmp_path / "state" / "step-000010")
