@@ -132,7 +132,9 @@ def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | No
     )
     for layer in module.model.model.layers:
         fully_shard(layer, mp_policy=mp)
-    fully_shard(module.model, mp_policy=mp)
+    # kept gathered from its forward to its backward (as torchtitan keeps its root's): the chunked loss
+    # (nitp_train/loss.py) applies its LM head after the forward returns, in TrainModule.forward
+    fully_shard(module.model, mp_policy=mp, reshard_after_forward=False)
     fully_shard(module, mp_policy=mp)
 
 

@@ -130,7 +130,7 @@ def train(
             export = done % (cfg.export_every or cfg.save_every) == 0 or done == cfg.steps
             extra, values = {}, {}
             if cfg.eval_every and val_windows is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                extra["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp)
+                extra["val_ce"] = validation_ce(module.model, val_windows, micro, dist, amp, cfg.ce_chunk_tokens)
             probed = bool(cfg.probe_every and probe_windows is not None and _probe_step(cfg, done))
             if probed:
                 values = geometry_probe(module.model, probe_windows, dist, amp)  # {} on ranks other than 0
