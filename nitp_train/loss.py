@@ -39,19 +39,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 t = targets[start : start + chunk_tokens]
                 valid = t != IGNORE_INDEX
                 safe = torch.where(valid, t, 0).unsqueeze(1)
-                logits = F.linear(x, w).float()
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                total += ((lse - logits.gather(1, safe)).squeeze(1) * valid).sum()
-                if not grads:
-                    del logits
-                    continue
-                # d loss / d logits = softmax - one_hot(target), zero on ignored rows (in place: one buffer)
-                g = logits.sub_(lse).exp_().scatter_add_(1, safe, -torch.ones_like(safe, dtype=logits.dtype))
-                g = g.mul_(valid.unsqueeze(1)).to(dtype)
-                grad_hidden[start : start + chunk_tokens] = g @ w
-                part = g.t() @ x
-                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
-                del logits, g, part  # before the next chunk's logits exist: one chunk's at a time
+                logp = torch.log_softmax(F.linear(x, w).float(), dim=-1)  # fp32; the logits are freed here
+                total -= (logp.gather(1, safe).squeeze(1) * valid).sum()
+                if grads:  # d loss / d logits = softmax - one_hot(target), in place; ignored rows masked in [rows, d]
+                    g = logp.exp_().scatter_add_(1, safe, torch.full_like(safe, -1.0, dtype=logp.dtype)).to(dtype)
+                    keep = valid.unsqueeze(1).to(dtype)
+                    grad_hidden[start : start + chunk_tokens] = (g @ w) * keep
+                    part = g.t() @ (x * keep)
+                    grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                    del g, part
+                del logp  # before the next chunk's logits exist: one chunk's at a time
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total

@@ -110,11 +110,11 @@ def _logits_bytes(cfg: TrainConfig, tokens: int, V: int, d: int, bytes_act: int)
     low = bytes_act if bytes_act < 4 else 0  # a compute-dtype copy exists only below fp32
     if not cfg.ce_chunk_tokens:  # logits at the compute dtype, their fp32 copy, log-softmax and its gradient (fp32)
         return tokens * V * (3 * 4 + low)
-    # nitp_train/loss.py: one chunk's fp32 logits (+ their compute-dtype copy), the head's weight at the compute
-    # dtype and one chunk's product for its gradient, the fp32 weight gradient and the hidden-state gradient
-    # (both kept for the backward); tests/test_loss.py and benchmarks/ce_memory.py measure it
+    # nitp_train/loss.py: one chunk's fp32 logits and their log-softmax, the head's weight at the compute dtype
+    # and one chunk's product for its gradient, the fp32 weight gradient and the hidden-state gradient (both
+    # kept for the backward); tests/test_loss.py and benchmarks/ce_memory.py measure it
     rows = min(tokens, cfg.ce_chunk_tokens)
-    return rows * V * (4 + low) + V * d * (4 + bytes_act + low) + tokens * d * 4
+    return rows * V * 2 * 4 + V * d * (4 + bytes_act + low) + tokens * d * 4
 
 
 def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float, bytes_act: int = 2) -> dict:
