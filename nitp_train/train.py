@@ -8,6 +8,7 @@ Run directory: docs/training.md, "Run directory".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -18,7 +19,16 @@ import torch
 from nitp_train.checkpoint import Checkpointer, latest_state, read_trainer, state_dirs, step_of
 from nitp_train.config import TrainConfig, dump_config
 from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, prepare_data
-from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
+from nitp_train.distributed import (
+    Dist,
+    autocast,
+    autocast_dtype,
+    compile_layers,
+    configure_kernels,
+    replicate,
+    resolve_precision,
+    shard,
+)
 from nitp_train.errors import Interrupted, UserError
 from nitp_train.evaluate import geometry_probe, validation_ce
 from nitp_train.launch import is_main_process
@@ -32,7 +42,7 @@ from nitp_train.version import git_commit
 RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
     "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
-    "peak_tflops",
+    "peak_tflops", "precision",
 }  # fmt: skip
 
 
@@ -74,6 +84,7 @@ def train(
     sampler = WindowSampler(data.train, cfg.seq_len, cfg.order_seed)
     prepare_out_dir(out, replace=has_content and overwrite and not resume, dist=dist)
 
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist.device))  # config.yaml: resolved
     amp = autocast_dtype(cfg.precision, dist.device)
     compile_layers(module, cfg)
     shard(module, cfg, dist, amp)  # FSDP2 on the meta device: nothing is allocated yet
@@ -95,7 +106,7 @@ def train(
         write_provenance(out, cfg, data, sampler, init_sha, config, dist, amp, start_state, extend_from is not None)
         _truncate_metrics(out / "metrics.jsonl", start, source=Path(extend_from) if extend_from else None)
     flops = json.loads((out / "provenance.json").read_text())["train_flops_per_token"] if dist.is_main else 0.0
-    peak, _ = device_peak(dist.device, cfg.peak_tflops) if dist.is_main else (None, "")
+    peak, _ = device_peak(dist.device, cfg.peak_tflops, amp) if dist.is_main else (None, "")
 
     params = [p for p in module.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, out, start) if progress and dist.is_main else None
