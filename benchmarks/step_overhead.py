@@ -220,7 +220,9 @@ def main():
                  f"the roofline (fp32 peak {peaks['fp32'] / 1e9:.1f}, bf16 peak {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"))  # fmt: skip
     if args.record:
-        record("step_overhead", "python benchmarks/step_overhead.py" + (" --bf16" if args.bf16 else ""), rows)
+        record(
+            "step_overhead", f"python benchmarks/step_overhead.py --steps {args.steps}" + " --bf16" * args.bf16, rows
+        )
 
 
 if __name__ == "__main__":
