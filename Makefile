@@ -64,12 +64,14 @@ test-slow: setup
 
 # The README's "Measured by make bench" table: each benchmark records dated rows in
 # benchmarks/results/*.json, then the table is rendered from them (tests check they agree).
-# ~20 min on 2 cores: step times, sharded init, the planner vs measured peaks, streaming geometry
+# ~20 min on 2 cores: step times, sharded init, the planner vs measured peaks, the peak with and without
+# the chunked cross-entropy at Qwen2's vocabulary (~5 GB), streaming geometry
 # (its 10^6-token naive case needs ~12 GB), the effective-rank bias curve (~2 min).
 bench: setup
 	$(PY) benchmarks/step_overhead.py --steps 20 --bf16 --record
 	$(PY) benchmarks/sharded_init.py --record
 	$(PY) benchmarks/memory_plan.py --sweep
+	$(PY) benchmarks/ce_memory.py --record
 	$(PY) benchmarks/geometry_scale.py --record
 	$(PY) benchmarks/erank_bias.py --record
 	$(PY) benchmarks/results.py --update-readme

@@ -121,7 +121,8 @@ def main() -> None:
         sweep()
         return
     result = measure(args.sets, args.vocab)
-    print(json.dumps(result), flush=True)
+    sys.stdout.write(json.dumps(result) + "\n")  # one write: two ranks' lines must not interleave
+    sys.stdout.flush()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.destroy_process_group()
 

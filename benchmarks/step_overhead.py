@@ -9,27 +9,41 @@
    over the same HF model, AdamW and batch size (timed before and after the trainer): median tokens/s.
 3. The NITP step with every decoder layer compiled (compile=true) against eager, alternated.
 4. The trainer's achieved FLOP/s (Appendix G FLOPs of the exact config x tokens/s) as a fraction of
-   this machine's measured fp32 matmul FLOP/s (the CPU roofline).
+   this machine's measured matmul FLOP/s (the CPU roofline) at the dtype the trainer picks
+   (`precision=auto`), with the fp32 and bf16 peaks measured in the same run.
 5. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
+
+Sections 2-4 run at the trainer's `precision=auto` dtype; 1 and 5 say theirs. The OpenMP wait policy is
+the trainer's (nitp_train/cli.py sets OMP_WAIT_POLICY=PASSIVE unless the environment sets it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nitp-train runs (nitp_train/cli.py): before torch loads
 
-from nitp_train.config import load_config
-from nitp_train.distributed import autocast, autocast_dtype, compile_layers
-from nitp_train.flops import flops_per_token
-from nitp_train.model import SizedVocab, build_meta_module, hf_config, make_optimizer, materialise, resolved_preset
-from nitp_train.throughput import measure_cpu_peak
-from nitp_train.train import train
+import torch  # noqa: E402
+
+from nitp_train.config import load_config  # noqa: E402
+from nitp_train.distributed import autocast, autocast_dtype, compile_layers, resolve_precision  # noqa: E402
+from nitp_train.flops import flops_per_token  # noqa: E402
+from nitp_train.model import (  # noqa: E402
+    SizedVocab,
+    build_meta_module,
+    hf_config,
+    make_optimizer,
+    materialise,
+    resolved_preset,
+)  # fmt: skip
+from nitp_train.throughput import measure_cpu_peak  # noqa: E402
+from nitp_train.train import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
@@ -92,15 +106,16 @@ def main():
         f"seq_len={args.seq_len}",
         f"global_batch={args.batch}",
         f"micro_batch={args.batch}",
-        "precision=fp32",
         "steps=1000",
     ]
+    auto = resolve_precision("auto", CPU)  # what the trainer picks here: sections 2-4 run at it
+    fp32_sets, sets = sets + ["precision=fp32"], sets + [f"precision={auto}"]
     vocab = SizedVocab(args.vocab)
     x = torch.randint(0, args.vocab, (args.batch, args.seq_len))
 
     # 1. NITP vs NTP, alternated
-    ntp = step_fn(load_config(sets=sets + ["objective.name=ntp"]), vocab)
-    nitp = step_fn(load_config(sets=sets + ["objective.name=nitp"]), vocab)
+    ntp = step_fn(load_config(sets=fp32_sets + ["objective.name=ntp"]), vocab)
+    nitp = step_fn(load_config(sets=fp32_sets + ["objective.name=nitp"]), vocab)
     times = alternate({"ntp": ntp, "nitp": nitp}, x, args.steps)
     ratios = [b / a for a, b in zip(times["ntp"], times["nitp"])]
     flops = flops_per_token(resolved_preset(load_config(sets=sets), args.vocab), seq_len=args.seq_len)
@@ -120,18 +135,22 @@ def main():
         f"   paper formula {100 * flops.paper_overhead:5.2f} %   measured/analytic {measured / flops.exact_overhead:.2f}x"
     )
 
-    # 3. compile on vs off (the first compiled steps, which compile, are warm-up)
+    # 3. compile on vs off at the trainer's dtype (the first compiled steps, which compile, are warm-up)
+    eager = nitp if auto == "fp32" else step_fn(load_config(sets=sets + ["objective.name=nitp"]), vocab)
     compiled = step_fn(load_config(sets=sets + ["objective.name=nitp", "compile=true"]), vocab)
-    ct = alternate({"eager": nitp, "compiled": compiled}, x, args.steps, warmup=3)
+    ct = alternate({"eager": eager, "compiled": compiled}, x, args.steps, warmup=3)
     eager_ms, compiled_ms = 1e3 * statistics.median(ct["eager"]), 1e3 * statistics.median(ct["compiled"])
     print(
         f"  NITP step eager {eager_ms:8.1f} ms   compiled layers {compiled_ms:8.1f} ms   compiled/eager {compiled_ms / eager_ms:.2f}"
     )
-    rows.append((f"NITP step with compile=true (each decoder layer) vs eager, {setup}",
+    rows.append((f"NITP step with compile=true (each decoder layer) vs eager, {setup}, {auto}",
                  f"{compiled_ms:.0f} vs {eager_ms:.0f} ms: {compiled_ms / eager_ms:.2f}x"))  # fmt: skip
 
     if args.bf16:  # 5. bf16 autocast vs fp32, same model init and batch, alternated
-        fns = {"fp32": nitp, "bf16": step_fn(load_config(sets=sets + ["objective.name=nitp", "precision=bf16"]), vocab)}
+        fns = {
+            "fp32": nitp,
+            "bf16": step_fn(load_config(sets=fp32_sets + ["objective.name=nitp", "precision=bf16"]), vocab),
+        }
         bt = alternate(fns, x, args.steps)
         f32, b16 = statistics.median(bt["fp32"]), statistics.median(bt["bf16"])
         print(
@@ -144,12 +163,14 @@ def main():
     # 2. trainer vs a bare loop on the same model and batch size (the bare loop timed before and after)
     model = build(load_config(sets=sets + ["objective.name=ntp"]), vocab)[0].model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    amp = autocast_dtype(auto, CPU)
 
     def bare_loop() -> list[float]:
         tokens_per_s = []
         for i in range(args.steps // 2 + 2):
             t = time.perf_counter()
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            with autocast(CPU, amp):
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -183,19 +204,25 @@ def main():
         f"  trainer {ours:8.0f} tokens/s   bare loop {statistics.median(bare):8.0f} tokens/s   "
         f"trainer/bare {ours / statistics.median(bare):.2f}"
     )
-    rows.append((f"trainer vs a bare nanoGPT-style loop (same HF model, fused AdamW, batch), {setup}",
+    rows.append((f"trainer vs a bare nanoGPT-style loop (same HF model, fused AdamW, batch), {setup}, {auto}",
                  f"{ours:.0f} vs {statistics.median(bare):.0f} tokens/s: {ours / statistics.median(bare):.2f}x"))  # fmt: skip
-    # 4. the roofline: achieved FLOP/s against this machine's measured matmul FLOP/s
+    # 4. the roofline: achieved FLOP/s against this machine's measured matmul FLOP/s, fp32 and bf16, in this run
     achieved = statistics.median(r["flops_per_s"] for r in records[2:])
-    peak = measure_cpu_peak(seconds=1.0)
+    peaks = {name: max(measure_cpu_peak(n, 1.0, dtype) for n in (1024, 2048))
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
     print(
-        f"  trainer achieved {achieved / 1e9:7.1f} GFLOP/s (Appendix G FLOPs, NTP)   fp32 matmul peak "
-        f"{peak / 1e9:7.1f} GFLOP/s   fraction of roofline {achieved / peak:.2f}"
+        f"  trainer ({auto}) achieved {achieved / 1e9:7.1f} GFLOP/s (Appendix G FLOPs, NTP)   matmul peaks: "
+        + "   ".join(f"{k} {v / 1e9:7.1f} GFLOP/s ({achieved / v:.2f})" for k, v in peaks.items())
+        + f"   fraction of the {auto} roofline {achieved / peaks[auto]:.2f}"
     )
-    rows.append((f"trainer's achieved FLOP/s (Appendix G, NTP) vs this CPU's fp32 matmul peak, {setup}",
-                 f"{achieved / 1e9:.1f} vs {peak / 1e9:.1f} GFLOP/s: {achieved / peak:.2f} of the roofline"))  # fmt: skip
+    rows.append((f"trainer's achieved FLOP/s (Appendix G, NTP, precision=auto: {auto}) vs this CPU's {auto} matmul peak, "
+                 f"{setup}", f"{achieved / 1e9:.1f} vs {peaks[auto] / 1e9:.1f} GFLOP/s: {achieved / peaks[auto]:.2f} of "
+                 f"the roofline (fp32 peak {peaks['fp32'] / 1e9:.1f}, bf16 peak {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
+                 f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"))  # fmt: skip
     if args.record:
-        record("step_overhead", "python benchmarks/step_overhead.py" + (" --bf16" if args.bf16 else ""), rows)
+        record(
+            "step_overhead", f"python benchmarks/step_overhead.py --steps {args.steps}" + " --bf16" * args.bf16, rows
+        )
 
 
 if __name__ == "__main__":

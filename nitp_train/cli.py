@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+
+# torch's OpenMP runtime (libgomp) keeps idle threads spinning; on a CPU shared with other work a spinning
+# thread burns the time its descheduled peer needs, and a tiny-dense CPU step ran 3-4x slower than with
+# passive waiting (docs/training.md, "Precision and threads on CPU"). libgomp reads this once, when torch is
+# first imported, so it is set here, before any torch import; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 

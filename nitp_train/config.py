@@ -92,6 +92,9 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard per decoder layer; gloo on CPU, NCCL on GPU)
     fsdp_param_dtype: str = "auto"  # FSDP mixed precision: parameters for compute (auto = bf16 where autocast is bf16)
     fsdp_reduce_dtype: str = "fp32"  # FSDP mixed precision: gradient reductions
+    # the LM head and cross-entropy over this many positions at a time, so the full [tokens, vocab] logits
+    # never exist (nitp_train/loss.py); 0 = HF's loss over the full logits
+    ce_chunk_tokens: int = 1024
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward (HF gradient checkpointing)
     dist_timeout_s: int = 1800  # process-group timeout (collectives that wait longer fail with a clear error)
     compile: bool = False  # torch.compile each decoder layer (in place: parameter names unchanged)
@@ -157,6 +160,8 @@ class TrainConfig:
             raise UserError(f"export_steps={self.export_steps!r} must be a list of steps >= 1, e.g. [1000, 5000]")
         if self.export_dtype not in ("fp32", "bf16"):
             raise UserError(f"export_dtype={self.export_dtype!r} is unknown; choose fp32 or bf16")
+        if self.ce_chunk_tokens < 0:
+            raise UserError(f"ce_chunk_tokens={self.ce_chunk_tokens} must be >= 0 (0 = the full logits)")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise UserError(f"peak_tflops={self.peak_tflops} must be > 0 (or unset)")
         if self.export_every is not None and self.export_every < 1:

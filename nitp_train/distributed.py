@@ -84,21 +84,29 @@ def compile_layers(module: nn.Module, cfg: TrainConfig) -> None:
             layer.compile()
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it and on CPUs with AMX tiles; fp32 otherwise (docs/training.md: measured).
+def cpu_bf16_is_faster() -> bool:
+    """True on CPUs whose bf16 matmuls run on AMX tiles (oneDNN), where bf16 autocast is the faster step.
 
-    This project's VM exposes AVX512-BF16 but no AMX to the guest (`torch.cpu._is_amx_tile_supported()`
-    is False), and there a bf16 training step was ~1.4x slower than fp32, so `auto` keeps such CPUs in fp32.
+    Measured (docs/training.md, "Precision on CPU"): with AMX (cpuinfo flag `amx_bf16`, usable by this
+    process: `torch.cpu._is_amx_tile_supported()` also asks the kernel for the tile state) a tiny-dense
+    training step ran ~1.7x faster in bf16 than in fp32; with AVX512-BF16 but no AMX it ran 1.43x slower.
     """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
-        return torch.bfloat16
-    return None
+    return torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` made concrete for this device: bf16 on GPUs that support it and on CPUs where bf16 is the
+    faster step (`cpu_bf16_is_faster`), fp32 elsewhere; `bf16` and `fp32` as given."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_bf16_is_faster() else "fp32"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device` (resolve_precision), None for fp32."""
+    return torch.bfloat16 if resolve_precision(precision, device) == "bf16" else None
 
 
 def autocast(device: torch.device, amp: torch.dtype | None):
@@ -132,7 +140,9 @@ def shard(module: nn.Module, cfg: TrainConfig, dist: Dist, amp: torch.dtype | No
     )
     for layer in module.model.model.layers:
         fully_shard(layer, mp_policy=mp)
-    fully_shard(module.model, mp_policy=mp)
+    # kept gathered from its forward to its backward (as torchtitan keeps its root's): the chunked loss
+    # (nitp_train/loss.py) applies its LM head after the forward returns, in TrainModule.forward
+    fully_shard(module.model, mp_policy=mp, reshard_after_forward=False)
     fully_shard(module, mp_policy=mp)
 
 

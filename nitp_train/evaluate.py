@@ -13,13 +13,19 @@ import math
 import torch
 
 from nitp_train.distributed import Dist, autocast
+from nitp_train.loss import causal_lm_loss
 from nitp_train.metrics import probe_metrics
 from nitp_train.model import causal_masks
 
 
 @torch.no_grad()
-def validation_ce(model, windows: torch.Tensor, micro_batch: int, dist: Dist, amp) -> torch.Tensor:
-    """Mean next-token CE over all validation windows (each has seq_len - 1 targets), as a device scalar."""
+def validation_ce(
+    model, windows: torch.Tensor, micro_batch: int, dist: Dist, amp, ce_chunk_tokens: int = 0
+) -> torch.Tensor:
+    """Mean next-token CE over all validation windows (each has seq_len - 1 targets), as a device scalar.
+
+    `ce_chunk_tokens` as in training: the head and the loss chunk by chunk (0 = the full logits).
+    """
     mine = windows[dist.rank :: dist.world]
     calls = math.ceil(math.ceil(len(windows) / dist.world) / micro_batch)
     total = torch.zeros(2, dtype=torch.float64, device=dist.device)  # sum of window losses, windows
@@ -31,7 +37,9 @@ def validation_ce(model, windows: torch.Tensor, micro_batch: int, dist: Dist, am
             x = windows[:1]  # keeps this rank in FSDP's collectives; counted with weight 0
         x = x.to(dist.device, non_blocking=True)
         with autocast(dist.device, amp):
-            loss = model(input_ids=x, labels=x, attention_mask=causal_masks(model.config), use_cache=False).loss
+            loss, _ = causal_lm_loss(
+                model, x, ce_chunk_tokens, attention_mask=causal_masks(model.config), use_cache=False
+            )
         total += torch.stack([loss.double() * weight, loss.new_tensor(weight, dtype=torch.float64)])
     model.train()
     dist.all_reduce_sum(total)
@@ -52,7 +60,9 @@ def geometry_probe(model, windows: torch.Tensor, dist: Dist, amp) -> dict:
     x = (mine if len(mine) else windows[:1]).to(dist.device, non_blocking=True)
     model.eval()
     with autocast(dist.device, amp):
-        out = model(input_ids=x, attention_mask=causal_masks(model.config), use_cache=False, output_hidden_states=True)
+        # the states only: logits_to_keep=1 gives the head one position, not [tokens, vocab]
+        out = model(input_ids=x, attention_mask=causal_masks(model.config), use_cache=False, output_hidden_states=True,
+                    logits_to_keep=1)  # fmt: skip
         h = out.hidden_states[-1].float()
     model.train()
     if dist.world > 1:

@@ -19,6 +19,7 @@ from torch import nn
 
 from nitp_train.config import TrainConfig
 from nitp_train.errors import UserError
+from nitp_train.loss import causal_lm_loss
 from nitp_train.objective import NITPObjective, resolve_target_layer
 from nitp_train.presets import Preset, get_preset
 
@@ -29,33 +30,30 @@ class TrainModule(nn.Module):
     forward returns the total loss and the parts to log, all as device tensors (never read on the host here).
     """
 
-    def __init__(self, model, objective: NITPObjective):
+    def __init__(self, model, objective: NITPObjective, ce_chunk_tokens: int = 0):
         super().__init__()
         self.model = model
         self.objective = objective
+        self.ce_chunk_tokens = ce_chunk_tokens  # 0: HF's loss over the full logits (nitp_train.loss)
         self.is_moe = getattr(model.config, "num_experts", 0) > 0
         self.eos_token_id = model.config.eos_token_id  # documents are joined with it (nitp_train.data)
 
     def forward(self, input_ids: torch.Tensor, step: int):
         kwargs = {"output_router_logits": True} if self.is_moe else {}
-        out = self.model(
-            input_ids=input_ids,
-            labels=input_ids,
-            attention_mask=causal_masks(self.model.config),
-            use_cache=False,
-            output_hidden_states=self.objective.needs_hidden_states,
-            **kwargs,
-        )
-        loss_ntp = out.loss
+        if self.objective.needs_hidden_states:
+            kwargs["output_hidden_states"] = True
+        loss_ntp, out = causal_lm_loss(self.model, input_ids, self.ce_chunk_tokens,
+                                       attention_mask=causal_masks(self.model.config), use_cache=False, **kwargs)  # fmt: skip
+        total = loss_ntp
         parts = {}
-        if self.is_moe:  # HF adds coef * load-balancing loss to out.loss; log the CE alone
-            loss_ntp = out.loss - self.model.config.router_aux_loss_coef * out.aux_loss
+        if self.is_moe:  # the architecture's load-balancing loss, logged apart from the CE
+            total = total + self.model.config.router_aux_loss_coef * out.aux_loss
             parts["loss_router"] = out.aux_loss.detach()
         aux = None
         if self.objective.needs_hidden_states:
             boundaries = input_ids == self.eos_token_id if not self.objective.config.cross_document else None
             aux = self.objective(out.hidden_states, None, step, boundaries=boundaries)
-        total = out.loss + (aux.loss if aux is not None else 0.0)
+            total = total + aux.loss
         parts.update({"loss_ntp": loss_ntp.detach(), "loss_total": total.detach()})
         if aux is not None:
             parts.update(aux.metrics)
@@ -144,7 +142,7 @@ def build_meta_module(cfg: TrainConfig, config) -> TrainModule:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return TrainModule(model, objective)
+    return TrainModule(model, objective, cfg.ce_chunk_tokens)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ Memory per GPU is the sum of
                  layers at a time (the current one and the prefetched next), at the compute dtype
     activations  what autograd saves per token and layer (counted below), for one micro-batch, or with
                  activation checkpointing the layer inputs plus one layer recomputed at a time
-    logits       the LM head's output and its fp32 loss copies ([tokens, vocab]: the largest tensor)
+    logits       the LM head's output and its fp32 loss copies: [tokens, vocab], the largest tensor, or with
+                 the chunked cross-entropy (ce_chunk_tokens > 0) one chunk's, plus the head's weight and
+                 hidden-state gradients that it computes in the forward
 The per-layer activation count follows HF's Qwen2 / Qwen2-MoE layers with SDPA attention (no
 [seq x seq] scores): checked against measured peaks on CPU (tests/test_plan.py, docs/training.md).
 """
@@ -99,8 +101,7 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2
         gathered=gathered,
         activations=tokens * bytes_act * (sum(per_layer) + hidden_states),
         activations_checkpointed=tokens * bytes_act * (max(per_layer) + hidden_states + L * d),
-        # logits at the compute dtype, their fp32 copy, log-softmax and its gradient (fp32)
-        logits=tokens * V * (bytes_act + 3 * 4),
+        logits=_logits_bytes(cfg, tokens, V, d, bytes_act),
         projector_activations=tokens * bytes_act * (2 * cfg.objective.projector_mult * d + 2 * d) if nitp else 0.0,
     )
 
@@ -172,6 +173,17 @@ def export_disk(cfg: TrainConfig, n_params: float) -> dict:
             "total_gb": exports * export_gb + states * state_gb}  # fmt: skip
 
 
+def _logits_bytes(cfg: TrainConfig, tokens: int, V: int, d: int, bytes_act: int) -> float:
+    low = bytes_act if bytes_act < 4 else 0  # a compute-dtype copy exists only below fp32
+    if not cfg.ce_chunk_tokens:  # logits at the compute dtype, their fp32 copy, log-softmax and its gradient (fp32)
+        return tokens * V * (3 * 4 + low)
+    # nitp_train/loss.py: one chunk's fp32 logits and their log-softmax, the head's weight at the compute dtype
+    # and one chunk's product for its gradient, the fp32 weight gradient and the hidden-state gradient (both
+    # kept for the backward); tests/test_loss.py and benchmarks/ce_memory.py measure it
+    rows = min(tokens, cfg.ce_chunk_tokens)
+    return rows * V * 2 * 4 + V * d * (4 + bytes_act + low) + tokens * d * 4
+
+
 def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
     """Everything `nitp-train plan` prints, as a dict (bytes in GB)."""
     from nitp_train.errors import UserError
@@ -213,7 +225,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
         "flops_per_step": flops.exact_baseline * cfg.tokens_per_step + flops.exact_nitp_extra * cfg.tokens_per_step,
         "nitp_overhead": flops.exact_overhead,
         "memory_gb": {k: v / GB for k, v in asdict(mem).items()},
-        "largest_logits_gb": cfg.micro_batch * cfg.seq_len * vocab * 4 / GB,
+        "largest_logits_gb": min(cfg.micro_batch * cfg.seq_len, cfg.ce_chunk_tokens or math.inf) * vocab * 4 / GB,
         "total_gb": {"without_ac": mem.total(False) / GB, "with_ac": mem.total(True) / GB},
         "fits": fits,
         "advice": _advice(cfg, mem, fits, budget, gpus),

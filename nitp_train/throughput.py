@@ -1,8 +1,8 @@
 """Achieved FLOP/s and MFU: the Appendix G FLOPs of the exact config against the device's peak.
 
 GPU peaks are the vendors' dense bf16 tensor-core numbers (no sparsity), matched by device name; on a
-CPU the peak is measured at start-up with a large fp32 matmul on all threads (the roofline a training
-step can at best reach there). `peak_tflops` in the config overrides both.
+CPU the peak is measured at start-up with a large matmul on all threads, at the dtype the run computes in
+(bf16 under bf16 autocast, else fp32): the roofline a training step can at best reach there. `peak_tflops` in the config overrides both.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ def gpu_peak(name: str) -> float | None:
     return best[1] if best else None
 
 
-@functools.cache  # once per process: a pair's second arm reuses it
-def measure_cpu_peak(n: int = 1024, seconds: float = 0.3) -> float:
-    """fp32 matmul FLOP/s of this CPU (all torch threads): the best of repeated n x n @ n x n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up (thread pool, caches)
+@functools.cache  # once per process and dtype: a pair's second arm reuses it
+def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul FLOP/s of this CPU (all torch threads) at `dtype`: the best of repeated n x n @ n x n products."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up (thread pool, caches, oneDNN's kernel choice)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
@@ -65,8 +65,10 @@ def measure_cpu_peak(n: int = 1024, seconds: float = 0.3) -> float:
     return best
 
 
-def device_peak(device: torch.device, override_tflops: float | None = None) -> tuple[float | None, str]:
-    """(peak FLOP/s or None, where it came from)."""
+def device_peak(
+    device: torch.device, override_tflops: float | None = None, dtype: torch.dtype | None = None
+) -> tuple[float | None, str]:
+    """(peak FLOP/s or None, where it came from); on a CPU, measured at `dtype` (the autocast dtype; None = fp32)."""
     if override_tflops:
         return override_tflops * 1e12, "config peak_tflops"
     if device.type == "cuda":
@@ -74,5 +76,7 @@ def device_peak(device: torch.device, override_tflops: float | None = None) -> t
         peak = gpu_peak(name)
         return peak, f"{name}, dense bf16 (table)" if peak else f"{name}: not in the table (set peak_tflops)"
     if device.type == "cpu":
-        return measure_cpu_peak(), f"measured fp32 matmul, {torch.get_num_threads()} threads"
+        dtype = dtype or torch.float32
+        name = str(dtype).removeprefix("torch.")
+        return measure_cpu_peak(dtype=dtype), f"measured {name} matmul, {torch.get_num_threads()} threads"
     return None, f"{device.type}: unknown peak (set peak_tflops)"

@@ -12,6 +12,7 @@ Run directory: docs/training.md, "Run directory".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -24,7 +25,16 @@ import torch
 from nitp_train.checkpoint import Checkpointer, latest_state, read_trainer, state_dirs, step_of
 from nitp_train.config import TrainConfig, dump_config, merge
 from nitp_train.data import WindowSampler, fixed_windows, prefetched_batches, prepare_data
-from nitp_train.distributed import Dist, autocast, autocast_dtype, compile_layers, configure_kernels, replicate, shard
+from nitp_train.distributed import (
+    Dist,
+    autocast,
+    autocast_dtype,
+    compile_layers,
+    configure_kernels,
+    replicate,
+    resolve_precision,
+    shard,
+)
 from nitp_train.errors import Interrupted, UserError
 from nitp_train.evaluate import geometry_probe, validation_ce
 from nitp_train.launch import is_main_process, launch_world
@@ -39,7 +49,7 @@ from nitp_train.version import check_torch, git_commit
 RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
     "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
-    "peak_tflops", "keep_exports", "export_steps", "export_dtype", "max_consecutive_skips",
+    "peak_tflops", "keep_exports", "export_steps", "export_dtype", "max_consecutive_skips", "precision",
 }  # fmt: skip
 
 
@@ -142,7 +152,9 @@ def periodic(s: TrainState, done: int, lr: float) -> None:
     extra, values = {}, {}
     if cfg.eval_every and s.val_windows is not None and (done % cfg.eval_every == 0 or last):
         with s.log.timer("eval"):
-            extra["val_ce"] = validation_ce(s.module.model, s.val_windows, s.micro, s.dist, s.amp)
+            extra["val_ce"] = validation_ce(
+                s.module.model, s.val_windows, s.micro, s.dist, s.amp, s.cfg.ce_chunk_tokens
+            )
     probed = bool(cfg.probe_every and s.probe_windows is not None and _probe_step(cfg, done))
     if probed:
         with s.log.timer("probe"):
@@ -200,6 +212,7 @@ def setup(
     configure_kernels(cfg)  # TF32, deterministic kernels: before the first CUDA work
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # after tokenising: no rank waits in a collective meanwhile
     config = hf_config(cfg, data.tokenizer)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist.device))  # config.yaml: resolved
     amp = autocast_dtype(cfg.precision, dist.device)
     # the micro-batch sized to this device as `nitp-train plan` sizes it; refused here if it cannot fit
     cfg = resolve_run(cfg, dist.world, config.vocab_size, device_memory(dist.device))
@@ -232,7 +245,7 @@ def setup(
     if dist.is_main:
         record = json.loads((out / "provenance.json").read_text())
         flops = {"ours": record["train_flops_per_token"], "torchtitan": record.get("train_flops_per_token_torchtitan")}
-    peak, _ = device_peak(dist.device, cfg.peak_tflops) if dist.is_main else (None, "")
+    peak, _ = device_peak(dist.device, cfg.peak_tflops, amp) if dist.is_main else (None, "")
     bar = _progress_bar(cfg, out, start) if progress and dist.is_main else None
     log = StepLog(out, cfg, dist, flops, peak, start, bar)
     return TrainState(cfg, out, dist, data, sampler, module, wrapped, opt, sched, ckpt, log, amp, per_rank, accum,

@@ -212,7 +212,10 @@ def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
         a, b = _losses(one, key), _losses(two, key)
         assert b == pytest.approx(a, rel=1e-4)
     a, b = _weights(one / "checkpoints" / "step-000003"), _weights(two / "checkpoints" / "step-000003")
-    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # Adam moves a weight by ~lr = 3e-3 per early step whatever its gradient's size, so a gradient element near
+    # rounding level (summed in another order over 2 processes) can move by a fraction of that: 3e-4 = lr / 10
+    # (measured 1.4e-4 with the chunked cross-entropy, 0.7e-4 with HF's loss)
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 3e-4
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(tiny_run, tiny_sets, tiny_corpus):
