@@ -16,6 +16,7 @@ from nitp_eval.cli import app
 from nitp_train.errors import UserError
 
 REQUIRED = ("erank_cov", "erank_sv", "anisotropy", "anisotropy_exact", "cka_to_last", "mean_norm")
+EXTRA = ("rankme", "alpha_req", "twonn", "prompt_entropy", "dataset_entropy", "curvature")  # schema 2
 
 
 def run(*args):
@@ -31,7 +32,7 @@ def test_run_dir_both_arms_side_by_side(tiny_run, tmp_path):
     ntp = json.loads((tmp_path / "ntp-step-000006.json").read_text())
     nitp = json.loads((tmp_path / "nitp-step-000006.json").read_text())
     for r, arm in ((ntp, "ntp"), (nitp, "nitp")):
-        assert r["schema"] == "nitp.geometry" and r["schema_version"] == 1 and r["arm"] == arm and r["step"] == 6
+        assert r["schema"] == "nitp.geometry" and r["schema_version"] == 2 and r["arm"] == arm and r["step"] == 6
         assert {"nitp", "torch", "transformers", "numpy"} <= set(r["versions"])
         assert r["versions"]["torch"] == torch.__version__
         assert r["checkpoint"] == str((tiny_run / arm / "checkpoints" / "step-000006").resolve())
@@ -40,7 +41,12 @@ def test_run_dir_both_arms_side_by_side(tiny_run, tmp_path):
         assert r["settings"]["text_source"].startswith("run validation tokens")
         L = r["num_layers"]
         assert r["layers"] == list(range(L + 1))
-        assert all(len(r["per_layer"][k]) == L + 1 for k in REQUIRED)
+        assert all(len(r["per_layer"][k]) == L + 1 for k in REQUIRED + EXTRA)
+        assert r["settings"]["metrics"]["rankme_eps"] == 1e-7 and r["samples"]["twonn"]["seed"] == 0
+        assert r["samples"]["twonn"]["tokens"] == 1024 and r["samples"]["twonn"]["of"] == 2000
+        assert 0 < r["unembedding"]["erank"] <= r["dim"] and 0 <= r["unembedding"]["top_k_share"] <= 1
+        assert all(0 < h <= 1 for h in r["per_layer"]["prompt_entropy"] + r["per_layer"]["dataset_entropy"])
+        assert all(0 < c < np.pi for c in r["per_layer"]["curvature"])
         assert r["per_layer"]["cka_to_last"][-1] == 1.0
         assert r["cka_matrix"] is None
         assert r["rank_cap"] == min(1999, r["dim"])
