@@ -299,3 +299,27 @@ def test_cli_error_exit_code_and_single_line(tiny_checkpoint, tmp_path, make_arg
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_schema_1_and_schema_2_results_load_side_by_side(tmp_path):
+    """A schema-1 file (shipped with the CPU study) and a schema-2 file written now load into one run."""
+    from nitp_eval.report.load import load_run
+
+    root = Path(__file__).resolve().parent.parent
+    old = root / "reports" / "replication-cpu" / "results" / "seed-0" / "eval" / "geometry" / "ntp-step-000050.json"
+    geo = tmp_path / "eval" / "geometry"
+    geo.mkdir(parents=True)
+    (geo / old.name).write_bytes(old.read_bytes())
+    states = tmp_path / "states.npy"
+    np.save(states, np.random.default_rng(0).standard_normal((2, 300, 16)).astype(np.float32))
+    run(states, "--out", tmp_path / "new", "--n-pairs", 100, "--twonn-sample", 200)
+    new = json.loads((tmp_path / "new" / "states.npy.json").read_text())
+    assert new["schema_version"] == 2 and json.loads(old.read_text())["schema_version"] == 1
+    assert new["per_layer"]["prompt_entropy"] == [None, None]  # no sequence ids in a states file
+    assert all(t > 0 for t in new["per_layer"]["twonn"]) and new["samples"]["twonn"]["tokens"] == 200
+    (geo / "nitp-step-000050.json").write_text(json.dumps(new))
+    loaded = load_run(tmp_path)
+    assert not [m for m in loaded.missing if "geometry" in m]
+    assert {arm: sorted(by) for arm, by in loaded.results["geometry"].items()} == {"ntp": [50], "nitp": [50]}
+    assert "rankme" not in loaded.latest("geometry", "ntp").data["per_layer"]
+    assert len(loaded.latest("geometry", "nitp").data["per_layer"]["rankme"]) == 2
