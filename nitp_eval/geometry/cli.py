@@ -123,7 +123,7 @@ def command(
     twonn_sample: int = typer.Option(1024, help="Tokens in the seeded TwoNN subsample (the same in every layer)."),
     entropy_alpha: float = typer.Option(1.0, help="Renyi order of the prompt and dataset entropies (1 = von Neumann)."),
     prompt_sequences: int = typer.Option(
-        64, help="Windows the prompt entropy averages over (the first ones in the seeded batch order)."
+        16, help="Windows the prompt entropy averages over (the first ones in the seeded batch order)."
     ),
 ) -> None:
     """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory.

@@ -11,7 +11,8 @@ Every definitional choice is an argument whose default is the source's choice:
       sequence, divided by log min(n, d) ("maxEntropy"), averaged over the first `prompt_sequences` sequences
       (windows come in a seeded random order, so these are a seeded sample);
     - dataset entropy: the same entropy of the Gram matrix of the sequences' mean-pooled rows, over every
-      sequence: its non-zero spectrum is that of sum_s p_s p_s^T (d x d), so it streams in O(d^2);
+      sequence: kept as rows while there are at most d, then as sum_s p_s p_s^T (d x d, the same non-zero
+      spectrum), so it streams in O(d^2);
     - curvature: the mean angle arccos(cos(v_t, v_{t+1})) between consecutive steps v_t = z_{t+1} - z_t,
       averaged per sequence, then over every sequence (Hosseini & Fedorenko 2023, as Skean et al. use it).
 * `unembedding_metrics`: effective rank of the LM head W [vocab, d] (its singular values) and the share of
@@ -53,7 +54,7 @@ class MetricOptions:
     entropy_center: bool = True  # Skean et al.: subtract each sequence's mean row ...
     entropy_normalize_rows: bool = True  # ... then unit rows (also before the curvature)
     entropy_normalization: str = "max"  # divide by log min(n, d) ("maxEntropy"), or "raw" nats
-    prompt_sequences: int = 64  # sequences the prompt entropy averages over (the first in the seeded order)
+    prompt_sequences: int = 16  # sequences the prompt entropy averages over (the first in the seeded order)
     curvature_absolute: bool = False  # True: angles of |cos| as in Skean et al.'s code
     unembedding_top_k: int | None = None  # top singular directions of the LM head; None: ceil(d / 10)
 
@@ -179,7 +180,7 @@ class SequenceAccumulator:
         center: bool = True,
         normalize_rows: bool = True,
         normalization: str = "max",
-        prompt_sequences: int = 64,
+        prompt_sequences: int = 16,
         absolute_curvature: bool = False,
     ):
         self.dim = dim
@@ -208,8 +209,10 @@ class SequenceAccumulator:
             self.prompt_n_ = 0
             self.curv_sum_ = 0.0
             self.curv_n_ = 0
-            self.pooled_ = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=x.device)
+            self.pooled_rows_ = []  # pooled rows, until there are more than d of them (then `pooled_`)
+            self.pooled_ = None
         _, counts = torch.unique_consecutive(groups, return_counts=True)
+        grams: dict[int, list] = {}  # sequence length -> Gram matrices of this update's sampled sequences
         for z in torch.split(x, counts.tolist()):
             # float32 is plenty for an entropy and an angle, and halves the cost of the per-sequence Gram
             z = z.float()
@@ -222,15 +225,28 @@ class SequenceAccumulator:
             if angles.numel():
                 self.curv_sum_ += float(angles.double().mean())
                 self.curv_n_ += 1
-            pooled = z.double().mean(0)
-            self.pooled_.add_(torch.outer(pooled, pooled))
-            if self.prompt_n_ < self.prompt_sequences and len(z) > 1:
+            self._add_pooled(z.double().mean(0))
+            if self.prompt_n_ + sum(map(len, grams.values())) < self.prompt_sequences and len(z) > 1:
                 gram = z @ z.T if len(z) <= self.dim else z.T @ z  # the same non-zero spectrum: take the smaller
-                # float64 eigenvalues: LAPACK's float32 path is no faster here, often slower
-                h = renyi_entropy(torch.linalg.eigvalsh(gram.double()).cpu().numpy(), self.alpha)
-                self.prompt_sum_ += self._normalised(h, len(z))
+                grams.setdefault(len(z), []).append(gram)
+        for n, same in grams.items():
+            # one batched call per length; float64 eigenvalues (LAPACK's float32 path is no faster here)
+            for lam in torch.linalg.eigvalsh(torch.stack(same).double()).cpu().numpy():
+                self.prompt_sum_ += self._normalised(renyi_entropy(lam, self.alpha), n)
                 self.prompt_n_ += 1
         return self
+
+    def _add_pooled(self, p: torch.Tensor) -> None:
+        """Keep the pooled rows while there are at most d of them (their n x n Gram is the cheaper one), then
+        fold them into sum_s p_s p_s^T (d x d): the same non-zero spectrum, memory O(d^2) however many windows."""
+        if self.pooled_rows_ is not None:
+            self.pooled_rows_.append(p)
+            if len(self.pooled_rows_) > self.dim:
+                rows = torch.stack(self.pooled_rows_)
+                self.pooled_ = rows.T @ rows
+                self.pooled_rows_ = None
+        else:
+            self.pooled_.add_(torch.outer(p, p))
 
     def prompt_entropy(self) -> float:
         return self.prompt_sum_ / self.prompt_n_ if getattr(self, "prompt_n_", 0) else float("nan")
@@ -238,7 +254,12 @@ class SequenceAccumulator:
     def dataset_entropy(self) -> float:
         if getattr(self, "sequences_", 0) < 2:
             return float("nan")
-        h = renyi_entropy(np.linalg.eigvalsh(self.pooled_.cpu().numpy()), self.alpha)
+        if self.pooled_rows_ is not None:
+            rows = torch.stack(self.pooled_rows_)
+            gram = rows @ rows.T
+        else:
+            gram = self.pooled_
+        h = renyi_entropy(np.linalg.eigvalsh(gram.cpu().numpy()), self.alpha)
         return self._normalised(h, self.sequences_)
 
     def curvature(self) -> float:
@@ -253,8 +274,11 @@ def unembedding_metrics(weight, last_covariance=None, top_k: int | None = None) 
     in the span of W's top-k right singular vectors V_k, the hidden directions the head amplifies most;
     `isotropic_share` = k / d is its value for isotropic states. Default k: ceil(d / 10).
     """
-    w = torch.as_tensor(weight).detach().to(torch.float64)
-    gram = (w.T @ w).cpu().numpy()  # d x d: W's right singular vectors and squared singular values
+    w = torch.as_tensor(weight).detach()
+    # d x d: W's right singular vectors and squared singular values. The product in float32 on W's own device
+    # (a 151k x 4096 head is 5 TFLOP: float64 would take hours on a CPU and is slow on most GPUs); its
+    # eigendecomposition in float64
+    gram = (w.float().T @ w.float()).double().cpu().numpy()
     eig, vec = np.linalg.eigh(gram)
     eig, vec = np.clip(eig[::-1], 0.0, None), vec[:, ::-1]
     erank = effective_rank(np.sqrt(eig))
