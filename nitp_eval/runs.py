@@ -23,7 +23,11 @@ from pathlib import Path
 from nitp_train.errors import UserError
 from nitp_train.version import git_commit
 
-SCHEMA_VERSION = 1
+# Schema versions per results kind (a kind not listed is at 1). Readers accept every version up to theirs.
+# geometry 2 (issue 20) adds, keeping every version-1 key as it was: per_layer rankme, alpha_req, twonn,
+# prompt_entropy, dataset_entropy, curvature; top-level unembedding and samples; settings.metrics.
+SCHEMA_VERSIONS = {"geometry": 2}
+SCHEMA_VERSION = max(1, *SCHEMA_VERSIONS.values())  # the newest version any results file of this nitp has
 STEP_DIR = re.compile(r"^step-(\d+)$")
 SEED_DIR = re.compile(r"^seed-(\d+)$")
 ARM_ORDER = ("ntp", "nitp")  # arms listed first in tables; other arms (ablations) follow by name
@@ -308,7 +312,7 @@ def results_header(kind: str, target: Target | None, settings: dict, libraries: 
     """The common head of every results file: schema, what was evaluated, exact settings, versions."""
     return {
         "schema": f"nitp.{kind}",
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSIONS.get(kind, 1),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(target.checkpoint) if target else None,
         "arm": target.arm if target else None,

@@ -12,6 +12,13 @@ Definitions (docs/geometry.md; docs/footguns.md shows how much the choices matte
   its cosine with anything counts as 0, so sum |u_i|^2 is the number of non-zero rows, not n).
 * linear CKA (Kornblith et al. 2019) between two layers, from centred (cross-)covariances:
   |C_xy|_F^2 / (|C_xx|_F |C_yy|_F).
+* RankMe (Garrido et al. 2023): exp of the entropy of p_k = s_k / sum(s) + eps over the singular values
+  s_k of the *uncentred* matrix, eps = 1e-7 (the source's). With centring and eps = 0 it is `erank_sv`.
+* alpha-ReQ (Agrawal et al. 2022): the power-law decay alpha of the covariance eigenvalues, lambda_i ~ i^-alpha,
+  from a least-squares line of log lambda_i on log i over the ranks `fit_range` (11..100, weights 1/i, as the
+  authors' `reptrix` library does).
+* `renyi_entropy`: the matrix-based Renyi entropy of order alpha of a PSD matrix from its eigenvalues,
+  normalised to sum 1 (trace-normalised), in nats: -sum p log p at alpha = 1, log(sum p^alpha) / (1 - alpha) else.
 * massive activations (`norm_summary`): the distribution of token-state norms (median, max), the
   share of the summed squared norms carried by the top 1 % of tokens, and how many tokens (and at
   which window positions) exceed `k` x the median norm. Real LLMs put norms ~100x the median on the
@@ -29,6 +36,9 @@ import torch
 
 __all__ = [
     "effective_rank",
+    "rankme",
+    "alpha_req",
+    "renyi_entropy",
     "linear_cka",
     "sample_cross_pairs",
     "CovarianceAccumulator",
@@ -63,6 +73,61 @@ def effective_rank(spectrum) -> float:
         return float("nan")
     p = s[s > 0] / total
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def rankme(singular_values, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023): exp(-sum p_k log p_k), p_k = s_k / sum(s) + eps, over singular values s_k.
+
+    eps = 1e-7 is the source's; it adds about min(n, d) x eps x (-log eps) to the entropy (so RankMe >
+    `effective_rank` of the same values by a hair, and is > 1 for an all-zero spectrum instead of nan).
+    """
+    s = np.abs(np.asarray(singular_values, dtype=np.float64).ravel())
+    total = s.sum()
+    if not total > 0:
+        return float("nan")
+    p = s / total + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def alpha_req(eigenvalues, fit_range: tuple[int, int] = (11, 100), weighted: bool = True) -> float:
+    """alpha-ReQ (Agrawal et al. 2022): alpha of lambda_i ~ i^-alpha, fitted by least squares in log-log space.
+
+    `eigenvalues` are sorted descending; ranks i (1-based) in `fit_range` (inclusive, clipped to the
+    positive eigenvalues) are fitted by log lambda_i = c - alpha log i, each point weighted by 1/i when
+    `weighted` (the authors' reptrix library, after Stringer et al. 2019). The default skips the first
+    10 ranks (the head of real spectra is not a power law). nan when fewer than 3 ranks are left.
+    """
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())[::-1]
+    lo, hi = fit_range
+    if not 1 <= lo <= hi:
+        raise ValueError(f"fit_range={fit_range!r}: need 1 <= first rank <= last rank")
+    i = np.arange(lo, min(hi, lam.size) + 1)
+    i = i[lam[i - 1] > 0] if i.size else i
+    if i.size < 3:
+        return float("nan")
+    x, y = np.log(i), np.log(lam[i - 1])
+    w = 1.0 / i if weighted else np.ones_like(x)
+    xm, ym = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
+    slope = (w * (x - xm) * (y - ym)).sum() / (w * (x - xm) ** 2).sum()
+    return float(-slope)
+
+
+def renyi_entropy(eigenvalues, alpha: float = 1.0) -> float:
+    """Matrix-based Renyi entropy (nats) of order `alpha` of a PSD matrix from its eigenvalues, trace-normalised.
+
+    alpha = 1 is the von Neumann entropy -sum p log p (its limit); exp of it is `effective_rank`.
+    Negative round-off eigenvalues are clipped to 0. nan for an all-zero matrix.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha={alpha}: the Renyi order must be > 0")
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0, None)
+    total = lam.sum()
+    if not total > 0:
+        return float("nan")
+    p = lam[lam > 0] / total
+    if alpha == 1:
+        return float(-(p * np.log(p)).sum())
+    return float(np.log((p**alpha).sum()) / (1 - alpha))
 
 
 def linear_cka(x, y) -> float:
@@ -141,6 +206,7 @@ class CovarianceAccumulator:
             self.batch_cross_n_ = 0
             self.pair_cos_sum_ = 0.0
             self.n_pairs_ = 0
+        self._eig = {}  # eigenvalues cached per centring until the next update
         xs = x - self.shift_
         self.n_ += len(x)
         self.sum_ += xs.sum(0)
@@ -189,7 +255,9 @@ class CovarianceAccumulator:
 
     def spectrum(self, kind: str = "cov", center: bool = True) -> np.ndarray:
         """Eigenvalues of the covariance (`cov`) or singular values of the (centred) matrix (`sv`), descending."""
-        eig = np.clip(np.linalg.eigvalsh(self.covariance(center))[::-1], 0.0, None)
+        if center not in getattr(self, "_eig", {}):  # one eigendecomposition serves every metric of a layer
+            self._eig = {**getattr(self, "_eig", {}), center: np.linalg.eigvalsh(self.covariance(center))[::-1]}
+        eig = np.clip(self._eig[center], 0.0, None)
         if kind == "cov":
             return eig
         if kind == "sv":
@@ -206,6 +274,17 @@ class CovarianceAccumulator:
     def erank_sv(self) -> float:
         """Effective rank over singular values of the centred matrix (sqrt of the eigenvalues above)."""
         return self.effective_rank("sv", center=True)
+
+    def rankme(self, eps: float = 1e-7, center: bool = False) -> float:
+        """RankMe over the singular values of the accumulated matrix, uncentred as in Garrido et al. 2023.
+
+        `rankme(eps=0, center=True)` equals `erank_sv()`.
+        """
+        return rankme(self.spectrum("sv", center), eps)
+
+    def alpha_req(self, fit_range: tuple[int, int] = (11, 100), weighted: bool = True, center: bool = True) -> float:
+        """alpha-ReQ of the (centred) covariance eigenvalues; see `alpha_req`."""
+        return alpha_req(self.spectrum("cov", center), fit_range, weighted)
 
     # -- cosines and norms
 

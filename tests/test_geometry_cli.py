@@ -16,6 +16,7 @@ from nitp_eval.cli import app
 from nitp_train.errors import UserError
 
 REQUIRED = ("erank_cov", "erank_sv", "anisotropy", "anisotropy_exact", "cka_to_last", "mean_norm")
+EXTRA = ("rankme", "alpha_req", "twonn", "prompt_entropy", "dataset_entropy", "curvature")  # schema 2
 
 
 def run(*args):
@@ -31,7 +32,7 @@ def test_run_dir_both_arms_side_by_side(tiny_run, tmp_path):
     ntp = json.loads((tmp_path / "ntp-step-000006.json").read_text())
     nitp = json.loads((tmp_path / "nitp-step-000006.json").read_text())
     for r, arm in ((ntp, "ntp"), (nitp, "nitp")):
-        assert r["schema"] == "nitp.geometry" and r["schema_version"] == 1 and r["arm"] == arm and r["step"] == 6
+        assert r["schema"] == "nitp.geometry" and r["schema_version"] == 2 and r["arm"] == arm and r["step"] == 6
         assert {"nitp", "torch", "transformers", "numpy"} <= set(r["versions"])
         assert r["versions"]["torch"] == torch.__version__
         assert r["checkpoint"] == str((tiny_run / arm / "checkpoints" / "step-000006").resolve())
@@ -40,7 +41,12 @@ def test_run_dir_both_arms_side_by_side(tiny_run, tmp_path):
         assert r["settings"]["text_source"].startswith("run validation tokens")
         L = r["num_layers"]
         assert r["layers"] == list(range(L + 1))
-        assert all(len(r["per_layer"][k]) == L + 1 for k in REQUIRED)
+        assert all(len(r["per_layer"][k]) == L + 1 for k in REQUIRED + EXTRA)
+        assert r["settings"]["metrics"]["rankme_eps"] == 1e-7 and r["samples"]["twonn"]["seed"] == 0
+        assert r["samples"]["twonn"]["tokens"] == 1024 and r["samples"]["twonn"]["of"] == 2000
+        assert 0 < r["unembedding"]["erank"] <= r["dim"] and 0 <= r["unembedding"]["top_k_share"] <= 1
+        assert all(0 < h <= 1 for h in r["per_layer"]["prompt_entropy"] + r["per_layer"]["dataset_entropy"])
+        assert all(0 < c < np.pi for c in r["per_layer"]["curvature"])
         assert r["per_layer"]["cka_to_last"][-1] == 1.0
         assert r["cka_matrix"] is None
         assert r["rank_cap"] == min(1999, r["dim"])
@@ -293,3 +299,27 @@ def test_cli_error_exit_code_and_single_line(tiny_checkpoint, tmp_path, make_arg
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_schema_1_and_schema_2_results_load_side_by_side(tmp_path):
+    """A schema-1 file (shipped with the CPU study) and a schema-2 file written now load into one run."""
+    from nitp_eval.report.load import load_run
+
+    root = Path(__file__).resolve().parent.parent
+    old = root / "reports" / "replication-cpu" / "results" / "seed-0" / "eval" / "geometry" / "ntp-step-000050.json"
+    geo = tmp_path / "eval" / "geometry"
+    geo.mkdir(parents=True)
+    (geo / old.name).write_bytes(old.read_bytes())
+    states = tmp_path / "states.npy"
+    np.save(states, np.random.default_rng(0).standard_normal((2, 300, 16)).astype(np.float32))
+    run(states, "--out", tmp_path / "new", "--n-pairs", 100, "--twonn-sample", 200)
+    new = json.loads((tmp_path / "new" / "states.npy.json").read_text())
+    assert new["schema_version"] == 2 and json.loads(old.read_text())["schema_version"] == 1
+    assert new["per_layer"]["prompt_entropy"] == [None, None]  # no sequence ids in a states file
+    assert all(t > 0 for t in new["per_layer"]["twonn"]) and new["samples"]["twonn"]["tokens"] == 200
+    (geo / "nitp-step-000050.json").write_text(json.dumps(new))
+    loaded = load_run(tmp_path)
+    assert not [m for m in loaded.missing if "geometry" in m]
+    assert {arm: sorted(by) for arm, by in loaded.results["geometry"].items()} == {"ntp": [50], "nitp": [50]}
+    assert "rankme" not in loaded.latest("geometry", "ntp").data["per_layer"]
+    assert len(loaded.latest("geometry", "nitp").data["per_layer"]["rankme"]) == 2

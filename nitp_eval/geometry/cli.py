@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -115,129 +114,54 @@ def command(
         help="Where the float64 statistics accumulate: auto (the model's device, but the CPU for GPUs with slow "
         "float64, i.e. other than A100/H100/H200/B200/MI250/MI300), cpu, cuda, cuda:N.",
     ),
+    extra_metrics: bool = typer.Option(
+        True,
+        help="Also RankMe, alpha-ReQ, TwoNN, prompt and dataset entropy, curvature and the unembedding's rank and "
+        "alignment (docs/geometry.md); --no-extra-metrics: only the schema-1 set.",
+    ),
+    alpha_range: str = typer.Option("11,100", help="Eigenvalue ranks FIRST,LAST that alpha-ReQ fits (1-based)."),
+    twonn_sample: int = typer.Option(1024, help="Tokens in the seeded TwoNN subsample (the same in every layer)."),
+    entropy_alpha: float = typer.Option(1.0, help="Renyi order of the prompt and dataset entropies (1 = von Neumann)."),
+    prompt_sequences: int = typer.Option(
+        16, help="Windows the prompt entropy averages over (the first ones in the seeded batch order)."
+    ),
 ) -> None:
     """Per-layer geometry of hidden states, streamed over many tokens in O(layers x dim^2) memory.
 
     One device per process: bfloat16 weights on a CUDA GPU by default, statistics always accumulated in float64
     (--stats-device); for several GPUs, run one process per GPU over different checkpoints.
     """
-    from nitp_eval.geometry import extract
-    from nitp_eval.runs import Target, check_destinations, pending_targets, resolve_series, write_results
+    from nitp_eval.geometry.analysis import run_geometry
+    from nitp_eval.geometry.estimators import MetricOptions
+    from nitp_eval.geometry.settings import GeometrySettings
 
-    if tokens < 2:
-        raise UserError(f"--tokens {tokens}: too few; the statistics need at least 2 tokens (e.g. --tokens 100000)")
-    if batch_size < 1 or (batch_size < 2 and n_pairs > 0):
-        raise UserError(
-            f"--batch-size {batch_size}: sampled anisotropy pairs come from different windows of one batch; use --batch-size 2 or more"
-        )
-    if n_pairs < 0:
-        raise UserError(f"--n-pairs {n_pairs}: must be >= 0")
-    if seq_len is not None and seq_len < 2:
-        raise UserError(f"--seq-len {seq_len}: must be at least 2 (cos_next pairs t with t+1)")
-    if exclude_massive is not None and not (exclude_massive > 1 and math.isfinite(exclude_massive)):
-        raise UserError(
-            f"--exclude-massive {exclude_massive}: must be a finite factor > 1 of the median norm (e.g. 20)"
-        )
-    positions_rule = extract.parse_exclude_positions(exclude_positions)
-    from nitp_eval.models import pick_device, resolve_dtype
-    from nitp_eval.models import stats_device as where_stats
-
-    model_device = pick_device(device)
-    dtype_given, dtype = dtype, resolve_dtype(dtype, model_device)
-    stats_on = where_stats(stats_device, model_device)
-    common = {
-        "tokens_requested": tokens,
-        "batch_size": batch_size,
-        "layers_option": layers,
-        "n_pairs": n_pairs,
-        "seed": seed,
-        "cka_matrix": cka_matrix,
-        "dtype": dtype,
-        "stats_device": stats_on,
-        "exclude_positions_option": exclude_positions,
-        "exclude_massive": exclude_massive,
-    }
-
-    # the settings a states file and a model share
-    shared = dict(tokens=tokens, layers=layers, n_pairs=n_pairs, seed=seed, cka_matrix=cka_matrix, common=common)
-    path = paths[0]
-    states = [p for p in paths if p.is_file() and p.suffix.lower() in extract.STATES_SUFFIXES]
-    if states and (len(paths) > 1 or series is not None or revisions is not None):
-        raise UserError(
-            f"{states[0]}: a states file is analysed on its own; give it alone, without --series/--revisions"
-        )
-    if states:
-        ignored = [
-            name
-            for name, given in (
-                ("--text", text is not None),
-                ("--text-split", text_split != "validation"),
-                ("--text-revision", text_revision is not None),
-                ("--seq-len", seq_len is not None),
-                ("--bos", bos),
-                ("--exclude-positions", exclude_positions != "auto"),
-                ("--target-layer", target_layer is not None),
-                ("--all-steps", all_steps),
-                ("--device", device is not None),
-                ("--dtype", dtype_given != "auto"),
-                ("--stats-device", stats_device != "auto"),
-            )
-            if given
-        ]
-        from nitp_eval.geometry.analysis import analyse_states_file
-
-        target = Target(path.resolve())
-        [dest] = check_destinations([target], "geometry", out, overwrite)
-        notes = Notes()
-        if ignored:
-            notes(f"{path.name} is a states file: {', '.join(ignored)} ignored (they apply to a model)")
-        settings, body = analyse_states_file(path, **shared, note=notes)
-        _finish([(target, write_results("geometry", target, dest, settings, {**body, "notes": notes.kept}, overwrite))])
-        return
-
-    from nitp_eval.geometry.analysis import analyse_checkpoint
-
-    targets = resolve_series(paths, series, revisions, all_steps)
-    targets = pending_targets(targets, "geometry", out, skip_existing, overwrite)
-    if not targets:
-        return
-    dests = check_destinations(targets, "geometry", out, overwrite)  # every results path, before any work
-    written = []
-    for target, dest in zip(targets, dests):
-        notes = Notes()
-        settings, body = analyse_checkpoint(
-            target,
-            **shared,
-            text=text,
-            text_split=text_split,
-            text_revision=text_revision,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            target_layer_option=target_layer,
-            bos=bos,
-            positions_rule=positions_rule,
-            exclude_massive=exclude_massive,
-            device=device,
-            dtype=dtype,
-            stats_device=stats_on,
-            note=notes,
-        )
-        written.append(
-            (target, write_results("geometry", target, dest, settings, {**body, "notes": notes.kept}, overwrite))
-        )
+    metrics = MetricOptions(
+        extra=extra_metrics,
+        alpha_fit_range=parse_range(alpha_range),
+        twonn_sample=twonn_sample,
+        entropy_alpha=entropy_alpha,
+        prompt_sequences=prompt_sequences,
+    )
+    settings = GeometrySettings(
+        tokens=tokens, seq_len=seq_len, batch_size=batch_size, layers=layers, n_pairs=n_pairs, seed=seed,
+        cka_matrix=cka_matrix, target_layer=target_layer, bos=bos, exclude_positions=exclude_positions,
+        exclude_massive=exclude_massive, text=text, text_split=text_split, text_revision=text_revision,
+        device=device, dtype=dtype, stats_device=stats_device, metrics=metrics,
+    )  # fmt: skip
+    written = run_geometry(
+        paths, settings, series=series, revisions=revisions, all_steps=all_steps, out=out, overwrite=overwrite,
+        skip_existing=skip_existing,
+    )  # fmt: skip
     _finish(written)
 
 
-class Notes:
-    """note(message, qualifies=False): one line on stderr; kept for the results' `notes` when it qualifies the numbers."""
-
-    def __init__(self):
-        self.kept: list[str] = []
-
-    def __call__(self, message: str, qualifies: bool = False) -> None:
-        typer.echo(f"note: {message}", err=True)
-        if qualifies:
-            self.kept.append(message)
+def parse_range(spec: str) -> tuple[int, int]:
+    """`11,100` -> (11, 100)."""
+    try:
+        lo, hi = (int(part) for part in spec.split(","))
+    except ValueError:
+        raise UserError(f"--alpha-range {spec!r}: give two ranks as FIRST,LAST, e.g. 11,100") from None
+    return lo, hi
 
 
 def _fmt(v, width=9, digits=3):
@@ -261,6 +185,23 @@ def _finish(written) -> None:
                 f"{_fmt(pl['anisotropy'][i])} {_fmt(pl['anisotropy_exact'][i])} {_fmt(pl['cka_to_last'][i])} "
                 f"{_fmt(pl['mean_norm'][i], digits=2)} {_fmt(med, digits=2)} {_fmt(ratio, digits=1)} "
                 f"{_fmt(pl['top1pct_share'][i])}"
+            )
+        if "rankme" in pl:  # schema 2: the metrics beyond effective rank and anisotropy
+            typer.echo(
+                f"{'layer':>5} {'rankme':>9} {'alpha':>9} {'twonn':>9} {'H_prompt':>9} {'H_data':>9} {'curv':>9}"
+            )
+            for i, layer in enumerate(r["layers"]):
+                typer.echo(
+                    f"{layer:>5} {_fmt(pl['rankme'][i], digits=1)} {_fmt(pl['alpha_req'][i])} "
+                    f"{_fmt(pl['twonn'][i], digits=1)} {_fmt(pl['prompt_entropy'][i])} "
+                    f"{_fmt(pl['dataset_entropy'][i])} {_fmt(pl['curvature'][i])}"
+                )
+        u = r.get("unembedding")
+        if u:
+            typer.echo(
+                f"unembedding {u['shape'][0]} x {u['shape'][1]}: effective rank {_fmt(u['erank'], 0, 1)}; last-layer "
+                f"variance in its top {u['top_k']} directions {_fmt(u['top_k_share'], 0, 3)} "
+                f"(isotropic: {u['isotropic_share']:.3f})"
             )
         a = r["alignment"]
         if a.get("target_layer") is not None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from nitp_eval.geometry.estimators import MetricOptions, TokenSample, unembedding_metrics
 from nitp_train.errors import UserError
 from nitp_train.metrics import (
     DOMINATED_SHARE,
@@ -217,6 +218,11 @@ class GeometryStats:
     positions: list = field(default_factory=list)  # window position of each counted token (int32)
     excluded_norms: dict = field(default_factory=dict)  # layer -> norms of tokens left out (BOS, positions, rule)
     excluded: dict = field(default_factory=dict)  # why -> count of tokens left out
+    options: MetricOptions = field(default_factory=MetricOptions)  # conventions of the metrics beyond schema 1
+    seed: int = 0  # of the TwoNN subsample
+    sequences_known: bool = True  # rows come grouped by real sequences (not a states file)
+    per_sequence: dict = field(default_factory=dict)  # layer -> SequenceAccumulator
+    sample: TokenSample | None = None
 
     def __post_init__(self):
         tracked = sorted(set(self.layers) | {self.last})
@@ -230,6 +236,10 @@ class GeometryStats:
                 for i, a in enumerate(self.layers)
                 for b in self.layers[i + 1 :]
             }
+        if self.options.extra:
+            self.sample = TokenSample(self.options.twonn_sample, self.seed)
+            if self.sequences_known:
+                self.per_sequence = {layer: self.options.sequences(self.dim) for layer in self.layers}
 
     def update(self, states, groups: torch.Tensor, pairs, positions=None) -> None:
         """`states`: layer index -> [n, d] rows of the counted tokens, same rows for every layer."""
@@ -243,6 +253,10 @@ class GeometryStats:
             cross.update(states[layer], states[self.last])
         for (a, b), cross in self.pairwise.items():
             cross.update(states[a], states[b])
+        for layer, seq in self.per_sequence.items():
+            seq.update(states[layer], groups)
+        if self.sample is not None:
+            self.sample.update({layer: states[layer] for layer in self.layers})
 
     @torch.no_grad()
     def update_alignment(self, hidden_states, valid: torch.Tensor) -> None:
@@ -288,6 +302,22 @@ class GeometryStats:
         keys = ["norm_median", "norm_max", "top1pct_share", "outliers", "outlier_positions", "excluded_norm_median"]
         return {key: [per[layer][key] for layer in self.layers] for key in keys}
 
+    def extra_results(self) -> dict:
+        """Per layer: RankMe, alpha-ReQ, TwoNN, prompt and dataset entropy, curvature (none when options.extra is off)."""
+        o = self.options
+        if not o.extra:
+            return {}
+        nan = float("nan")
+        seq = self.per_sequence
+        return {
+            "rankme": [self.acc[i].rankme(o.rankme_eps, o.rankme_center) for i in self.layers],
+            "alpha_req": [self.acc[i].alpha_req(o.alpha_fit_range, o.alpha_weighted) for i in self.layers],
+            "twonn": [self.sample.twonn(i, o.twonn_discard) for i in self.layers],
+            "prompt_entropy": [seq[i].prompt_entropy() if seq else nan for i in self.layers],
+            "dataset_entropy": [seq[i].dataset_entropy() if seq else nan for i in self.layers],
+            "curvature": [seq[i].curvature() if seq else nan for i in self.layers],
+        }
+
     def results(self) -> dict:
         last = self.acc[self.last]
 
@@ -306,6 +336,7 @@ class GeometryStats:
             "cka_to_last": [cka(i) for i in self.layers],
             "mean_norm": [self.acc[i].mean_norm() for i in self.layers],
             **self.norm_results(),
+            **self.extra_results(),
         }
         dominated = [
             layer
@@ -320,7 +351,21 @@ class GeometryStats:
                 i, j = self.layers.index(a), self.layers.index(b)
                 matrix[i][j] = matrix[j][i] = cross.cka(self.acc[a], self.acc[b])
         projector_target = self.projector.target_layer if self.projector is not None else None
+        extra = {}
+        if self.options.extra:
+            extra["samples"] = {
+                "twonn": {
+                    "tokens": self.sample.n_,
+                    "of": self.sample.seen_ if self.sample.n_ else 0,
+                    "seed": self.seed,
+                },
+                "prompt_entropy": {
+                    "sequences": self.per_sequence[self.layers[0]].prompt_n_ if self.per_sequence else 0
+                },
+                "sequences": self.per_sequence[self.layers[0]].sequences_ if self.per_sequence else 0,
+            }
         return {
+            **extra,
             "tokens": int(last.n_),
             "pairs": int(last.n_pairs_),
             "layers": list(self.layers),
@@ -359,6 +404,7 @@ def analyse_model(
     exclude_massive: float | None = None,
     progress: bool = True,
     stats_device: str | None = None,
+    options: MetricOptions | None = None,
 ) -> dict:
     """Run `model` over `windows` (token id arrays or lists) and return the geometry results dict (see GeometryStats).
 
@@ -372,7 +418,10 @@ def analyse_model(
     device = next(model.parameters()).device
     total = sum(len(w) for w in windows)
     last = num_hidden_layers(model)
-    stats = GeometryStats(layers, last, hidden_size(model), cka_matrix, target_layer, projector)
+    options = options or MetricOptions()
+    stats = GeometryStats(
+        layers, last, hidden_size(model), cka_matrix, target_layer, projector, options=options, seed=seed
+    )
     stats.massive_k = exclude_massive or MASSIVE_K
     if projector is not None:
         projector.to(device).eval()
@@ -431,7 +480,12 @@ def analyse_model(
             stats.update_alignment(hs, valid_d)
             bar.update(n)
     bar.close()
-    return stats.results()
+    res = stats.results()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if options.extra and head is not None and getattr(head, "weight", None) is not None:
+        # the LM head's weight (tied or not) against the last hidden state, which is what it multiplies
+        res["unembedding"] = unembedding_metrics(head.weight, stats.acc[last].covariance(), options.unembedding_top_k)
+    return res
 
 
 def _excluded_count(length: int, exclude_positions) -> int:
@@ -521,13 +575,24 @@ def states_sha256(x, n: int, chunk: int = 8192) -> str:
 
 
 def analyse_states(
-    x, *, layers: list[int], n_pairs: int, seed: int, chunk: int = 8192, cka_matrix: bool = False, progress: bool = True
+    x,
+    *,
+    layers: list[int],
+    n_pairs: int,
+    seed: int,
+    chunk: int = 8192,
+    cka_matrix: bool = False,
+    progress: bool = True,
+    options: MetricOptions | None = None,
 ) -> dict:
     """Geometry of saved states x [layers, tokens, dim]. No sequence ids: pairs are any two distinct tokens of a chunk."""
     from tqdm.auto import tqdm
 
     n_layers, n, d = x.shape
-    stats = GeometryStats(layers, n_layers - 1, d, cka_matrix)
+    # no sequence ids: the per-sequence metrics (entropies, curvature) are undefined, reported as null
+    stats = GeometryStats(
+        layers, n_layers - 1, d, cka_matrix, options=options or MetricOptions(), seed=seed, sequences_known=False
+    )
     gen = torch.Generator().manual_seed(seed)
     starts = range(0, n, chunk)
     # every row its own group: a chunk of m rows holds m (m - 1) ordered pairs
