@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from test_report_build import _write, make_run, num, read_csv
 
 from nitp_eval.report.build import build_report
@@ -115,3 +116,35 @@ def test_the_shipped_study_report_rebuilds_byte_identically(tmp_path):
         if f.name == "report.md" and shallow:  # its pre-registration sentence reads the git history
             continue
         assert (md.parent / f).read_bytes() == (shipped / f).read_bytes(), f
+
+
+def test_the_further_representation_metrics_reach_tables_rows_and_figures(tiny_run, tmp_path):
+    """Real geometry results (schema 2) of a real pair: the pair report has the metrics table, profiles and
+    trajectories; a study of it has exploratory rows for each metric (never primary)."""
+    import shutil
+
+    from nitp_eval.report.load import Study
+    from nitp_eval.report.study_rows import collect_rows
+
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny_run, pair, ignore=shutil.ignore_patterns("data"))
+    res = _cli("geometry", pair, "--all-steps", "--tokens", "600", "--seq-len", "64")
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = build_report(spec_from_paths([pair]), tmp_path / "out", progress=False)
+    table = read_csv(md.parent / "tables" / "geometry_metrics.csv")
+    assert table[0][2:] == ["RankMe", "α-ReQ (spectral decay)", "TwoNN intrinsic dimension", "prompt entropy",
+                            "dataset entropy", "curvature (rad)", "unembedding effective rank",
+                            "last-layer variance in the head's top directions"]  # fmt: skip
+    geo = json.loads((pair / "eval" / "geometry" / "nitp-step-000006.json").read_text())
+    nitp = next(r for r in table if r[0] == "NITP")
+    assert num(nitp[2]) == round(geo["per_layer"]["rankme"][-1], 2)
+    assert num(nitp[8]) == round(geo["unembedding"]["erank"], 2)
+    for fig in ("metric_profiles", "trajectories"):
+        assert (md.parent / "figures" / f"{fig}.png").is_file(), fig
+    rows = {
+        r.key: r for r in collect_rows(Study(pair, "p", None, {0: load_run_for(pair)}), spec_from_paths([pair]), [])
+    }
+    for key in ("last_rankme", "last_alpha_req", "last_twonn", "last_curvature", "unembedding_erank"):
+        assert key in rows and rows[key].other[0] == pytest.approx(
+            geo["unembedding"]["erank"] if key == "unembedding_erank" else geo["per_layer"][key[5:]][-1]
+        )

@@ -15,16 +15,16 @@ from pathlib import Path
 
 from nitp_eval.report import figures as F
 from nitp_eval.report import setup as S
-from nitp_eval.report.common import pick, run_arms
+from nitp_eval.report.common import EXTRA_LAYER_METRICS, pick, run_arms
 from nitp_eval.report.downstream import ablation_table, downstream_table, lm_pairs
 from nitp_eval.report.endpoints import DEFAULT_ENDPOINTS, PAPER_EFFECTS
-from nitp_eval.report.geometry_tables import geometry_table
+from nitp_eval.report.geometry_tables import geometry_table, metrics_table
 from nitp_eval.report.load import Run, Study, file_digest, load_any
 from nitp_eval.report.mteb_tables import mteb_tables
 from nitp_eval.report.rows import decide
 from nitp_eval.report.spec import Spec
 from nitp_eval.report.stats import mean_delta
-from nitp_eval.report.study_figures import study_dynamics, study_profiles
+from nitp_eval.report.study_figures import study_dynamics, study_profiles, study_trajectories
 from nitp_eval.report.study_rows import collect_rows
 from nitp_eval.report.study_tables import seed_tables, verdict_paragraph
 from nitp_eval.report.table import Table
@@ -275,6 +275,17 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
             w.figure(
                 fig, f"geometry_profiles{sfx}", f"{study.label}: per-layer effective rank and anisotropy over seeds"
             )
+            extra = [(k, label) for k, (label, _) in EXTRA_LAYER_METRICS.items()]
+            w.figure(
+                study_profiles(study, arms, spec.step, notes, extra),
+                f"metric_profiles{sfx}",
+                f"{study.label}: further representation metrics per layer over seeds (docs/geometry.md)",
+            )
+            w.figure(
+                study_trajectories(study, arms),
+                f"trajectories{sfx}",
+                f"{study.label}: last-layer geometry over the checkpoints, mean and seed band (paper Fig. 1)",
+            )
         if "cost" in spec.sections:
             w.text("## Cost\n")
             t = cost_table([study.seeds[s] for s in sorted(study.seeds)], spec, notes)
@@ -330,6 +341,7 @@ def _geometry(spec, runs, w, notes, many):
         w.text("No geometry results found (run `nitp-eval geometry <run dir>`).\n")
         return
     w.table(t)
+    w.table(metrics_table(runs, spec))
     from nitp_eval.geometry.flags import massive_flag
 
     for run in runs:
@@ -344,6 +356,16 @@ def _geometry(spec, runs, w, notes, many):
             F.geometry_profiles(run, arms, spec.step, notes),
             f"geometry_profiles{sfx}",
             f"{run.label}: effective rank, anisotropy and CKA to the last layer per layer",
+        )
+        w.figure(
+            F.metric_profiles(run, arms, spec.step),
+            f"metric_profiles{sfx}",
+            f"{run.label}: RankMe, α-ReQ, TwoNN, prompt and dataset entropy, curvature per layer (docs/geometry.md)",
+        )
+        w.figure(
+            F.metric_trajectories(run, arms),
+            f"trajectories{sfx}",
+            f"{run.label}: last-layer geometry over the evaluated checkpoints (Fig. 1-style)",
         )
         fig = F.cka_heatmaps(run, arms, spec.step)
         if fig is None:

@@ -25,6 +25,20 @@ TASK_NAMES = {
 ARM_NAMES = {"ntp": "NTP", "nitp": "NITP", "cosine_reg": "Cosine reg."}
 MTEB_GROUPS = ("Classification", "STS", "Retrieval/Dup")
 NA = "n/a"
+# geometry schema 2's further per-layer metrics (docs/geometry.md): results key -> (label, decimals)
+EXTRA_LAYER_METRICS = {
+    "rankme": ("RankMe", 2),
+    "alpha_req": ("α-ReQ (spectral decay)", 4),
+    "twonn": ("TwoNN intrinsic dimension", 2),
+    "prompt_entropy": ("prompt entropy", 4),
+    "dataset_entropy": ("dataset entropy", 4),
+    "curvature": ("curvature (rad)", 4),
+}
+# per-checkpoint metrics of the unembedding (results `unembedding`): key -> (label, decimals)
+UNEMBEDDING_METRICS = {
+    "erank": ("unembedding effective rank", 2),
+    "top_k_share": ("last-layer variance in the head's top directions", 4),
+}
 SINGLE_SEED_NOTE = (
     "One training seed per arm: these CIs cover evaluation (document) noise only, not training-seed noise, so a "
     "starred Δ can still be the seed; `nitp-train pair --seeds 0,1,2` and a report of the study dir separate the two."

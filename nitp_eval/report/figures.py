@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nitp_eval.report.common import arm_name, pick
+from nitp_eval.report.common import EXTRA_LAYER_METRICS, arm_name, pick
 from nitp_eval.report.comparable import check_geometry_comparable
 from nitp_eval.report.load import Run
 from nitp_eval.report.stats import finite
@@ -217,6 +217,68 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
     )
     fig.suptitle(f"{run.label}: per-layer geometry")
     return fig
+
+
+def _panel_grid(n: int):
+    plt = pyplot()
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1, 3.3 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def metric_profiles(run: Run, arms: list[str], step: int | None = None):
+    """The further representation metrics (RankMe, α-ReQ, TwoNN, entropies, curvature) vs layer index."""
+    picked = {a: pick(run, "geometry", a, step) for a in arms}
+    picked = {a: r for a, r in picked.items() if r is not None}
+    keys = [k for k in EXTRA_LAYER_METRICS if any((r.data.get("per_layer") or {}).get(k) for r in picked.values())]
+    if not keys:
+        return None  # results of geometry schema 1
+    fig, axes = _panel_grid(len(keys))
+    for ax, key in zip(axes, keys):
+        for a, r in picked.items():
+            y = (r.data.get("per_layer") or {}).get(key)
+            if y:
+                layers = r.data.get("layers") or list(range(len(y)))
+                ax.plot(layers, _floats(y), marker="o", ms=3, color=arm_color(a, arms), ls=arm_style(a, arms), lw=1.5)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel(EXTRA_LAYER_METRICS[key][0])
+        integer_ticks(ax)
+    legend(fig, list(picked), arms)
+    fig.suptitle(f"{run.label}: further representation metrics per layer (docs/geometry.md)")
+    return fig
+
+
+TRAJECTORY_KEYS = ("erank_cov", "anisotropy", *EXTRA_LAYER_METRICS)
+TRAJECTORY_LABELS = {"erank_cov": "effective rank (cov)", "anisotropy": "anisotropy"} | {
+    k: v[0] for k, v in EXTRA_LAYER_METRICS.items()
+}
+
+
+def metric_trajectories(run: Run, arms: list[str]):
+    """Every last-layer geometry metric over the evaluated checkpoints (Fig. 1-style), one panel each."""
+    keys = [k for k in TRAJECTORY_KEYS if any(len(_checkpoint_series(run, a, k)[0]) > 1 for a in arms)]
+    if not keys:
+        return None
+    fig, axes = _panel_grid(len(keys))
+    for ax, key in zip(axes, keys):
+        for a in arms:
+            x, y = _checkpoint_series(run, a, key)
+            if len(x):
+                ax.plot(x, y, marker="o", ms=3, color=arm_color(a, arms), ls=arm_style(a, arms), lw=1.5)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(TRAJECTORY_LABELS[key] + " (last layer)")
+        integer_ticks(ax)
+    legend(fig, arms, arms)
+    fig.suptitle(f"{run.label}: last-layer geometry over the evaluated checkpoints")
+    return fig
+
+
+def checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer's `key` over the arm's evaluated checkpoints (steps, values)."""
+    return _checkpoint_series(run, arm, key)
 
 
 def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from nitp_eval.report.common import NA, check_steps, fmt, pick, row_label, run_arms
+from nitp_eval.report.common import (
+    EXTRA_LAYER_METRICS,
+    NA,
+    UNEMBEDDING_METRICS,
+    check_steps,
+    fmt,
+    pick,
+    row_label,
+    run_arms,
+)
 from nitp_eval.report.comparable import check_geometry_comparable, erank_bias_note
 from nitp_eval.report.load import Run
 from nitp_eval.report.spec import Spec
@@ -60,4 +69,31 @@ def geometry_table(runs: list[Run], spec: Spec, notes: list[str]) -> Table | Non
                 fmt(al.get("projector_cos")),
                 rule=(j == 0),
             )
+    return table if table.rows else None
+
+
+def metrics_table(runs: list[Run], spec: Spec) -> Table | None:
+    """The further representation metrics of the last layer, and the unembedding's (geometry schema 2)."""
+    cols = [(k, label, f"{{:.{places}f}}") for k, (label, places) in EXTRA_LAYER_METRICS.items()]
+    unemb = [(k, label, f"{{:.{places}f}}") for k, (label, places) in UNEMBEDDING_METRICS.items()]
+    table = Table(
+        "geometry_metrics", "Last-layer representation metrics", ["Model", "Step", *[c for _, c, _ in cols + unemb]]
+    )
+    table.notes.append(
+        "Definitions, sources and the conventions that change each number: docs/geometry.md and docs/footguns.md "
+        "(TwoNN and prompt entropy on a seeded, recorded sample). Unembedding: the LM head's effective rank, and "
+        "the share of the last layer's variance in the head's top singular directions (isotropic: top_k / d)."
+    )
+    for run in runs:
+        for j, a in enumerate(run_arms(run, spec)):
+            r = pick(run, "geometry", a, spec.step)
+            per_layer = (r.data.get("per_layer") or {}) if r else {}
+            if not r or not any(per_layer.get(k) for k, _, _ in cols):
+                continue  # schema-1 results: the geometry table above is all there is
+            u = r.data.get("unembedding") or {}
+            table.add(
+                row_label(run, a, len(runs) > 1), fmt(r.step, "{}"),
+                *[fmt(per_layer[k][-1], f) if per_layer.get(k) else NA for k, _, f in cols],
+                *[fmt(u.get(k), f) for k, _, f in unemb], rule=(j == 0),
+            )  # fmt: skip
     return table if table.rows else None

@@ -87,16 +87,72 @@ def study_dynamics(study: Study, arms: list[str], notes: list[str]):
     return fig
 
 
-def study_profiles(study: Study, arms: list[str], step: int | None, notes: list[str]):
-    """Per-layer effective rank and anisotropy of the evaluated checkpoints, every seed and the mean."""
+def study_trajectories(study: Study, arms: list[str]):
+    """Fig. 1 from the evaluated checkpoints: every last-layer geometry metric vs step, each seed thin, the
+    mean bold, the band between the lowest and highest seed shaded."""
+    from nitp_eval.report.figures import (
+        TRAJECTORY_KEYS,
+        TRAJECTORY_LABELS,
+        arm_color,
+        arm_style,
+        checkpoint_series,
+        integer_ticks,
+        legend,
+        pyplot,
+    )
+
+    runs = [study.seeds[s] for s in sorted(study.seeds)]
+    keys = [k for k in TRAJECTORY_KEYS if any(len(checkpoint_series(r, a, k)[0]) > 1 for r in runs for a in arms)]
+    if not keys:
+        return None
+    plt = pyplot()
+    cols = min(len(keys), 4)
+    fig, axes = plt.subplots(-(-len(keys) // cols), cols, figsize=(3.6 * cols + 1, 3.3 * -(-len(keys) // cols)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
+        for a in arms:
+            c, ls = arm_color(a, arms), arm_style(a, arms)
+            curves = [checkpoint_series(r, a, key) for r in runs]
+            curves = [(x, y) for x, y in curves if len(x)]
+            for x, y in curves:
+                ax.plot(x, y, color=c, ls=ls, lw=0.7, alpha=0.35)
+            mx, my, lo, hi = _mean_curve(curves)
+            if len(mx):
+                ax.plot(mx, my, color=c, ls=ls, lw=2, marker="o", ms=3)
+                if len(curves) > 1:
+                    ax.fill_between(mx, lo, hi, color=c, alpha=0.15, lw=0)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(TRAJECTORY_LABELS[key] + " (last layer)")
+        integer_ticks(ax)
+    legend(
+        fig, arms, arms, keys=[("one seed (thin), mean over seeds (bold), band: lowest to highest seed", {"lw": 1.5})]
+    )
+    fig.suptitle(f"{study.label}: last-layer geometry over the checkpoints, {len(runs)} seeds (paper Fig. 1)")
+    return fig
+
+
+def study_profiles(study: Study, arms: list[str], step: int | None, notes: list[str], panels=None):
+    """Per-layer geometry of the evaluated checkpoints, every seed and the mean (default: effective rank and
+    anisotropy; `panels`: other (key, label) pairs, e.g. the further representation metrics)."""
     from nitp_eval.report.figures import arm_color, arm_style, integer_ticks, legend, pyplot
 
     runs = [study.seeds[s] for s in sorted(study.seeds)]
     if not any(pick(r, "geometry", a, step) for r in runs for a in arms):
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for ax, (key, label) in zip(axes, (("erank_cov", "effective rank (cov)"), ("anisotropy", "anisotropy"))):
+    found = [pick(r, "geometry", a, step) for r in runs for a in arms]
+    panels = panels or (("erank_cov", "effective rank (cov)"), ("anisotropy", "anisotropy"))
+    panels = [(k, lab) for k, lab in panels if any(res and (res.data.get("per_layer") or {}).get(k) for res in found)]
+    if not panels:
+        return None
+    cols = min(len(panels), 4)
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(3.6 * cols + 1.5, 3.6 * -(-len(panels) // cols)),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat, panels):
         for a in arms:
             c, ls = arm_color(a, arms), arm_style(a, arms)
             curves = []

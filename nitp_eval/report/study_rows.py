@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nitp_eval.report.common import MTEB_GROUPS, pick, run_arms, task_name
+from nitp_eval.report.common import EXTRA_LAYER_METRICS, MTEB_GROUPS, UNEMBEDDING_METRICS, pick, run_arms, task_name
 from nitp_eval.report.comparable import check_geometry_comparable, erank_bias_note
 from nitp_eval.report.downstream import degenerate_tasks, generation_settings, lm_answers, lm_score
 from nitp_eval.report.load import Run, Study
@@ -134,6 +134,15 @@ def _geometry(c: Collector, study: Study, runs, base, other, spec) -> None:
         tuple((x.data.get("alignment") or {}).get("cos_next") for x in (b, o)) if b and o else None for b, o in picked
     ]
     c.add("cos_next", "geometry", "cos(h_t, z_t+1)", Unit.VALUE, [v if v and None not in v else None for v in cos])
+    for key, (name, places) in EXTRA_LAYER_METRICS.items():  # schema 2; absent from older results
+        c.add(f"last_{key}", "geometry", f"last layer: {name}", Unit.RANK if places == 2 else Unit.VALUE,
+              [(layer(b, key, -1), layer(o, key, -1)) if b and o else None for b, o in picked])  # fmt: skip
+    for key, (name, places) in UNEMBEDDING_METRICS.items():
+        values = [
+            tuple((x.data.get("unembedding") or {}).get(key) for x in (b, o)) if b and o else None for b, o in picked
+        ]
+        c.add(f"unembedding_{key}", "geometry", name, Unit.RANK if places == 2 else Unit.VALUE,
+              [v if v and None not in v else None for v in values])  # fmt: skip
     layers = next((b.data.get("layers") for b, o in picked if b and o), None) or []
     for i, num in enumerate(layers[:-1]):  # the last layer is the geometry row above
         c.add(f"layer_erank:{num}", "layers", f"layer {num}", Unit.RANK,
