@@ -142,7 +142,7 @@ def test_the_further_representation_metrics_reach_tables_rows_and_figures(tiny_r
     for fig in ("metric_profiles", "trajectories"):
         assert (md.parent / "figures" / f"{fig}.png").is_file(), fig
     rows = {
-        r.key: r for r in collect_rows(Study(pair, "p", None, {0: load_run_for(pair)}), spec_from_paths([pair]), [])
+        r.key: r for r in collect_rows(Study(pair, "p", None, {0: load_run(pair)}), spec_from_paths([pair]), [])
     }
     for key in ("last_rankme", "last_alpha_req", "last_twonn", "last_curvature", "unembedding_erank"):
         assert key in rows and rows[key].other[0] == pytest.approx(
