@@ -123,7 +123,7 @@ def test_the_further_representation_metrics_reach_tables_rows_and_figures(tiny_r
     trajectories; a study of it has exploratory rows for each metric (never primary)."""
     import shutil
 
-    from nitp_eval.report.load import Study
+    from nitp_eval.report.load import Study, load_run
     from nitp_eval.report.study_rows import collect_rows
 
     pair = tmp_path / "pair"
@@ -141,9 +141,7 @@ def test_the_further_representation_metrics_reach_tables_rows_and_figures(tiny_r
     assert num(nitp[8]) == round(geo["unembedding"]["erank"], 2)
     for fig in ("metric_profiles", "trajectories"):
         assert (md.parent / "figures" / f"{fig}.png").is_file(), fig
-    rows = {
-        r.key: r for r in collect_rows(Study(pair, "p", None, {0: load_run(pair)}), spec_from_paths([pair]), [])
-    }
+    rows = {r.key: r for r in collect_rows(Study(pair, "p", None, {0: load_run(pair)}), spec_from_paths([pair]), [])}
     for key in ("last_rankme", "last_alpha_req", "last_twonn", "last_curvature", "unembedding_erank"):
         assert key in rows and rows[key].other[0] == pytest.approx(
             geo["unembedding"]["erank"] if key == "unembedding_erank" else geo["per_layer"][key[5:]][-1]
