@@ -46,7 +46,8 @@ replicate-cpu: setup
 	$(VENV)/bin/nitp-eval replicate analyses/replication-cpu.yaml
 
 # The pre-registered Fig. 1 study (analyses/replication-cpu-fig1.yaml): 5 seeds x NTP/NITP of micro-dense,
-# two arms at a time, one per core (~1.5 h of training, ~2.2 core-hours of evaluation). Resumable.
+# two seeds at a time, one per core, each trained, evaluated and collected as it lands (~3.7 core-hours of
+# training, ~2.2 of evaluation: ~3 h on 2 cores). Resumable: rerun to continue; commit reports/replication-cpu-fig1/results as seeds land.
 replicate-cpu-fig1: setup
 	$(VENV)/bin/nitp-eval replicate analyses/replication-cpu-fig1.yaml --workers 2
 

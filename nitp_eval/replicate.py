@@ -88,11 +88,14 @@ def _run(argv: list[str], what: str) -> None:
         raise UserError(f"{what}: `{shown}` failed (exit {rc}); fix what it says and rerun to continue")
 
 
-def train_parallel(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> None:
-    """The seeds split over `workers` processes, each pinned to a core of its own with one thread (so every
-    arm is timed under the same load), each running `nitp-train pair --seeds <its seeds> --resume`. The first
-    makes the shared token cache; the others start once its meta.json exists (two tokenisers would collide)."""
+def run_seeds_in_workers(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> None:
+    """Each seed trained and then evaluated by one of `workers` threads, each driving processes pinned to a core
+    of its own with one thread (every arm timed under the same load), and its results collected as soon as
+    they land, so a study cut short by the end of a session keeps every finished seed in full. The first
+    seed makes the shared token cache; the other workers start once its meta.json exists (two tokenisers
+    would collide)."""
     import os
+    import threading
     import time
 
     cores = sorted(os.sched_getaffinity(0))
@@ -100,23 +103,42 @@ def train_parallel(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> None:
         raise UserError(f"--workers {workers}: this machine gives this process {len(cores)} core(s)")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cache = Path(plan.train.get("data.cache_dir") or plan.out / "data")  # where `pair` puts the token cache
-    procs = []
+    lock, failures = threading.Lock(), []
+
+    def call(argv: list[str], core: int, module: str) -> int:
+        shown = ("nitp-train " if module == "nitp_train" else "nitp-eval ") + " ".join(argv)
+        typer.echo(f"\n$ taskset -c {core} {shown}", err=True)
+        return subprocess.call([sys.executable, "-m", module, *argv], env=env,
+                               preexec_fn=lambda: os.sched_setaffinity(0, {core}))  # fmt: skip
+
+    def worker(seeds: list[int], core: int) -> None:
+        for seed in seeds:
+            rc = call(plan.train_command([seed]) + ["--resume"], core, "nitp_train")
+            for kind, args in plan.evaluate.items():
+                if rc == 0 and args is not None:
+                    rc = call([kind, str(plan.out / f"seed-{seed}"), "--skip-existing", *args], core, "nitp_eval.cli")
+            with lock:
+                if rc:
+                    failures.append(seed)
+                    return
+                typer.echo(
+                    f"seed {seed}: collected {collect(plan)} results files into {plan.report / 'results'}", err=True
+                )
+
+    threads = []
     for w, seeds in enumerate(plan.seeds[i::workers] for i in range(workers)):
         if not seeds:
             continue
-        while procs and not list(cache.glob("*/meta.json")):
-            if procs[0].poll() not in (None, 0):
-                raise UserError(
-                    f"train: the first worker stopped (exit {procs[0].returncode}) before the token cache existed"
-                )
+        while threads and not list(cache.glob("*/meta.json")):
+            if not threads[0].is_alive():
+                break  # the first worker failed early; its failure is reported below
             time.sleep(poll_s)
-        argv = plan.train_command(seeds) + ["--resume"]
-        typer.echo(f"\n$ taskset -c {cores[w]} nitp-train {' '.join(argv)}   # worker {w + 1} of {workers}", err=True)
-        procs.append(subprocess.Popen([sys.executable, "-m", "nitp_train", *argv], env=env,
-                                      preexec_fn=lambda core=cores[w]: os.sched_setaffinity(0, {core})))  # fmt: skip
-    failed = [p.args[3:] for p in procs if p.wait() != 0]
-    if failed:
-        raise UserError(f"train: {len(failed)} worker(s) failed; fix what they said and rerun to continue")
+        threads.append(threading.Thread(target=worker, args=(seeds, cores[w])))
+        threads[-1].start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise UserError(f"seed(s) {sorted(failures)} failed (see above); fix what they said and rerun to continue")
 
 
 def time_design(plan: StudyPlan, steps: int, budget_s: float | None) -> dict:
@@ -190,7 +212,8 @@ def command(
     workers: int = typer.Option(
         1,
         "--workers",
-        help="Train the seeds in this many processes at once, each pinned to its own core with one thread. Default: 1.",
+        help="Train and evaluate this many seeds at once, each on its own core with one thread; each seed's results "
+        "are collected as soon as it is evaluated. Default: 1.",
     ),
 ) -> None:
     """Run a study end to end from its spec: train every seed's pair, evaluate every arm, collect, report.
@@ -214,7 +237,7 @@ def command(
         raise UserError(f"--workers {workers}: give at least 1")
     if "train" in chosen:
         if workers > 1:
-            train_parallel(plan, workers)
+            run_seeds_in_workers(plan, workers)
         started = plan.out.is_dir() and any(p.name != "data" for p in plan.out.iterdir())
         _run(plan.train_command() + (["--resume"] if started else []), "train")
         typer.echo(f"collected {collect(plan)} results files into {plan.report / 'results'}", err=True)

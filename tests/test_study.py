@@ -244,8 +244,9 @@ def test_validation_ce_is_compared_at_the_last_step_both_arms_evaluated(tmp_path
 
 
 def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_corpus):
-    """--workers 2: the seeds split over two pinned single-thread processes, one shared token cache, the same
-    pairs (init, data and order hashes) as one process would make, and study.json listing every seed."""
+    """--workers 2: each seed trained and evaluated on its own pinned single-thread core and collected as it
+    lands; one shared token cache, the same pairs (init, data and order hashes) as one process makes, and
+    study.json listing every seed."""
     from conftest import REPO
 
     train = dict(s.split("=", 1) for s in tiny_sets)
@@ -253,12 +254,15 @@ def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_co
     out = tmp_path / "runs" / "study"
     spec = tmp_path / "study.yaml"
     spec.write_text(yaml.safe_dump({
-        "study": {"out": str(out), "preset": "tiny-dense", "seeds": [0, 1], "train": train, "report": str(tmp_path / "r")},
+        "study": {"out": str(out), "preset": "tiny-dense", "seeds": [0, 1], "train": train, "report": str(tmp_path / "r"),
+                  "geometry": ["--tokens", "300"]},
         "runs": [{"path": str(tmp_path / "r" / "results")}],
     }))  # fmt: skip
     res = _cli("replicate", spec, "--stages", "train", "--workers", "2", cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "worker 2 of 2" in res.stderr and "--seeds 1 " in res.stderr
+    assert "$ taskset -c" in res.stderr and "--seeds 1 " in res.stderr
+    for s in (0, 1):  # evaluated and collected by its worker
+        assert (tmp_path / "r" / "results" / f"seed-{s}" / "eval" / "geometry" / "nitp-step-000002.json").is_file()
     cache = Path(train["data.cache_dir"])
     assert len(list(cache.glob("*/meta.json"))) == 1  # one token cache, made once
     assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
