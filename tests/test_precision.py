@@ -49,7 +49,14 @@ def test_bf16_loss_curve_follows_fp32_and_auto_is_recorded_resolved(tmp_path, ti
 
     The tolerance is one bf16 rounding (8 mantissa bits: 2^-9 = 0.2 %); the curves differed by at most 0.008 %
     when this was written (tiny model, fp32 master weights, fp32 softmax and norms)."""
-    sets = tiny_sets + [f"data.path={tiny_corpus}", "steps=10", "save_every=10", "eval_every=0", "probe_every=0"]
+    sets = tiny_sets + [
+        f"data.path={tiny_corpus}",
+        "steps=10",
+        "save_every=10",
+        "eval_every=0",
+        "probe_every=0",
+        "log_every=1",
+    ]  # every step's loss
     curves = {}
     for precision in ("fp32", "bf16", "auto"):
         arm = tmp_path / precision

@@ -180,7 +180,7 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 def num(cell: str) -> float:
-    return float(cell.split()[0].rstrip("*"))
+    return float(cell.split()[0].rstrip("*!≤"))  # flags: * CI excludes 0, ! degenerate, ≤ at/below the baseline
 
 
 def ci_of(cell: str) -> tuple[float, float]:

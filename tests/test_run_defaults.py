@@ -35,7 +35,8 @@ def _torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
 
 
 def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    # another rank's progress bar may share the line (two processes write to one stderr): start at "error:"
+    return [line[line.index("error:") :] for line in stderr.splitlines() if "error:" in line]
 
 
 # ---------------------------------------------------------------------------- one source of defaults
