@@ -21,6 +21,16 @@ def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     return np.array(common), ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
+def _mean_and_band(ax, curves, color, ls, **mean_style) -> bool:
+    """The mean over seeds bold and, with several seeds, the band between the lowest and highest shaded."""
+    mx, my, lo, hi = _mean_curve(curves)
+    if len(mx):
+        ax.plot(mx, my, color=color, ls=ls, lw=2, **mean_style)
+        if len(curves) > 1:
+            ax.fill_between(mx, lo, hi, color=color, alpha=0.15, lw=0)
+    return bool(len(mx))
+
+
 def study_dynamics(study: Study, arms: list[str], notes: list[str]):
     """Paper Fig. 1 and Fig. 5 over seeds: probe effective rank and cosine, the NITP loss, Δ validation CE."""
     from nitp_eval.report.figures import (
@@ -65,12 +75,7 @@ def study_dynamics(study: Study, arms: list[str], notes: list[str]):
                 if len(x):
                     curves.append((x, y))
                     ax.plot(x, y, color=c, ls=ls, lw=0.7, alpha=0.35)
-            mx, my, lo, hi = _mean_curve(curves)
-            if len(mx):
-                ax.plot(mx, my, color=c, ls=ls, lw=2)
-                if len(curves) > 1:
-                    ax.fill_between(mx, lo, hi, color=c, alpha=0.15, lw=0)
-                drawn = True
+            drawn = _mean_and_band(ax, curves, c, ls) or drawn
         if key == "val_ce" and drawn:
             ax.axhline(0, color="grey", lw=1)
         if key == "loss_nitp" and drawn:
@@ -118,11 +123,7 @@ def study_trajectories(study: Study, arms: list[str]):
             curves = [(x, y) for x, y in curves if len(x)]
             for x, y in curves:
                 ax.plot(x, y, color=c, ls=ls, lw=0.7, alpha=0.35)
-            mx, my, lo, hi = _mean_curve(curves)
-            if len(mx):
-                ax.plot(mx, my, color=c, ls=ls, lw=2, marker="o", ms=3)
-                if len(curves) > 1:
-                    ax.fill_between(mx, lo, hi, color=c, alpha=0.15, lw=0)
+            _mean_and_band(ax, curves, c, ls, marker="o", ms=3)
         ax.set_xlabel("training step")
         ax.set_ylabel(TRAJECTORY_LABELS[key] + " (last layer)")
         integer_ticks(ax)
@@ -164,11 +165,7 @@ def study_profiles(study: Study, arms: list[str], step: int | None, notes: list[
                     y = np.array([v if finite(v) else np.nan for v in vals], dtype=float)
                     curves.append((np.array(layers), y))
                     ax.plot(layers, y, color=c, ls=ls, lw=0.7, alpha=0.35)
-            mx, my, lo, hi = _mean_curve(curves)
-            if len(mx):
-                ax.plot(mx, my, color=c, ls=ls, lw=2, marker="o", ms=3)
-                if len(curves) > 1:
-                    ax.fill_between(mx, lo, hi, color=c, alpha=0.15, lw=0)
+            _mean_and_band(ax, curves, c, ls, marker="o", ms=3)
         ax.set_xlabel("layer (hidden_states index)")
         ax.set_ylabel(label)
         integer_ticks(ax)
