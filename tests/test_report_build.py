@@ -769,7 +769,7 @@ def test_figures_have_real_content(tmp_path, drawn):
     spec = spec_from_paths([run])
     spec.n_boot, spec.sections = 200, ["geometry", "dynamics"]
     out = build_report(spec, tmp_path / "out", progress=False).parent
-    assert set(drawn) == {"geometry_profiles", "cka", "dynamics", "aux_loss", "cross_entropy"}
+    assert set(drawn) == {"geometry_profiles", "cka", "dynamics", "aux_loss", "cross_entropy", "trajectories"}
     for name, fig in drawn.items():
         for ax in fig.axes:
             if ax.get_label() == "<colorbar>":

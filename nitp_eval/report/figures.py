@@ -225,7 +225,7 @@ def _panel_grid(n: int):
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1, 3.3 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
-        ax.set_visible(False)
+        ax.remove()  # an unused grid cell: no empty panel
     return fig, axes.flat
 
 

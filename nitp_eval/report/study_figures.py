@@ -115,7 +115,7 @@ def study_trajectories(study: Study, arms: list[str]):
     fig, axes = plt.subplots(-(-len(keys) // cols), cols, figsize=(3.6 * cols + 1, 3.3 * -(-len(keys) // cols)),
                              squeeze=False, layout="constrained")  # fmt: skip
     for ax in axes.flat[len(keys) :]:
-        ax.set_visible(False)
+        ax.remove()  # an unused grid cell: no empty panel
     for ax, key in zip(axes.flat, keys):
         for a in arms:
             c, ls = arm_color(a, arms), arm_style(a, arms)
@@ -152,7 +152,7 @@ def study_profiles(study: Study, arms: list[str], step: int | None, notes: list[
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(3.6 * cols + 1.5, 3.6 * -(-len(panels) // cols)),
                              squeeze=False, layout="constrained")  # fmt: skip
     for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
+        ax.remove()  # an unused grid cell: no empty panel
     for ax, (key, label) in zip(axes.flat, panels):
         for a in arms:
             c, ls = arm_color(a, arms), arm_style(a, arms)
