@@ -94,7 +94,12 @@ def command(
     pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
     if not pts:
         raise UserError(f"{metrics}: no {key} records; train with --set probe_every=N")
-    cfg = yaml.safe_load((arm / "config.yaml").read_text()) if (arm / "config.yaml").is_file() else {}
+    try:
+        cfg = yaml.safe_load((arm / "config.yaml").read_text()) if (arm / "config.yaml").is_file() else {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{arm / 'config.yaml'}: not valid YAML ({e.__class__.__name__}); is it cut short?") from e
+    if not isinstance(cfg, dict):
+        raise UserError(f"{arm / 'config.yaml'}: not a config mapping; give an arm dir written by nitp-train run")
     warmup = int(((cfg or {}).get("optim") or {}).get("warmup_steps") or 0)
     steps, values = zip(*pts)
     peak = find_peak(steps, values, warmup, key, window)

@@ -54,3 +54,13 @@ def test_the_command_writes_the_finding_with_its_inputs(tmp_path):
     again = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "pilot", str(arm), "--out", str(out)],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_corrupt_config_is_one_line(tmp_path):
+    arm = tmp_path / "ntp"
+    arm.mkdir()
+    (arm / "config.yaml").write_text("model: {preset: [unclosed\n")
+    (arm / "metrics.jsonl").write_text('{"step": 1, "probe_erank": 3.0}\n')
+    res = subprocess.run([sys.executable, "-m", "nitp_eval.cli", "pilot", str(arm), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
