@@ -219,11 +219,14 @@ def geometry_profiles(run: Run, arms: list[str], step: int | None = None, notes:
     return fig
 
 
-def _panel_grid(n: int):
+def panel_grid(n: int, height: float = 3.3, margin: float = 1.0):
+    """`n` panels, at most 4 a row; cells left over are removed (no empty panel)."""
     plt = pyplot()
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1, 3.3 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols + margin, height * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.remove()  # an unused grid cell: no empty panel
     return fig, axes.flat
@@ -236,7 +239,7 @@ def metric_profiles(run: Run, arms: list[str], step: int | None = None):
     keys = [k for k in EXTRA_LAYER_METRICS if any((r.data.get("per_layer") or {}).get(k) for r in picked.values())]
     if not keys:
         return None  # results of geometry schema 1
-    fig, axes = _panel_grid(len(keys))
+    fig, axes = panel_grid(len(keys))
     for ax, key in zip(axes, keys):
         for a, r in picked.items():
             y = (r.data.get("per_layer") or {}).get(key)
@@ -259,13 +262,13 @@ TRAJECTORY_LABELS = {"erank_cov": "effective rank (cov)", "anisotropy": "anisotr
 
 def metric_trajectories(run: Run, arms: list[str]):
     """Every last-layer geometry metric over the evaluated checkpoints (Fig. 1-style), one panel each."""
-    keys = [k for k in TRAJECTORY_KEYS if any(len(_checkpoint_series(run, a, k)[0]) > 1 for a in arms)]
+    keys = [k for k in TRAJECTORY_KEYS if any(len(checkpoint_series(run, a, k)[0]) > 1 for a in arms)]
     if not keys:
         return None
-    fig, axes = _panel_grid(len(keys))
+    fig, axes = panel_grid(len(keys))
     for ax, key in zip(axes, keys):
         for a in arms:
-            x, y = _checkpoint_series(run, a, key)
+            x, y = checkpoint_series(run, a, key)
             if len(x):
                 ax.plot(x, y, marker="o", ms=3, color=arm_color(a, arms), ls=arm_style(a, arms), lw=1.5)
         ax.set_xlabel("training step")
@@ -274,11 +277,6 @@ def metric_trajectories(run: Run, arms: list[str]):
     legend(fig, arms, arms)
     fig.suptitle(f"{run.label}: last-layer geometry over the evaluated checkpoints")
     return fig
-
-
-def checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """The last layer's `key` over the arm's evaluated checkpoints (steps, values)."""
-    return _checkpoint_series(run, arm, key)
 
 
 def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
@@ -314,7 +312,8 @@ def cka_heatmaps(run: Run, arms: list[str], step: int | None = None):
 # --- training dynamics ------------------------------------------------------------------------------
 
 
-def _checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+def checkpoint_series(run: Run, arm: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer's `key` over the arm's evaluated checkpoints (steps, values)."""
     pts = [
         (r.step, (r.data.get("per_layer") or {}).get(key, [None])[-1])
         for r in run.series("geometry", arm)
@@ -353,7 +352,7 @@ def dynamics(run: Run, arms: list[str], notes: list[str] | None = None, allow_mi
         (
             ckpt_src,
             ("erank_cov", "anisotropy"),
-            _checkpoint_series,
+            checkpoint_series,
             ("checkpoint (squares)", {"marker": "s", "ms": 5, "lw": 1.5}),
         ),
     ]

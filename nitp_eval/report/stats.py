@@ -24,12 +24,15 @@ class Delta:
         return self.lo > 0 or self.hi < 0
 
 
-def paired_samples(base: list[dict], other: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-document values of `metric` for the documents both arms scored, in doc_id order.
+def doc_values(records: list[dict], metric: str) -> dict[str, float]:
+    """{doc_id: value of `metric`}; a record whose value is null (NaN in the results file) or NaN counts as
+    not scored."""
+    return {str(r["doc_id"]): float(r[metric]) for r in records if finite(r.get(metric))}
 
-    A record whose value is null (NaN in the results file) or NaN counts as not scored."""
-    a = {str(r["doc_id"]): float(r[metric]) for r in base if finite(r.get(metric))}
-    b = {str(r["doc_id"]): float(r[metric]) for r in other if finite(r.get(metric))}
+
+def paired_samples(base: list[dict], other: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document values of `metric` for the documents both arms scored, in doc_id order."""
+    a, b = doc_values(base, metric), doc_values(other, metric)
     common = sorted(set(a) & set(b), key=lambda k: (len(k), k))  # numeric ids in numeric order
     return np.array([a[k] for k in common]), np.array([b[k] for k in common])
 
@@ -41,9 +44,7 @@ def paired_by_doc(base, other, task: str) -> dict[str, float] | None:
     sa, sb = (r.data.get("samples", {}).get(task) for r in (base, other))
     if not t.get("primary") or not sa or not sb:
         return None
-    metric = t["primary"]
-    a = {str(r["doc_id"]): float(r[metric]) for r in sa if finite(r.get(metric))}
-    b = {str(r["doc_id"]): float(r[metric]) for r in sb if finite(r.get(metric))}
+    a, b = doc_values(sa, t["primary"]), doc_values(sb, t["primary"])
     return {k: b[k] - a[k] for k in set(a) & set(b)} or None
 
 

@@ -103,20 +103,15 @@ def study_trajectories(study: Study, arms: list[str]):
         checkpoint_series,
         integer_ticks,
         legend,
-        pyplot,
+        panel_grid,
     )
 
     runs = [study.seeds[s] for s in sorted(study.seeds)]
     keys = [k for k in TRAJECTORY_KEYS if any(len(checkpoint_series(r, a, k)[0]) > 1 for r in runs for a in arms)]
     if not keys:
         return None
-    plt = pyplot()
-    cols = min(len(keys), 4)
-    fig, axes = plt.subplots(-(-len(keys) // cols), cols, figsize=(3.6 * cols + 1, 3.3 * -(-len(keys) // cols)),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    for ax in axes.flat[len(keys) :]:
-        ax.remove()  # an unused grid cell: no empty panel
-    for ax, key in zip(axes.flat, keys):
+    fig, axes = panel_grid(len(keys))
+    for ax, key in zip(axes, keys):
         for a in arms:
             c, ls = arm_color(a, arms), arm_style(a, arms)
             curves = [checkpoint_series(r, a, key) for r in runs]
@@ -137,23 +132,18 @@ def study_trajectories(study: Study, arms: list[str]):
 def study_profiles(study: Study, arms: list[str], step: int | None, notes: list[str], panels=None):
     """Per-layer geometry of the evaluated checkpoints, every seed and the mean (default: effective rank and
     anisotropy; `panels`: other (key, label) pairs, e.g. the further representation metrics)."""
-    from nitp_eval.report.figures import arm_color, arm_style, integer_ticks, legend, pyplot
+    from nitp_eval.report.figures import arm_color, arm_style, integer_ticks, legend, panel_grid
 
     runs = [study.seeds[s] for s in sorted(study.seeds)]
     if not any(pick(r, "geometry", a, step) for r in runs for a in arms):
         return None
-    plt = pyplot()
     found = [pick(r, "geometry", a, step) for r in runs for a in arms]
     panels = panels or (("erank_cov", "effective rank (cov)"), ("anisotropy", "anisotropy"))
     panels = [(k, lab) for k, lab in panels if any(res and (res.data.get("per_layer") or {}).get(k) for res in found)]
     if not panels:
         return None
-    cols = min(len(panels), 4)
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(3.6 * cols + 1.5, 3.6 * -(-len(panels) // cols)),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    for ax in axes.flat[len(panels) :]:
-        ax.remove()  # an unused grid cell: no empty panel
-    for ax, (key, label) in zip(axes.flat, panels):
+    fig, axes = panel_grid(len(panels), height=3.6, margin=1.5)
+    for ax, (key, label) in zip(axes, panels):
         for a in arms:
             c, ls = arm_color(a, arms), arm_style(a, arms)
             curves = []

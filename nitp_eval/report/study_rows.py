@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from nitp_eval.report.common import EXTRA_LAYER_METRICS, MTEB_GROUPS, UNEMBEDDING_METRICS, pick, run_arms, task_name
+from nitp_eval.report.common import (
+    EXTRA_LAYER_METRICS,
+    MTEB_GROUPS,
+    UNEMBEDDING_METRICS,
+    ordered_tasks,
+    pick,
+    run_arms,
+    task_name,
+)
 from nitp_eval.report.comparable import check_geometry_comparable, erank_bias_note
 from nitp_eval.report.downstream import degenerate_tasks, generation_settings, lm_answers, lm_score
 from nitp_eval.report.load import Run, Study
@@ -153,8 +161,6 @@ def _downstream(c: Collector, runs, base, other, spec) -> None:
     lm = [(pick(r, "lm", base, spec.step), pick(r, "lm", other, spec.step)) for r in runs]
     results = [x for p in lm for x in p if x is not None]
     found = {t for b, o in lm if b and o for t in b.data.get("tasks", {}) if lm_score(b, t) is not None}
-    from nitp_eval.report.common import ordered_tasks
-
     tasks = spec.tasks or ordered_tasks(found)
     degenerate = degenerate_tasks(results, tasks)
     docs_of = {}
