@@ -88,22 +88,38 @@ def _run(argv: list[str], what: str) -> None:
         raise UserError(f"{what}: `{shown}` failed (exit {rc}); fix what it says and rerun to continue")
 
 
-def run_seeds_in_workers(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> None:
-    """Each seed trained and then evaluated by one of `workers` threads, each driving processes pinned to a core
-    of its own with one thread (every arm timed under the same load), and its results collected as soon as
-    they land, so a study cut short by the end of a session keeps every finished seed in full. The first
-    seed makes the shared token cache; the other workers start once its meta.json exists (two tokenisers
-    would collide)."""
+def study_units(plan: StudyPlan, evaluate: bool) -> list[tuple]:
+    """The study's work in the order it is taken: per seed, each arm's training, then each arm's evaluations
+    (an evaluation waits for its arm), so the seeds finish one after another and a study cut short keeps
+    every finished seed whole. Units are single arms, so two cores stay busy to the end of an odd count."""
+    from nitp_train.config import load_config
+    from nitp_train.pair import arm_configs
+
+    cfg = load_config(sets=[f"{k}={v}" for k, v in plan.train.items()], **{"model.preset": plan.preset})
+    arms = list(arm_configs(cfg))
+    kinds = [k for k, args in plan.evaluate.items() if args is not None] if evaluate else []
+    return [
+        unit
+        for seed in plan.seeds
+        for unit in [("train", seed, arm) for arm in arms] + [(kind, seed, arm) for kind in kinds for arm in arms]
+    ]
+
+
+def run_seeds_in_workers(plan: StudyPlan, workers: int, evaluate: bool = True, poll_s: float = 2.0) -> None:
+    """The study's units (`study_units`) taken in order by `workers` threads, each driving processes pinned to
+    a core of its own with one thread (every arm timed under the same load); each seed's results are collected
+    as soon as its last unit lands. The first unit makes the shared token cache; no other starts before its
+    meta.json exists (two tokenisers would collide). A failed unit stops the rest of its seed only."""
     import os
     import threading
-    import time
 
     cores = sorted(os.sched_getaffinity(0))
     if workers > len(cores):
         raise UserError(f"--workers {workers}: this machine gives this process {len(cores)} core(s)")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cache = Path(plan.train.get("data.cache_dir") or plan.out / "data")  # where `pair` puts the token cache
-    lock, failures = threading.Lock(), []
+    todo, done, running, failed = study_units(plan, evaluate), set(), set(), set()
+    changed = threading.Condition()
 
     def call(argv: list[str], core: int, module: str) -> int:
         shown = ("nitp-train " if module == "nitp_train" else "nitp-eval ") + " ".join(argv)
@@ -111,34 +127,51 @@ def run_seeds_in_workers(plan: StudyPlan, workers: int, poll_s: float = 2.0) -> 
         return subprocess.call([sys.executable, "-m", module, *argv], env=env,
                                preexec_fn=lambda: os.sched_setaffinity(0, {core}))  # fmt: skip
 
-    def worker(seeds: list[int], core: int) -> None:
-        for seed in seeds:
-            rc = call(plan.train_command([seed]) + ["--resume"], core, "nitp_train")
-            for kind, args in plan.evaluate.items():
-                if rc == 0 and args is not None:
-                    rc = call([kind, str(plan.out / f"seed-{seed}"), "--skip-existing", *args], core, "nitp_eval.cli")
-            with lock:
-                if rc:
-                    failures.append(seed)
-                    return
-                typer.echo(
-                    f"seed {seed}: collected {collect(plan)} results files into {plan.report / 'results'}", err=True
-                )
+    def ready(unit: tuple) -> bool:
+        kind, seed, arm = unit
+        if unit != todo[0] and not list(cache.glob("*/meta.json")):
+            return False
+        return kind == "train" or ("train", seed, arm) in done
 
-    threads = []
-    for w, seeds in enumerate(plan.seeds[i::workers] for i in range(workers)):
-        if not seeds:
-            continue
-        while threads and not list(cache.glob("*/meta.json")):
-            if not threads[0].is_alive():
-                break  # the first worker failed early; its failure is reported below
-            time.sleep(poll_s)
-        threads.append(threading.Thread(target=worker, args=(seeds, cores[w])))
-        threads[-1].start()
+    def run(unit: tuple, core: int) -> int:
+        kind, seed, arm = unit
+        if kind == "train":
+            return call(plan.train_command([seed]) + ["--arms", arm, "--resume"], core, "nitp_train")
+        target = str(plan.out / f"seed-{seed}" / arm)
+        return call([kind, target, "--skip-existing", *plan.evaluate[kind]], core, "nitp_eval.cli")
+
+    def worker(core: int) -> None:
+        while True:
+            with changed:
+                while True:
+                    pending = [u for u in todo if u not in done and u not in running and u[1] not in failed]
+                    unit = next((u for u in pending if ready(u)), None)
+                    if unit is not None or not pending or not running:
+                        break  # (nothing running and nothing ready: the first unit failed before the token cache)
+                    changed.wait(timeout=poll_s)  # wake on a finished unit, or to look for the token cache
+                if unit is None:
+                    return
+                running.add(unit)
+            rc = run(unit, core)
+            with changed:
+                running.discard(unit)
+                seed = unit[1]
+                if rc:
+                    failed.add(seed)
+                else:
+                    done.add(unit)
+                    if all(u in done for u in todo if u[1] == seed):
+                        n = collect(plan)
+                        typer.echo(f"seed {seed}: collected {n} results files into {plan.report / 'results'}", err=True)
+                changed.notify_all()
+
+    threads = [threading.Thread(target=worker, args=(core,)) for core in cores[:workers]]
+    for t in threads:
+        t.start()
     for t in threads:
         t.join()
-    if failures:
-        raise UserError(f"seed(s) {sorted(failures)} failed (see above); fix what they said and rerun to continue")
+    if failed:
+        raise UserError(f"seed(s) {sorted(failed)} failed (see above); fix what they said and rerun to continue")
 
 
 def time_design(plan: StudyPlan, steps: int, budget_s: float | None) -> dict:
@@ -212,8 +245,8 @@ def command(
     workers: int = typer.Option(
         1,
         "--workers",
-        help="Train and evaluate this many seeds at once, each on its own core with one thread; each seed's results "
-        "are collected as soon as it is evaluated. Default: 1.",
+        help="Train and evaluate this many arms at once, each on its own core with one thread, seed by seed; each "
+        "seed's results are collected as soon as it is evaluated. Default: 1.",
     ),
 ) -> None:
     """Run a study end to end from its spec: train every seed's pair, evaluate every arm, collect, report.
@@ -237,7 +270,7 @@ def command(
         raise UserError(f"--workers {workers}: give at least 1")
     if "train" in chosen:
         if workers > 1:
-            run_seeds_in_workers(plan, workers)
+            run_seeds_in_workers(plan, workers, evaluate="evaluate" in chosen)
         started = plan.out.is_dir() and any(p.name != "data" for p in plan.out.iterdir())
         _run(plan.train_command() + (["--resume"] if started else []), "train")
         typer.echo(f"collected {collect(plan)} results files into {plan.report / 'results'}", err=True)

@@ -157,6 +157,11 @@ def pair(
     seeds: str = typer.Option(
         None, help="One pair per seed, e.g. 0,1,2: <out>/seed-<s>/{ntp,nitp} (init and data order change per seed)."
     ),
+    arms: str = typer.Option(
+        None,
+        help="Train only these arms of the pair, e.g. ntp (the other in another process, on another core): "
+        "each arm's init and batches depend on the seed alone. Default: both.",
+    ),
 ) -> None:
     """Train the NTP baseline and the NITP arm from identical weights on identical batches."""
     from nitp_train.errors import UserError
@@ -164,17 +169,18 @@ def pair(
 
     cfg = _config(preset, data, steps, save_every, seed, config, set_)
     out = out or f"runs/{cfg.model.preset}"
+    only = None if arms is None else [a.strip() for a in arms.split(",") if a.strip()]
     if seeds is not None:
         if seed is not None or extend_from is not None:
             raise UserError("--seeds excludes --seed and --extend-from (each seed is its own pair)")
-        study = train_study(cfg, out, parse_seeds(seeds), resume=resume, overwrite=overwrite)
+        study = train_study(cfg, out, parse_seeds(seeds), resume=resume, overwrite=overwrite, only=only)
         for result in study["seeds"].values():
             for summary in result["arms"].values():
                 _print_summary(summary)
         if _is_main():
             typer.echo(f"paired: {study['paired']}")
         return
-    result = train_pair(cfg, out, resume=resume, overwrite=overwrite, extend_from=extend_from)
+    result = train_pair(cfg, out, resume=resume, overwrite=overwrite, extend_from=extend_from, only=only)
     for summary in result["arms"].values():
         _print_summary(summary)
     if _is_main():

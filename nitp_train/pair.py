@@ -35,10 +35,19 @@ def train_pair(
     overwrite: bool = False,
     progress: bool = True,
     extend_from: str | Path | None = None,
+    only: list[str] | None = None,
 ) -> dict:
+    """Train both arms, or with `only` the named ones (e.g. one arm per core: each arm's init and batches
+    depend on the seed alone, so arms trained apart are as paired as arms trained in one process)."""
     out = Path(out)
     arms = arm_configs(cfg)
-    check_out_dir(out, resume, overwrite)
+    if only is not None:
+        unknown = sorted(set(only) - set(arms))
+        if unknown or not only:
+            raise UserError(f"--arms {','.join(only)}: this pair's arms are {', '.join(arms)}")
+        if overwrite:
+            raise UserError("--arms with --overwrite would delete the other arm too; delete the arm dir instead")
+    check_out_dir(out, resume or only is not None, overwrite)  # another process may be training the other arm
     for c in arms.values():
         hf_config(c)  # impossible settings fail before tokenising, and before pair.json is written
     if extend_from is not None and not all((Path(extend_from) / name).is_dir() for name in arms):
@@ -77,8 +86,10 @@ def train_pair(
             extend_from=Path(extend_from) / name if extend_from is not None else None,
         )  # fmt: skip
         for name, c in arms.items()
+        if only is None or name in only
     }
-    record["paired"] = check_paired(out, list(arms))
+    # arms trained apart: compare those that have started (the last to finish checks them all)
+    record["paired"] = check_paired(out, [a for a in arms if (out / a / "provenance.json").is_file()])
     if dist.is_main:
         (out / "pair.json").write_text(json.dumps(record, indent=2))
     return {"arms": summaries, "paired": record["paired"]}
@@ -97,12 +108,13 @@ def parse_seeds(text: str) -> list[int]:
 
 def train_study(
     cfg: TrainConfig, out: str | Path, seeds: list[int], resume: bool = False, overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = True, only: list[str] | None = None,
 ) -> dict:  # fmt: skip
     """One pair per seed, `<out>/seed-<s>/{ntp,nitp}`: within a seed everything is paired; across seeds the
     init and (unless `data_seed` holds it) the data order change. The token cache `<out>/data` is shared."""
     out = Path(out)
-    if check_out_dir(out, resume, overwrite) and overwrite and not resume and is_main_process():
+    # with `only`, other processes may be training the other arms in the same study dir
+    if check_out_dir(out, resume or only is not None, overwrite) and overwrite and not resume and is_main_process():
         for p in out.iterdir():  # the old study's seeds go; its token cache stays
             if p.name != "data":
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -112,7 +124,9 @@ def train_study(
         arm_cfg = dataclasses.replace(
             cfg, seed=seed, data=dataclasses.replace(cfg.data, cache_dir=cfg.data.cache_dir or str(out / "data"))
         )
-        results[seed] = train_pair(arm_cfg, out / f"seed-{seed}", resume=resume, overwrite=overwrite, progress=progress)
+        results[seed] = train_pair(
+            arm_cfg, out / f"seed-{seed}", resume=resume, overwrite=overwrite, progress=progress, only=only
+        )
         record["pairs"][f"seed-{seed}"] = results[seed]["paired"]
         if is_main_process():  # as each seed lands, so a killed study shows what is done
             (out / "study.json").write_text(json.dumps(record, indent=2))

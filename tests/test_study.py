@@ -244,9 +244,9 @@ def test_validation_ce_is_compared_at_the_last_step_both_arms_evaluated(tmp_path
 
 
 def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_corpus):
-    """--workers 2: each seed trained and evaluated on its own pinned single-thread core and collected as it
-    lands; one shared token cache, the same pairs (init, data and order hashes) as one process makes, and
-    study.json listing every seed."""
+    """--workers 2: each arm trained (`pair --arms`) and evaluated on a pinned single-thread core, seed by
+    seed, and each seed collected as it lands; one shared token cache, arms trained apart paired as one
+    process pairs them (init, data and order hashes), and study.json listing every seed."""
     from conftest import REPO
 
     train = dict(s.split("=", 1) for s in tiny_sets)
@@ -258,18 +258,44 @@ def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_co
                   "geometry": ["--tokens", "300"]},
         "runs": [{"path": str(tmp_path / "r" / "results")}],
     }))  # fmt: skip
-    res = _cli("replicate", spec, "--stages", "train", "--workers", "2", cwd=REPO)
+    res = _cli("replicate", spec, "--stages", "train,evaluate", "--workers", "2", cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "$ taskset -c" in res.stderr and "--seeds 1 " in res.stderr
+    assert "$ taskset -c" in res.stderr and "--seeds 1 " in res.stderr and "--arms nitp" in res.stderr
     for s in (0, 1):  # evaluated and collected by its worker
         assert (tmp_path / "r" / "results" / f"seed-{s}" / "eval" / "geometry" / "nitp-step-000002.json").is_file()
     cache = Path(train["data.cache_dir"])
     assert len(list(cache.glob("*/meta.json"))) == 1  # one token cache, made once
     assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
     for s in (0, 1):
-        assert all(json.loads((out / f"seed-{s}" / "pair.json").read_text())["paired"].values())
+        paired = json.loads((out / f"seed-{s}" / "pair.json").read_text())["paired"]
+        assert all(paired.values()) and "consumed_order_sha256" in paired  # the last arm checked both
     prov = [json.loads((out / f"seed-{s}" / "ntp" / "provenance.json").read_text()) for s in (0, 1)]
     assert (
         prov[0]["data_sha256"] == prov[1]["data_sha256"]
         and prov[0]["init_weights_sha256"] != prov[1]["init_weights_sha256"]
     )
+
+
+def test_study_units_finish_each_seed_before_the_next(tmp_path):
+    from nitp_eval.replicate import StudyPlan, study_units
+
+    plan = StudyPlan(out=tmp_path, preset="tiny-dense", seeds=[3, 1], report=tmp_path / "r",
+                     evaluate={"geometry": [], "lm": None, "mteb": ["--limit", "2"]})  # fmt: skip
+    assert study_units(plan, evaluate=True) == [
+        ("train", 3, "ntp"), ("train", 3, "nitp"), ("geometry", 3, "ntp"), ("geometry", 3, "nitp"),
+        ("mteb", 3, "ntp"), ("mteb", 3, "nitp"),
+        ("train", 1, "ntp"), ("train", 1, "nitp"), ("geometry", 1, "ntp"), ("geometry", 1, "nitp"),
+        ("mteb", 1, "ntp"), ("mteb", 1, "nitp"),
+    ]  # fmt: skip
+    assert study_units(plan, evaluate=False) == [("train", 3, "ntp"), ("train", 3, "nitp"),
+                                                 ("train", 1, "ntp"), ("train", 1, "nitp")]  # fmt: skip
+
+
+def test_pair_arms_names_only_this_pairs_arms(tmp_path):
+    for arms, said in (("ntp,bogus", "this pair's arms are ntp, nitp"), (",", "this pair's arms are ntp, nitp")):
+        res = subprocess.run([sys.executable, "-m", "nitp_train", "pair", "--out", str(tmp_path / "p"), "--arms", arms],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "nitp_train", "pair", "--out", str(tmp_path / "p"), "--arms", "ntp",
+                          "--overwrite"], capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "would delete the other arm" in res.stderr
