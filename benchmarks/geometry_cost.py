@@ -43,10 +43,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--record", action="store_true", help="write benchmarks/results/geometry_cost.json")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]  # recorded: other work on the machine slows all four timings alike
 
     from nitp_eval.geometry import extract
     from nitp_eval.geometry.estimators import MetricOptions
@@ -88,7 +93,8 @@ def main() -> None:
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     f, base, full, no_prompt = (best[k] for k in runs)
-    print(f"SmolLM2-135M, {len(ids)} tokens, {last + 1} hidden states, {torch.get_num_threads()} threads")
+    threads, load = torch.get_num_threads(), f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    print(f"SmolLM2-135M, {len(ids)} tokens, {last + 1} hidden states, {threads} threads, {load}")
     for name, s in best.items():
         print(f"{name:24} {s:8.1f} s   {s / f:5.2f}x forward")
     print(
@@ -100,16 +106,20 @@ def main() -> None:
 
         record(
             "geometry_cost",
-            f"python benchmarks/geometry_cost.py --repeats {args.repeats} --record",
+            "python benchmarks/geometry_cost.py "
+            + (f"--threads {args.threads} " if args.threads else "")
+            + f"--repeats {args.repeats} --record",
             [
                 (
-                    f"nitp-eval geometry on SmolLM2-135M, {len(ids)} tokens, all {last + 1} layers: full metric set "
-                    "vs the schema-1 set vs a bare forward pass (best of interleaved runs)",
+                    f"nitp-eval geometry on SmolLM2-135M, {len(ids)} tokens, all {last + 1} layers, {threads} "
+                    "thread(s): full metric set vs the schema-1 set vs a bare forward pass (best of interleaved runs)",
                     f"{full:.0f} s vs {base:.0f} s vs {f:.0f} s: full / schema-1 = {full / base:.2f}x "
-                    f"({no_prompt / base:.2f}x without the prompt entropy)",
+                    f"({no_prompt / base:.2f}x without the prompt entropy; {load})",
                 )
             ],
             seconds=best,
+            threads=threads,
+            load_average=[load_before, os.getloadavg()[0]],
         )
 
 
