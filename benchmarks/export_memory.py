@@ -2,11 +2,14 @@
 
     python benchmarks/export_memory.py                   # dense-125m, 1 process then torchrun x 2 (FSDP)
     python benchmarks/export_memory.py --preset tiny-moe --nproc 2
+    python benchmarks/export_memory.py --record          # both host-memory settings; benchmarks/results/export_memory.json
 
 Runs the real trainer (`nitp_train.train.train`) for a few steps with a save and an HF export, and
 records the process's peak RSS (ru_maxrss, a running maximum) after each part: setup (tokenise, build,
 shard, materialise), every training step, every save, every export. The part after which the maximum
 jumps last is the one that sets the peak. The wrappers only read ru_maxrss; the run is unchanged.
+With --record it runs twice, with the trainer's `release_host_memory` always (its `auto` under FSDP) and never,
+and records the ratio of each rank's peak to one process's (nitp_train/distributed.py says why it matters).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/nitp-export-memory")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--record", action="store_true", help="on and off, into benchmarks/results/export_memory.json")
     args = ap.parse_args()
     sets = [f"model.preset={args.preset}", f"data.path={args.data}", f"data.tokenizer={args.tokenizer}",
             f"data.cache_dir={args.out}/data", "precision=fp32", "seq_len=128", "global_batch=2", "micro_batch=1",
@@ -71,9 +75,35 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run(sets, f"{args.out}/run-{os.environ.get('WORLD_SIZE', '1')}")), flush=True)
         return
+    if not args.record:
+        for r in measure(args, args.sets):
+            print(json.dumps(r))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import record
+
+    rows, runs = [], {}
+    for setting in ("always", "never"):
+        runs[setting] = measure(args, [*args.sets, f"release_host_memory={setting}"])
+        single = next(r for r in runs[setting] if r["world"] == 1)
+        ranks = [r for r in runs[setting] if r["world"] > 1]
+        rows.append((
+            f"peak host RSS of each rank of a {args.nproc}-rank FSDP run vs one process, {args.preset}, 2 steps, "
+            f"a save and an HF export, release_host_memory={setting}",
+            f"{max(r['peak_rss_mb'] for r in ranks):.0f} vs {single['peak_rss_mb']:.0f} MB: "
+            f"{max(r['ratio_to_one_process'] for r in ranks):.2f}x (set by: {', '.join(sorted({r['set_by'] for r in ranks}))})",
+        ))  # fmt: skip
+    record("export_memory", f"python benchmarks/export_memory.py --preset {args.preset} --record", rows, runs=runs)
+    for what, number in rows:
+        print(f"{what}: {number}")
+
+
+def measure(args, sets: list[str]) -> list[dict]:
+    """One process, then `--nproc` ranks under torchrun: each one's peak RSS, the part that set it, and its
+    ratio to the one process's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     worker = [str(Path(__file__).resolve()), "--worker", "--preset", args.preset, "--data", args.data,
-              "--tokenizer", args.tokenizer, "--out", args.out, *(a for s in args.sets for a in ("--set", s))]  # fmt: skip
+              "--tokenizer", args.tokenizer, "--out", args.out, *(a for s in sets for a in ("--set", s))]  # fmt: skip
     subprocess.run(["rm", "-rf", f"{args.out}/run-1", f"{args.out}/run-{args.nproc}"], check=True)
     rows = []
     for cmd in ([sys.executable, *worker],
@@ -85,7 +115,7 @@ def main() -> None:
     single = next(r for r in rows if r["world"] == 1)
     for r in rows:
         r["ratio_to_one_process"] = round(r["peak_rss_mb"] / single["peak_rss_mb"], 3)
-        print(json.dumps(r))
+    return rows
 
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard per decoder layer; gloo on CPU, NCCL on GPU)
     fsdp_param_dtype: str = "auto"  # FSDP mixed precision: parameters for compute (auto = bf16 where autocast is bf16)
     fsdp_reduce_dtype: str = "fp32"  # FSDP mixed precision: gradient reductions
+    # host buffers of 16 MiB and more are mmapped and returned on free (glibc): auto = under FSDP, where the
+    # per-layer gather/reduce buffers otherwise stay in a heap that never shrinks (docs/training.md, "Host memory")
+    release_host_memory: str = "auto"  # auto | always | never
     # the LM head and cross-entropy over this many positions at a time, so the full [tokens, vocab] logits
     # never exist (nitp_train/loss.py); 0 = HF's loss over the full logits
     ce_chunk_tokens: int = 1024
@@ -172,6 +175,8 @@ class TrainConfig:
             raise UserError(f"device={self.device!r} is unknown; choose auto, cpu or cuda")
         if self.parallel not in ("ddp", "fsdp"):
             raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
+        if self.release_host_memory not in ("auto", "always", "never"):
+            raise UserError(f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always or never")
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
             if getattr(self, name) not in ("auto", "bf16", "fp32"):
                 raise UserError(f"{name}={getattr(self, name)!r} is unknown; choose auto, bf16 or fp32")

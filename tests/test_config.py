@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -74,3 +76,21 @@ def test_weight_decay_spares_norms_and_biases():
     assert [tuple(p.shape) for p in decay["params"]] == [(4, 4)]  # the Linear weight only
     assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(4,), (4,), (4,)]  # bias, norm weight, norm bias
     assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_release_host_memory_is_set_under_fsdp_only_by_default():
+    """`auto` fixes glibc's mmap threshold under FSDP (benchmarks/export_memory.py measures why), in a fresh
+    process, since the setting lasts for the process; an unknown value is one line."""
+    import subprocess
+    import sys
+
+    code = (
+        "from nitp_train.config import load_config; from nitp_train.distributed import release_host_memory as r; "
+        "print(r(load_config(sets=['parallel=fsdp'])), r(load_config()), "
+        "r(load_config(sets=['parallel=fsdp', 'release_host_memory=never'])))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["True", "False", "False"]
+    with pytest.raises(UserError, match="release_host_memory='on' is unknown"):
+        load_config(sets=["release_host_memory='on'"])
