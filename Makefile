@@ -78,6 +78,7 @@ bench: setup
 	$(PY) benchmarks/erank_bias.py --record
 	$(PY) benchmarks/metric_bias.py --record
 	$(PY) benchmarks/geometry_cost.py --repeats 2 --record
+	$(PY) benchmarks/export_memory.py --record
 	$(PY) benchmarks/results.py --update-readme
 
 clean:
