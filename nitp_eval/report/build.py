@@ -26,7 +26,7 @@ from nitp_eval.report.spec import Spec
 from nitp_eval.report.stats import mean_delta
 from nitp_eval.report.study_figures import study_dynamics, study_profiles, study_trajectories
 from nitp_eval.report.study_rows import collect_rows
-from nitp_eval.report.study_tables import seed_tables, verdict_paragraph
+from nitp_eval.report.study_tables import peak_paragraph, seed_tables, verdict_paragraph
 from nitp_eval.report.table import Table
 from nitp_eval.report.training_tables import ce_table, cost_table
 from nitp_train.errors import UserError
@@ -270,6 +270,8 @@ def _write_studies(spec: Spec, studies: list[Study], w: _Writer, progress: bool)
                 f"dynamics{sfx}",
                 f"{study.label}: probes, NITP loss and Δ validation CE over seeds (paper Fig. 1, Fig. 5)",
             )
+            if len(arms) > 1 and (text := peak_paragraph(study, arms)):
+                w.text(text + "\n")
         if "geometry" in spec.sections:
             fig = study_profiles(study, arms, spec.step, notes)
             w.figure(

@@ -12,7 +12,7 @@ from nitp_eval.report.stats import finite
 # --- figures: every seed thin, the mean over seeds bold ---------------------------------------------
 
 
-def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The mean over seeds at the steps every seed has, and the band between the seeds' lowest and highest."""
     common = sorted(set.intersection(*[set(x.tolist()) for x, _ in curves])) if curves else []
     if not common:
@@ -23,7 +23,7 @@ def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 
 def _mean_and_band(ax, curves, color, ls, **mean_style) -> bool:
     """The mean over seeds bold and, with several seeds, the band between the lowest and highest shaded."""
-    mx, my, lo, hi = _mean_curve(curves)
+    mx, my, lo, hi = mean_curve(curves)
     if len(mx):
         ax.plot(mx, my, color=color, ls=ls, lw=2, **mean_style)
         if len(curves) > 1:

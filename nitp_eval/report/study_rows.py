@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nitp_eval.pilot import smooth
 from nitp_eval.report.common import (
     EXTRA_LAYER_METRICS,
     MTEB_GROUPS,
@@ -111,7 +112,8 @@ def _training(c: Collector, runs, base, other, spec) -> None:
 
 
 def _probes(c: Collector, runs, base, other) -> None:
-    """In-training probes at matched steps: the middle and the last step every seed and arm probed."""
+    """In-training probes at matched steps (the middle and the last step every seed and arm probed), and the
+    effective rank's fall after its peak (paper Fig. 1)."""
     for key, name, unit in (("probe_erank", "effective rank", Unit.RANK), ("probe_cosine", "cosine similarity", Unit.VALUE)):  # fmt: skip
         per = [{a: _metric(run, a, key) for a in (base, other)} for run in runs]
         probed = [set(p[base]) & set(p[other]) for p in per]
@@ -119,6 +121,41 @@ def _probes(c: Collector, runs, base, other) -> None:
         for step in dict.fromkeys([common[len(common) // 2], common[-1]] if common else []):
             values = [(p[base][step], p[other][step]) if step in x else None for p, x in zip(per, probed)]
             c.add(f"{key}@{step}", "probes", f"{name} at step {step}", unit, values)
+    # the paper's Fig. 1: how far each arm's last-layer effective rank falls after its peak, measured at the end
+    # of the constant learning rate (the WSD decay that follows lifts it again, as the pilot showed)
+    falls = []
+    for run in runs:
+        pair = [fall_after_peak(_metric(run, a, "probe_erank"), *schedule_marks(run.configs.get(a))) for a in (base, other)]  # fmt: skip
+        falls.append((pair[0][1], pair[1][1]) if all(pair) else None)
+    marks = schedule_marks(runs[0].configs.get(base)) if runs else None
+    if marks and marks[1]:
+        label = f"effective rank: fall after its peak, to step {marks[1]} (end of the constant LR), % of the peak"
+        c.add("probe_erank_fall", "probes", label, Unit.PERCENT, falls)
+
+
+def schedule_marks(cfg: dict | None) -> tuple[int, int | None]:
+    """(last warm-up step, last step at the constant learning rate) of an arm's config.yaml; (0, None) unknown."""
+    try:
+        steps, optim = int(cfg["steps"]), cfg["optim"]
+        return int(optim["warmup_steps"]), steps - int(round(steps * float(optim["decay_ratio"])))
+    except (TypeError, KeyError, ValueError):
+        return 0, None
+
+
+def fall_after_peak(curve: dict[int, float], warmup: int, stable_end: int | None, window: int = 5):
+    """(peak step, fall, end value) of a probe curve {step: value} smoothed over `window` probes (as `nitp-eval
+    pilot` smooths it): its maximum after the warm-up and up to `stable_end`, and the fraction (peak - end) /
+    peak it has fallen by `stable_end`. None when fewer than `window` probes lie in that range."""
+    if stable_end is None:
+        return None
+    steps = sorted(curve)
+    y = smooth(np.array([curve[s] for s in steps], dtype=float), window) if steps else np.array([])
+    inside = [i for i, s in enumerate(steps) if warmup < s <= stable_end]
+    if len(inside) < window:
+        return None
+    top = max(inside, key=lambda i: y[i])
+    end = inside[-1]
+    return steps[top], float((y[top] - y[end]) / y[top]) if y[top] else 0.0, float(y[end])
 
 
 def _geometry(c: Collector, study: Study, runs, base, other, spec) -> None:

@@ -189,3 +189,44 @@ def verdict_paragraph(study: Study, rows: list[Row], f: dict, alpha: float, prer
         + f' {prereg} {exploratory} "Not resolved" means smaller than the row\'s minimum detectable effect at '
         f"n = {n}, not evidence of no effect." + scale_sentence(f)
     )
+
+
+def peak_paragraph(study: Study, arms: list[str]) -> str:
+    """The paper's Fig. 1 in words: where each arm's mean probe effective rank peaks after the warm-up, how far
+    it has fallen by the end of the constant learning rate, and where each seed's own curve peaks."""
+    from nitp_eval.report.study_figures import mean_curve
+    from nitp_eval.report.study_rows import fall_after_peak, schedule_marks
+
+    runs = [study.seeds[s] for s in sorted(study.seeds)]
+    said, per_seed = [], []
+    for arm in arms[:2]:
+        marks = schedule_marks(runs[0].configs.get(arm))
+        curves = [(np.array(sorted(m)), np.array([m[k] for k in sorted(m)])) for m in
+                  ({r["step"]: r["probe_erank"] for r in run.metrics.get(arm, []) if r.get("probe_erank") is not None}
+                   for run in runs) if m]  # fmt: skip
+        x, mean, _, _ = mean_curve(curves) if len(curves) == len(runs) else (np.array([]),) * 4
+        found = fall_after_peak(dict(zip(x.tolist(), mean.tolist())), *marks)
+        if found is None:
+            continue
+        step, fall, end = found
+        peak = end / (1 - fall) if fall < 1 else float("nan")
+        said.append(
+            f"{arm_name(arm)}'s is highest at step {step}, the end of the constant learning rate ({end:.1f}): no peak yet"
+            if step == marks[1]
+            else f"{arm_name(arm)}'s peaks at step {step} ({peak:.1f}) and has fallen {100 * fall:.1f} % by step "
+            f"{marks[1]}, the end of the constant learning rate ({end:.1f})"
+        )
+        steps = [fall_after_peak(dict(zip(cx.tolist(), cy.tolist())), *marks) for cx, cy in curves]
+        per_seed.append(f"{arm_name(arm)} at steps {', '.join(str(f[0]) if f else '-' for f in steps)}")
+    if not said:
+        return ""
+    n = len(runs)
+    return (
+        f"**Fig. 1 (where the effective rank peaks).** The last layer's in-training probe effective rank, "
+        f"averaged over the {n} seed{'s' if n != 1 else ''} and smoothed over 5 probes: "
+        + "; ".join(said)
+        + ". Each seed's own curve peaks: "
+        + "; ".join(per_seed)
+        + " (seeds in order). The decay that follows lifts both; the exploratory row 'fall after its peak' "
+        "compares the arms seed by seed."
+    )
