@@ -179,7 +179,7 @@ class Checkpointer:
         self.dist.barrier()
         model = module.model
         if self.fsdp and getattr(model.config, "num_experts", 0) > 0:
-            self._export_gathered(model, tmp)
+            self._export_by_layer(model, tmp)
         elif self.fsdp:
             self._export_sharded(model, tmp)
         elif self.dist.is_main:
@@ -233,21 +233,45 @@ class Checkpointer:
             shutil.rmtree(tmp / "sharded", ignore_errors=True)
             _name_for_from_pretrained(tmp)
 
-    def _export_gathered(self, model, tmp: Path) -> None:
-        """MoE under FSDP: save_pretrained converts the fused expert tensors to transformers' per-expert keys,
-        which DCP's HF writer would not, so the full weights are gathered to rank 0's CPU first."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    def _export_by_layer(self, model, tmp: Path) -> None:
+        """MoE under FSDP: transformers saves fused expert tensors under per-expert keys (its reversed weight
+        conversion), which DCP's HF writer would not, so the export is written one decoder layer at a time:
+        every rank takes part in gathering that layer's full tensors, rank 0 converts them as save_pretrained
+        does and writes them as one safetensors file, and no rank ever holds more than one layer's full
+        weights (plus its own shards)."""
+        import re
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        from torch.distributed.tensor import DTensor
+        from transformers.core_model_loading import revert_weight_conversion
+
+        sd = get_model_state_dict(model)  # this rank's shards (DTensors): nothing gathered yet
         if model.config.tie_word_embeddings:
-            full.pop("lm_head.weight", None)  # stored once, as HF does
-        for key in list(full):  # one tensor at a time: never a second full copy
-            full[key] = _cast({key: full[key]}, self.dtype)[key]
+            sd.pop("lm_head.weight", None)  # stored once, as HF does
+        groups: dict[str, list[str]] = {}  # "layers.<i>" or "rest" -> keys, in state-dict order
+        for key in sd:
+            m = re.search(r"\blayers\.(\d+)\.", key)
+            groups.setdefault(f"layers.{int(m.group(1)):06d}" if m else "rest", []).append(key)
+        names = sorted(groups)
+        weight_map, total = {}, 0
+        for i, name in enumerate(names):
+            part = {}
+            for key in groups[name]:  # the same keys in the same order on every rank: each gather is a collective
+                value = sd[key].full_tensor() if isinstance(sd[key], DTensor) else sd[key]
+                if self.dist.is_main:
+                    part[key] = _cast({key: value.detach()}, self.dtype)[key].cpu()
+                del value
+            if self.dist.is_main:
+                part = revert_weight_conversion(model, part)  # fused experts -> transformers' saved keys
+                file = f"model-{i + 1:05d}-of-{len(names):05d}.safetensors"
+                save_file({k: v.contiguous() for k, v in part.items()}, str(tmp / file), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(part, file))
+                total += sum(v.numel() * v.element_size() for v in part.values())
+            del part
         if self.dist.is_main:
-            from transformers.utils import logging
-
-            logging.disable_progress_bar()
-            model.save_pretrained(tmp, state_dict=full)
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def _projector_state(self, module) -> dict | None:
         """The projector's full weights on the main rank (small: 12 d^2; gathered under FSDP)."""

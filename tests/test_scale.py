@@ -459,11 +459,21 @@ def test_an_extension_killed_before_its_first_save_resumes_as_an_extension(tmp_p
 
 
 @pytest.mark.slow
-def test_moe_export_under_fsdp_has_the_keys_of_a_single_process_export(tmp_path, base):
+def test_moe_export_under_fsdp_has_the_keys_of_a_single_process_export_without_a_whole_model_gather(tmp_path, base):
     sets = base + ["steps=1", "eval_every=0", "probe_every=0", "optim.warmup_steps=0", "model.preset=tiny-moe",
                    "model.hf_overrides.num_hidden_layers=2", "model.hf_overrides.hidden_size=64"]  # fmt: skip
     _run((1, "none"), tmp_path / "one", sets)
     _run((2, "fsdp"), tmp_path / "two", sets)
-    a = load_file(str(tmp_path / "one" / "checkpoints" / "step-000001" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "checkpoints" / "step-000001" / "model.safetensors"))
+    one, two = (tmp_path / d / "checkpoints" / "step-000001" for d in ("one", "two"))
+    a = load_file(str(one / "model.safetensors"))
+    # written a decoder layer at a time (no rank holds the whole model): one file per layer, plus the rest
+    files = sorted(two.glob("model-*-of-*.safetensors"))
+    assert len(files) == 3 and (two / "model.safetensors.index.json").is_file()
+    b = {k: v for f in files for k, v in load_file(str(f)).items()}
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    from transformers import AutoModelForCausalLM
+
+    assert (
+        AutoModelForCausalLM.from_pretrained(two).state_dict().keys()
+        == AutoModelForCausalLM.from_pretrained(one).state_dict().keys()
+    )
