@@ -65,6 +65,31 @@ def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = t
     return best
 
 
+def gemm_roofline(config, tokens: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
+    """FLOP/s of the model's own matmuls at their shapes, each timed alone (best of repeats; all torch threads):
+    per decoder layer the q, k, v, o projections and the MLP's gate, up and down, then the LM head, each as
+    [tokens, in] @ [in, out]. A model whose matrices are small cannot reach the n x n peak of
+    `measure_cpu_peak`; this is the ceiling its shapes allow, the roofline a step can be held to."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    q, kv, ffn = heads * head_dim, config.num_key_value_heads * head_dim, config.intermediate_size
+    shapes = [(d, q), (d, kv), (d, kv), (q, d), (d, ffn), (d, ffn), (ffn, d)] * config.num_hidden_layers
+    shapes.append((d, config.vocab_size))
+    flops = seconds_total = 0.0
+    for n_in, n_out in dict.fromkeys(shapes):  # each distinct shape timed once, counted as often as it occurs
+        x, w = torch.randn(tokens, n_in).to(dtype), torch.randn(n_in, n_out).to(dtype)
+        torch.mm(x, w)  # warm-up
+        best, deadline = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            torch.mm(x, w)
+            best = min(best, time.perf_counter() - t0)
+        count = shapes.count((n_in, n_out))
+        flops += count * 2 * tokens * n_in * n_out
+        seconds_total += count * best
+    return flops / seconds_total
+
+
 def device_peak(
     device: torch.device, override_tflops: float | None = None, dtype: torch.dtype | None = None
 ) -> tuple[float | None, str]:
