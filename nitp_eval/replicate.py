@@ -108,10 +108,13 @@ def study_units(plan: StudyPlan, evaluate: bool) -> list[tuple]:
 def run_seeds_in_workers(plan: StudyPlan, workers: int, evaluate: bool = True, poll_s: float = 2.0) -> None:
     """The study's units (`study_units`) taken in order by `workers` threads, each driving processes pinned to
     a core of its own with one thread (every arm timed under the same load); each seed's results are collected
-    as soon as its last unit lands. The first unit makes the shared token cache; no other starts before its
-    meta.json exists (two tokenisers would collide). A failed unit stops the rest of its seed only."""
+    as soon as its last unit lands, and every unit's wall time is appended to <report>/results/units.jsonl. The
+    first unit makes the shared token cache; no other starts before its meta.json exists (two tokenisers
+    would collide). A failed unit stops the rest of its seed only."""
+    import json
     import os
     import threading
+    import time
 
     cores = sorted(os.sched_getaffinity(0))
     if workers > len(cores):
@@ -152,9 +155,16 @@ def run_seeds_in_workers(plan: StudyPlan, workers: int, evaluate: bool = True, p
                 if unit is None:
                     return
                 running.add(unit)
+            started = time.time()
             rc = run(unit, core)
             with changed:
                 running.discard(unit)
+                # each unit's wall time on its core, kept with the results: the study's cost per arm and stage
+                timing = plan.report / "results" / "units.jsonl"
+                timing.parent.mkdir(parents=True, exist_ok=True)
+                with timing.open("a") as f:
+                    f.write(json.dumps({"stage": unit[0], "seed": unit[1], "arm": unit[2], "core": core, "rc": rc,
+                                        "start": round(started, 1), "seconds": round(time.time() - started, 1)}) + "\n")  # fmt: skip
                 seed = unit[1]
                 if rc:
                     failed.add(seed)

@@ -265,6 +265,10 @@ def test_replicate_trains_seeds_in_parallel_workers(tmp_path, tiny_sets, tiny_co
         assert (tmp_path / "r" / "results" / f"seed-{s}" / "eval" / "geometry" / "nitp-step-000002.json").is_file()
     cache = Path(train["data.cache_dir"])
     assert len(list(cache.glob("*/meta.json"))) == 1  # one token cache, made once
+    units = [json.loads(x) for x in (tmp_path / "r" / "results" / "units.jsonl").read_text().splitlines()]
+    assert sorted((u["stage"], u["seed"], u["arm"]) for u in units) == sorted(
+        (stage, s, arm) for s in (0, 1) for stage in ("train", "geometry") for arm in ("ntp", "nitp")
+    ) and all(u["rc"] == 0 and u["seconds"] > 0 for u in units)  # every unit timed
     assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
     for s in (0, 1):
         paired = json.loads((out / f"seed-{s}" / "pair.json").read_text())["paired"]
