@@ -156,7 +156,11 @@ def run_seeds_in_workers(plan: StudyPlan, workers: int, evaluate: bool = True, p
                     return
                 running.add(unit)
             started = time.time()
-            rc = run(unit, core)
+            try:
+                rc = run(unit, core)
+            except (OSError, subprocess.SubprocessError) as e:  # e.g. the core went away: this unit failed
+                typer.echo(f"error: {unit[0]} of seed {unit[1]} ({unit[2]}): {e}", err=True)
+                rc = 1
             with changed:
                 running.discard(unit)
                 # each unit's wall time on its core, kept with the results: the study's cost per arm and stage
@@ -171,8 +175,14 @@ def run_seeds_in_workers(plan: StudyPlan, workers: int, evaluate: bool = True, p
                 else:
                     done.add(unit)
                     if all(u in done for u in todo if u[1] == seed):
-                        n = collect(plan)
-                        typer.echo(f"seed {seed}: collected {n} results files into {plan.report / 'results'}", err=True)
+                        try:
+                            n = collect(plan, [seed])  # this seed only: the others may be half-way
+                            typer.echo(
+                                f"seed {seed}: collected {n} results files into {plan.report / 'results'}", err=True
+                            )
+                        except OSError as e:
+                            typer.echo(f"error: collecting seed {seed}: {e}", err=True)
+                            failed.add(seed)
                 changed.notify_all()
 
     threads = [threading.Thread(target=worker, args=(core,)) for core in cores[:workers]]
@@ -223,11 +233,12 @@ def time_design(plan: StudyPlan, steps: int, budget_s: float | None) -> dict:
     return result
 
 
-def collect(plan: StudyPlan) -> int:
-    """Copy the study's small results files to <report>/results/, mirroring the study dir; returns the count."""
+def collect(plan: StudyPlan, seeds: list[int] | None = None) -> int:
+    """Copy the study's small results files (of `seeds`; default every seed, and study.json) to
+    <report>/results/, mirroring the study dir; returns the count."""
     dest = plan.report / "results"
-    files = [plan.out / "study.json"] if (plan.out / "study.json").is_file() else []
-    for seed in plan.seeds:
+    files = [plan.out / "study.json"] if seeds is None and (plan.out / "study.json").is_file() else []
+    for seed in plan.seeds if seeds is None else seeds:
         pair = plan.out / f"seed-{seed}"
         files += [pair / "pair.json"] if (pair / "pair.json").is_file() else []
         files += [pair / arm / f for arm in sorted(p.name for p in pair.iterdir() if p.is_dir()) for f in ARM_FILES

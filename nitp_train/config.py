@@ -176,7 +176,9 @@ class TrainConfig:
         if self.parallel not in ("ddp", "fsdp"):
             raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
         if self.release_host_memory not in ("auto", "always", "never"):
-            raise UserError(f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always or never")
+            raise UserError(
+                f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always or never"
+            )
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
             if getattr(self, name) not in ("auto", "bf16", "fp32"):
                 raise UserError(f"{name}={getattr(self, name)!r} is unknown; choose auto, bf16 or fp32")

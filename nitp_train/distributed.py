@@ -65,7 +65,8 @@ def release_host_memory(cfg: TrainConfig) -> bool:
     """Serve host allocations of HOST_MMAP_THRESHOLD bytes and more by mmap, so a freed buffer goes back to
     the OS; True when set. glibc raises its threshold to the size of each large block freed, after which
     FSDP's per-layer all-gather and reduce-scatter buffers come from a heap that never shrinks: a 2-rank
-    FSDP step of dense-125m peaked at 1.03x one process's RSS, 0.71x with this (benchmarks/export_memory.py).
+    FSDP step of dense-125m peaked at 1.00x one process's RSS, 0.75x with this (benchmarks/export_memory.py
+    --record, 2026-12-06).
     It costs ~10 % of a single-process micro-dense CPU step (fresh pages for its 16-32 MiB buffers), so
     `auto` sets it under FSDP only. Linux with glibc; a MALLOC_MMAP_THRESHOLD_ in the environment wins."""
     wanted = cfg.release_host_memory == "always" or (cfg.release_host_memory == "auto" and cfg.parallel == "fsdp")

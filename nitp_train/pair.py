@@ -13,7 +13,7 @@ from nitp_train.distributed import Dist
 from nitp_train.errors import UserError
 from nitp_train.launch import is_main_process
 from nitp_train.model import hf_config
-from nitp_train.train import check_out_dir, train
+from nitp_train.train import RESUMABLE_CHANGES, check_out_dir, train, write_json
 
 
 def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -26,6 +26,17 @@ def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
     )
     ntp = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name="ntp"))
     return {"ntp": ntp, other: aux}
+
+
+def check_arms(cfg: TrainConfig, only: list[str] | None, overwrite: bool) -> None:
+    """`--arms`: names of this pair's arms, and never with --overwrite (it would delete the other arm too)."""
+    if only is None:
+        return
+    arms = arm_configs(cfg)
+    if not only or set(only) - set(arms):
+        raise UserError(f"--arms {','.join(only)}: this pair's arms are {', '.join(arms)}")
+    if overwrite:
+        raise UserError("--arms with --overwrite would delete the other arm too; delete the arm dir instead")
 
 
 def train_pair(
@@ -41,12 +52,7 @@ def train_pair(
     depend on the seed alone, so arms trained apart are as paired as arms trained in one process)."""
     out = Path(out)
     arms = arm_configs(cfg)
-    if only is not None:
-        unknown = sorted(set(only) - set(arms))
-        if unknown or not only:
-            raise UserError(f"--arms {','.join(only)}: this pair's arms are {', '.join(arms)}")
-        if overwrite:
-            raise UserError("--arms with --overwrite would delete the other arm too; delete the arm dir instead")
+    check_arms(cfg, only, overwrite)
     check_out_dir(out, resume or only is not None, overwrite)  # another process may be training the other arm
     for c in arms.values():
         hf_config(c)  # impossible settings fail before tokenising, and before pair.json is written
@@ -73,7 +79,7 @@ def train_pair(
                 if p.name != "data":  # the token cache is reusable data
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "pair.json").write_text(json.dumps(record, indent=2))
+        write_json(out / "pair.json", record)
     dist.barrier()
 
     summaries = {
@@ -91,7 +97,7 @@ def train_pair(
     # arms trained apart: compare those that have started (the last to finish checks them all)
     record["paired"] = check_paired(out, [a for a in arms if (out / a / "provenance.json").is_file()])
     if dist.is_main:
-        (out / "pair.json").write_text(json.dumps(record, indent=2))
+        write_json(out / "pair.json", record)
     return {"arms": summaries, "paired": record["paired"]}
 
 
@@ -113,6 +119,7 @@ def train_study(
     """One pair per seed, `<out>/seed-<s>/{ntp,nitp}`: within a seed everything is paired; across seeds the
     init and (unless `data_seed` holds it) the data order change. The token cache `<out>/data` is shared."""
     out = Path(out)
+    check_arms(cfg, only, overwrite)  # before anything is deleted
     # with `only`, other processes may be training the other arms in the same study dir
     if check_out_dir(out, resume or only is not None, overwrite) and overwrite and not resume and is_main_process():
         for p in out.iterdir():  # the old study's seeds go; its token cache stays
@@ -129,7 +136,7 @@ def train_study(
         )
         record["pairs"][f"seed-{seed}"] = results[seed]["paired"]
         if is_main_process():  # as each seed lands, so a killed study shows what is done
-            (out / "study.json").write_text(json.dumps(record, indent=2))
+            write_json(out / "study.json", record)
     return {"seeds": results, "paired": record["pairs"]}
 
 
@@ -142,8 +149,22 @@ def check_paired(out: Path, arms: list[str]) -> dict:
     if all("consumed_order_sha256" in p for p in prov.values()):  # written when an arm finishes
         keys.append("consumed_order_sha256")
     result = {key: all(p[key] == first[key] for p in prov.values()) for key in keys}
+    # the settings too (arms trained in separate processes, `--arms`, take theirs from separate command lines):
+    # config.yaml but for the objective and the settings a resume may change (none changes the training data)
+    settings = [_settings(out / a / "config.yaml") for a in arms]
+    if all(x is not None for x in settings):
+        result["settings"] = all(x == settings[0] for x in settings)
     if not all(result.values()):
         raise UserError(
-            f"{out}: arms are not paired ({result}); were they trained with different seeds, data or presets?"
+            f"{out}: arms are not paired ({result}); were they trained with different seeds, data, presets or settings?"
         )
     return result
+
+
+def _settings(path: Path) -> dict | None:
+    import yaml
+
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in saved.items() if k != "objective" and k not in RESUMABLE_CHANGES}

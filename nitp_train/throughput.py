@@ -66,10 +66,14 @@ def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = t
 
 
 def gemm_roofline(config, tokens: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
-    """FLOP/s of the model's own matmuls at their shapes, each timed alone (best of repeats; all torch threads):
-    per decoder layer the q, k, v, o projections and the MLP's gate, up and down, then the LM head, each as
-    [tokens, in] @ [in, out]. A model whose matrices are small cannot reach the n x n peak of
-    `measure_cpu_peak`; this is the ceiling its shapes allow, the roofline a step can be held to."""
+    """FLOP/s of a dense model's weight matmuls at their forward shapes, each timed alone (best of repeats; all
+    torch threads): per decoder layer the q, k, v, o projections and the MLP's gate, up and down, then the LM
+    head, each as [tokens, in] @ [in, out]. A model whose matrices are small cannot reach the n x n peak of
+    `measure_cpu_peak`; this is roughly the rate its shapes allow. Roughly: the backward's matmuls (the same
+    FLOPs, transposed shapes) and attention's score matmuls are not timed, and the LM head is timed over all
+    tokens, not in ce_chunk_tokens chunks."""
+    if getattr(config, "num_experts", 0):
+        raise ValueError("gemm_roofline times dense layers; an MoE model's expert matmuls are not modelled")
     d, heads = config.hidden_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     q, kv, ffn = heads * head_dim, config.num_key_value_heads * head_dim, config.intermediate_size

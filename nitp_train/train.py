@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
     "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
     "peak_tflops", "keep_exports", "export_steps", "export_dtype", "max_consecutive_skips", "precision",
+    "release_host_memory",
 }  # fmt: skip
 
 
@@ -175,7 +177,7 @@ def finish(s: TrainState) -> dict:
     if s.dist.is_main:
         provenance = json.loads((s.out / "provenance.json").read_text())
         provenance.update(consumed_order_sha256=s.consumed_sha, consumed_steps=s.cfg.steps)
-        (s.out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        write_json(s.out / "provenance.json", provenance)
     s.dist.barrier()
     return {"out": str(s.out), "step": s.cfg.steps, "last": s.log.last, "init_weights_sha256": s.init_sha}
 
@@ -329,10 +331,18 @@ def write_provenance(
         # the same in torchtitan's convention (attention over all T keys), for its MFU (docs/training.md, "Speed")
         "train_flops_per_token_torchtitan": flops.torchtitan_baseline + nitp_extra,
     })  # fmt: skip
-    path.write_text(json.dumps(record, indent=2))
+    write_json(path, record)
 
 
 # ---------------------------------------------------------------------------- run dirs, resume and extension
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Written whole or not at all (a tmp file renamed into place): another process may be reading it, e.g.
+    the other arm of a pair checking the pairing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> bool:

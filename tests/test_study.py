@@ -306,15 +306,17 @@ def test_pair_arms_names_only_this_pairs_arms(tmp_path):
 
 
 def test_fall_after_peak_measures_the_collapse_before_the_decay():
-    """A curve that rises to 40 at step 200, falls linearly to 30 by step 400 (the end of the constant LR) and
-    is lifted by the decay: peak step 200, fall 25 % at step 400; the decay's rise is not counted."""
+    """A curve that rises to 40 at step 200, falls linearly to 30 by step 400 (the decay's start) and is
+    lifted by the decay: peak step 200, fall 25 % at step 400; the decay's rise never enters the average."""
     from nitp_eval.report.study_rows import fall_after_peak, schedule_marks
 
     steps = range(0, 501, 10)
     curve = {s: (s / 5 if s <= 200 else 40 - (s - 200) / 20 if s <= 400 else 30 + (s - 400) / 5) for s in steps}
-    peak, fall, end = fall_after_peak(curve, warmup=20, stable_end=400, window=1)
-    assert (peak, end) == (200, 30.0) and fall == pytest.approx(0.25)
-    assert abs(fall_after_peak(curve, warmup=20, stable_end=400, window=5)[0] - 200) <= 10  # within a probe
+    assert fall_after_peak(curve, warmup=20, stable_end=400, window=1) == (200, pytest.approx(0.25), 400, 30.0)
+    peak, fall, end_step, end = fall_after_peak(curve, warmup=20, stable_end=400, window=5)
+    assert abs(peak - 200) <= 10 and end_step == 400 and 0.2 < fall < 0.25  # smoothing blunts, never lifts
+    lifted = {**curve, **{s: 100.0 for s in steps if s > 400}}  # a decay that lifts it far: no effect
+    assert fall_after_peak(lifted, warmup=20, stable_end=400, window=5) == (peak, fall, end_step, end)
     assert fall_after_peak({10: 1.0, 20: 2.0}, warmup=0, stable_end=400) is None  # fewer probes than the window
     cfg = {"steps": 500, "optim": {"warmup_steps": 20, "decay_ratio": 0.2}}
     assert schedule_marks(cfg) == (20, 400) and schedule_marks(None) == (0, None)

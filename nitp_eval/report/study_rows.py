@@ -129,12 +129,13 @@ def _probes(c: Collector, runs, base, other) -> None:
         falls.append((pair[0][1], pair[1][1]) if all(pair) else None)
     marks = schedule_marks(runs[0].configs.get(base)) if runs else None
     if marks and marks[1]:
-        label = f"effective rank: fall after its peak, to step {marks[1]} (end of the constant LR), % of the peak"
+        label = f"effective rank: fall after its peak, by step {marks[1]} (the LR decay's start), % of the peak"
         c.add("probe_erank_fall", "probes", label, Unit.PERCENT, falls)
 
 
 def schedule_marks(cfg: dict | None) -> tuple[int, int | None]:
-    """(last warm-up step, last step at the constant learning rate) of an arm's config.yaml; (0, None) unknown."""
+    """(warm-up steps, the LR decay's first step) of an arm's config.yaml (WSD: the learning rate is
+    constant from the end of the warm-up until then); (0, None) when the config does not say."""
     try:
         steps, optim = int(cfg["steps"]), cfg["optim"]
         return int(optim["warmup_steps"]), steps - int(round(steps * float(optim["decay_ratio"])))
@@ -143,19 +144,20 @@ def schedule_marks(cfg: dict | None) -> tuple[int, int | None]:
 
 
 def fall_after_peak(curve: dict[int, float], warmup: int, stable_end: int | None, window: int = 5):
-    """(peak step, fall, end value) of a probe curve {step: value} smoothed over `window` probes (as `nitp-eval
-    pilot` smooths it): its maximum after the warm-up and up to `stable_end`, and the fraction (peak - end) /
-    peak it has fallen by `stable_end`. None when fewer than `window` probes lie in that range."""
+    """(peak step, fall, end step, end value) of a probe curve {step: value} between the warm-up and
+    `stable_end`, smoothed over `window` probes as `nitp-eval pilot` smooths (a centred moving average) but
+    cut at `stable_end` first, so that the decay's rise after it never enters the average: the maximum, and
+    the fraction (peak - end) / peak the curve has fallen by its last probe at or before `stable_end`.
+    Smoothing blunts a sharp peak, so the fall is a slight underestimate. None when fewer than `window`
+    finite probes lie in that range."""
     if stable_end is None:
         return None
-    steps = sorted(curve)
-    y = smooth(np.array([curve[s] for s in steps], dtype=float), window) if steps else np.array([])
-    inside = [i for i, s in enumerate(steps) if warmup < s <= stable_end]
-    if len(inside) < window:
+    steps = [s for s in sorted(curve) if warmup < s <= stable_end and finite(curve[s])]
+    if len(steps) < window:
         return None
-    top = max(inside, key=lambda i: y[i])
-    end = inside[-1]
-    return steps[top], float((y[top] - y[end]) / y[top]) if y[top] else 0.0, float(y[end])
+    y = smooth(np.array([curve[s] for s in steps], dtype=float), window)
+    top = int(np.argmax(y))
+    return steps[top], float((y[top] - y[-1]) / y[top]) if y[top] else 0.0, steps[-1], float(y[-1])
 
 
 def _geometry(c: Collector, study: Study, runs, base, other, spec) -> None:

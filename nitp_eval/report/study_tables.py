@@ -193,7 +193,8 @@ def verdict_paragraph(study: Study, rows: list[Row], f: dict, alpha: float, prer
 
 def peak_paragraph(study: Study, arms: list[str]) -> str:
     """The paper's Fig. 1 in words: where each arm's mean probe effective rank peaks after the warm-up, how far
-    it has fallen by the end of the constant learning rate, and where each seed's own curve peaks."""
+    it has fallen by the start of the LR decay, where it ends, and where each seed's own curve peaks."""
+    from nitp_eval.report.stats import finite
     from nitp_eval.report.study_figures import mean_curve
     from nitp_eval.report.study_rows import fall_after_peak, schedule_marks
 
@@ -201,32 +202,35 @@ def peak_paragraph(study: Study, arms: list[str]) -> str:
     said, per_seed = [], []
     for arm in arms[:2]:
         marks = schedule_marks(runs[0].configs.get(arm))
-        curves = [(np.array(sorted(m)), np.array([m[k] for k in sorted(m)])) for m in
-                  ({r["step"]: r["probe_erank"] for r in run.metrics.get(arm, []) if r.get("probe_erank") is not None}
-                   for run in runs) if m]  # fmt: skip
-        x, mean, _, _ = mean_curve(curves) if len(curves) == len(runs) else (np.array([]),) * 4
+        per_run = [{r["step"]: r["probe_erank"] for r in run.metrics.get(arm, []) if finite(r.get("probe_erank"))}
+                   for run in runs]  # fmt: skip
+        if not all(per_run):
+            continue
+        curves = [(np.array(sorted(m)), np.array([m[k] for k in sorted(m)])) for m in per_run]
+        x, mean, _, _ = mean_curve(curves)
         found = fall_after_peak(dict(zip(x.tolist(), mean.tolist())), *marks)
         if found is None:
             continue
-        step, fall, end = found
-        peak = end / (1 - fall) if fall < 1 else float("nan")
-        said.append(
-            f"{arm_name(arm)}'s is highest at step {step}, the end of the constant learning rate ({end:.1f}): no peak yet"
-            if step == marks[1]
-            else f"{arm_name(arm)}'s peaks at step {step} ({peak:.1f}) and has fallen {100 * fall:.1f} % by step "
-            f"{marks[1]}, the end of the constant learning rate ({end:.1f})"
-        )
-        steps = [fall_after_peak(dict(zip(cx.tolist(), cy.tolist())), *marks) for cx, cy in curves]
+        step, fall, end_step, end = found
+        final = f"; it ends at {mean[-1]:.1f} (step {int(x[-1])})" if x[-1] > end_step else ""
+        if step == end_step:
+            said.append(f"{arm_name(arm)}'s is still at its highest at step {end_step} ({end:.1f}): no peak yet{final}")
+        else:
+            peak = end / (1 - fall)
+            said.append(
+                f"{arm_name(arm)}'s peaks at step {step} ({peak:.1f}) and has fallen {100 * fall:.1f} % by step "
+                f"{end_step}, where the LR decay starts ({end:.1f}){final}"
+            )
+        steps = [fall_after_peak(m, *marks) for m in per_run]
         per_seed.append(f"{arm_name(arm)} at steps {', '.join(str(f[0]) if f else '-' for f in steps)}")
     if not said:
         return ""
     n = len(runs)
     return (
         f"**Fig. 1 (where the effective rank peaks).** The last layer's in-training probe effective rank, "
-        f"averaged over the {n} seed{'s' if n != 1 else ''} and smoothed over 5 probes: "
+        f"averaged over the {n} seed{'s' if n != 1 else ''} and smoothed over 5 probes (cut at the decay's start): "
         + "; ".join(said)
-        + ". Each seed's own curve peaks: "
+        + ". Each seed's own smoothed curve is highest (before the decay) at: "
         + "; ".join(per_seed)
-        + " (seeds in order). The decay that follows lifts both; the exploratory row 'fall after its peak' "
-        "compares the arms seed by seed."
+        + " (seeds in order); the exploratory row 'fall after its peak' compares the arms seed by seed."
     )
