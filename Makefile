@@ -77,7 +77,7 @@ bench: setup
 	$(PY) benchmarks/geometry_scale.py --record
 	$(PY) benchmarks/erank_bias.py --record
 	$(PY) benchmarks/metric_bias.py --record
-	$(PY) benchmarks/geometry_cost.py --repeats 2 --record
+	$(PY) benchmarks/geometry_cost.py --threads 1 --repeats 2 --record
 	$(PY) benchmarks/export_memory.py --record
 	$(PY) benchmarks/results.py --update-readme
 
