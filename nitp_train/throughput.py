@@ -53,16 +53,22 @@ def gpu_peak(name: str) -> float | None:
 
 
 @functools.cache  # once per process and dtype: a pair's second arm reuses it
-def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
-    """Matmul FLOP/s of this CPU (all torch threads) at `dtype`: the best of repeated n x n @ n x n products."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up (thread pool, caches, oneDNN's kernel choice)
-    best, deadline = 0.0, time.perf_counter() + seconds
+def fastest_mm_s(rows: int, inner: int, cols: int, dtype: torch.dtype, seconds: float) -> float:
+    """Seconds of the fastest of repeated [rows, inner] @ [inner, cols] products at `dtype` (all torch threads)
+    run for `seconds`, after one warm-up product (thread pool, caches, oneDNN's kernel choice)."""
+    a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
+    torch.mm(a, b)
+    best, deadline = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        best = min(best, time.perf_counter() - t0)
     return best
+
+
+def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul FLOP/s of this CPU (all torch threads) at `dtype`: the best of repeated n x n @ n x n products."""
+    return 2 * n**3 / fastest_mm_s(n, n, n, dtype, seconds)
 
 
 def gemm_roofline(config, tokens: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
@@ -81,16 +87,9 @@ def gemm_roofline(config, tokens: int, dtype: torch.dtype = torch.float32, secon
     shapes.append((d, config.vocab_size))
     flops = seconds_total = 0.0
     for n_in, n_out in dict.fromkeys(shapes):  # each distinct shape timed once, counted as often as it occurs
-        x, w = torch.randn(tokens, n_in).to(dtype), torch.randn(n_in, n_out).to(dtype)
-        torch.mm(x, w)  # warm-up
-        best, deadline = float("inf"), time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            torch.mm(x, w)
-            best = min(best, time.perf_counter() - t0)
         count = shapes.count((n_in, n_out))
         flops += count * 2 * tokens * n_in * n_out
-        seconds_total += count * best
+        seconds_total += count * fastest_mm_s(tokens, n_in, n_out, dtype, seconds)
     return flops / seconds_total
 
 
