@@ -13,7 +13,7 @@ from nitp_train.distributed import Dist
 from nitp_train.errors import UserError
 from nitp_train.launch import is_main_process
 from nitp_train.model import hf_config
-from nitp_train.train import RESUMABLE_CHANGES, check_out_dir, train, write_json
+from nitp_train.train import RESUMABLE_CHANGES, check_out_dir, train, with_defaults, write_json
 
 
 def arm_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
@@ -166,5 +166,5 @@ def _settings(path: Path) -> dict | None:
 
     if not path.is_file():
         return None
-    saved = yaml.safe_load(path.read_text()) or {}
+    saved = with_defaults(yaml.safe_load(path.read_text()) or {})  # arms trained by two trainer versions
     return {k: v for k, v in saved.items() if k != "objective" and k not in RESUMABLE_CHANGES}

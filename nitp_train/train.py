@@ -369,11 +369,15 @@ def prepare_out_dir(out: Path, replace: bool, dist: Dist) -> None:
     dist.barrier()
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved config.yaml with every field this trainer knows: one added after the run started reads as its
+    default, so a newer trainer can resume (or pair) an older run unless the run's meaning would change."""
+    return merge(TrainConfig().to_dict(), saved)
+
+
 def _config_changes(cfg: TrainConfig, saved: dict, allowed: set[str]) -> list[str]:
     now = cfg.to_dict()
-    # a field added to the trainer after the run started reads as its default: a newer trainer can resume
-    # an older run (a study spans sessions) unless the run's meaning would change
-    saved = merge(TrainConfig().to_dict(), saved)
+    saved = with_defaults(saved)  # a study spans sessions, and the trainer may gain fields between them
     return sorted(k for k in set(now) | set(saved) if k not in allowed and now.get(k) != saved.get(k))
 
 

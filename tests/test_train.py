@@ -91,6 +91,33 @@ def test_pairing_records_the_consumed_batches_and_catches_a_mismatch(tiny_run, t
         check_paired(copy, ["ntp", "nitp"])
 
 
+def test_pairing_compares_the_arms_settings_with_the_trainers_defaults(tiny_run, tmp_path):
+    """Arms trained apart (`--arms`) must share their settings: a different learning rate is caught, while a
+    field missing from one arm's config.yaml (written by an older trainer) reads as its default."""
+    import shutil
+
+    import yaml
+
+    from nitp_train.pair import check_paired
+
+    copy = tmp_path / "copy"
+    for a in ("ntp", "nitp"):
+        (copy / a).mkdir(parents=True)
+        for f in ("provenance.json", "config.yaml"):
+            shutil.copy(tiny_run / a / f, copy / a)
+    saved = yaml.safe_load((copy / "nitp" / "config.yaml").read_text())
+    assert saved.pop("release_host_memory") == "auto"  # a field this trainer added, at its default
+    (copy / "nitp" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert check_paired(copy, ["ntp", "nitp"])["settings"] is True
+    saved.pop("ce_chunk_tokens")  # not a resumable field: only the default merge makes this pass
+    (copy / "nitp" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert check_paired(copy, ["ntp", "nitp"])["settings"] is True
+    saved["optim"]["lr"] *= 2
+    (copy / "nitp" / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match="not paired.*'settings': False"):
+        check_paired(copy, ["ntp", "nitp"])
+
+
 def test_projector_init_leaves_the_backbone_and_global_rng_alone(tiny_sets, tiny_corpus, tmp_path):
     from nitp_train.data import prepare_data
     from nitp_train.model import build_meta_module, hf_config, materialise, weights_sha256
