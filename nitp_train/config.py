@@ -92,6 +92,11 @@ class TrainConfig:
     parallel: str = "ddp"  # ddp | fsdp (torch FSDP2 fully_shard per decoder layer; gloo on CPU, NCCL on GPU)
     fsdp_param_dtype: str = "auto"  # FSDP mixed precision: parameters for compute (auto = bf16 where autocast is bf16)
     fsdp_reduce_dtype: str = "fp32"  # FSDP mixed precision: gradient reductions
+    # under accumulation: reduce-scatter once a step (last_micro: fewer collectives, but every rank keeps the
+    # whole model's unsharded fp32 gradients between micro-batches) or once per micro-batch (every_micro:
+    # gradients stay sharded); auto = last_micro where the planner finds it fits the GPU, else every_micro
+    # (and on a CPU); under DDP auto = last_micro (no_sync), and every_micro all-reduces every micro-batch
+    fsdp_grad_sync: str = "auto"  # auto | last_micro | every_micro
     # host buffers of 16 MiB and more are mmapped and returned on free (glibc): auto = under FSDP, where the
     # per-layer gather/reduce buffers otherwise stay in a heap that never shrinks (docs/training.md, "Host memory")
     release_host_memory: str = "auto"  # auto | always | never
@@ -175,6 +180,10 @@ class TrainConfig:
             raise UserError(f"device={self.device!r} is unknown; choose auto, cpu or cuda")
         if self.parallel not in ("ddp", "fsdp"):
             raise UserError(f"parallel={self.parallel!r} is unknown; choose ddp or fsdp")
+        if self.fsdp_grad_sync not in ("auto", "last_micro", "every_micro"):
+            raise UserError(
+                f"fsdp_grad_sync={self.fsdp_grad_sync!r} is unknown; choose auto, last_micro or every_micro"
+            )
         if self.release_host_memory not in ("auto", "always", "never"):
             raise UserError(
                 f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always or never"

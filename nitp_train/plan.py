@@ -2,7 +2,8 @@
 
 Memory per GPU is the sum of
     parameters   fp32 master weights (sharded over GPUs under FSDP)
-    gradients    fp32, same sharding
+    gradients    fp32, same sharding; under FSDP with accumulation and fsdp_grad_sync=last_micro also the
+                 whole model's unsharded fp32 gradients, which FSDP2 keeps between micro-batches
     optimizer    AdamW's two fp32 moments, same sharding
     gathered     FSDP's unsharded compute copies: the root group (embeddings, LM head) and two decoder
                  layers at a time (the current one and the prefetched next), at the compute dtype
@@ -40,12 +41,15 @@ class MemoryPlan:
     activations_checkpointed: float
     logits: float
     projector_activations: float
+    unsharded_gradients: float = 0.0
 
     def total(self, checkpointed: bool) -> float:
         """The peak: at the start of the backward every activation is alive and few gradients exist yet;
-        by its end the activations are freed and the gradients complete (set_to_none between steps)."""
+        by its end the activations are freed and the gradients complete (set_to_none between steps).
+        Deferred FSDP gradients (unsharded_gradients) live through the later micro-batches' backward."""
         acts = (self.activations_checkpointed if checkpointed else self.activations) + self.logits
-        return self.parameters + self.optimizer + self.gathered + max(self.gradients, acts + self.projector_activations)
+        held = self.parameters + self.optimizer + self.gathered + self.unsharded_gradients
+        return held + max(self.gradients, acts + self.projector_activations)
 
 
 def _layer_activation_elems(hf: dict, moe_layer: bool, bytes_act: int) -> float:
@@ -94,6 +98,8 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2
             embed + 2 * layer_params
         ) * bytes_compute  # the unsharded copies (their gradients are freed per layer)
     hidden_states = d  # the final norm's output (each layer's output is the next one's saved input)
+    _, accumulation, _ = cfg.batch_split(gpus)
+    deferred = cfg.parallel == "fsdp" and gpus > 1 and accumulation > 1 and cfg.fsdp_grad_sync == "last_micro"
     return MemoryPlan(
         parameters=4 * n_params / shards,
         gradients=4 * n_params / shards,
@@ -103,6 +109,8 @@ def memory_plan(cfg: TrainConfig, vocab_size: int, gpus: int, bytes_act: int = 2
         activations_checkpointed=tokens * bytes_act * (max(per_layer) + hidden_states + L * d),
         logits=_logits_bytes(cfg, tokens, V, d, bytes_act),
         projector_activations=tokens * bytes_act * (2 * cfg.objective.projector_mult * d + 2 * d) if nitp else 0.0,
+        # FSDP2 accumulates them in the reduce dtype (fp32 by default), or the compute dtype when that equals it
+        unsharded_gradients=n_params * (4 if cfg.fsdp_reduce_dtype == "fp32" else bytes_compute) if deferred else 0.0,
     )
 
 
@@ -135,6 +143,21 @@ def resolve_micro_batch(cfg: TrainConfig, world: int, vocab: int, mem_bytes: flo
     return fitting[-1] if fitting else 1
 
 
+def resolve_grad_sync(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> str:
+    """`fsdp_grad_sync` made concrete: as given; or (auto) last_micro where the whole model's unsharded fp32
+    gradients, which FSDP2 keeps between the micro-batches of a step, fit the device beside everything else,
+    else every_micro. Without a memory size (a CPU: the ranks share the host's memory) every_micro, so that
+    no rank holds the whole model's gradients."""
+    if cfg.fsdp_grad_sync != "auto":
+        return cfg.fsdp_grad_sync
+    if cfg.parallel != "fsdp":  # DDP holds whole gradients anyway: it all-reduces on the last micro-batch
+        return "last_micro"
+    if mem_bytes is None:
+        return "every_micro"
+    deferred = dataclasses.replace(cfg, fsdp_grad_sync="last_micro")
+    return "last_micro" if _peak_bytes(deferred, world, vocab, cfg.micro_batch) <= mem_bytes * USABLE else "every_micro"
+
+
 def resolve_run(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> TrainConfig:
     """The config a run trains with: its defaults resolved the same way by `nitp-train plan` and the trainer.
 
@@ -143,6 +166,7 @@ def resolve_run(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | Non
     A run that cannot fit is refused here, before any weights exist, with the planner's advice.
     """
     resolved = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, world, vocab, mem_bytes))
+    resolved = dataclasses.replace(resolved, fsdp_grad_sync=resolve_grad_sync(resolved, world, vocab, mem_bytes))
     if mem_bytes is not None:
         mem = memory_plan(resolved, vocab, world, bytes_act=activation_bytes(cfg))
         budget = mem_bytes * USABLE
@@ -196,6 +220,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
     vocab = preset.hf.get("vocab_size", 151936)
     # the trainer's own resolution, without its refusal: the plan shows what does not fit and why
     cfg = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, gpus, vocab, gpu_mem_gb * GB))
+    cfg = dataclasses.replace(cfg, fsdp_grad_sync=resolve_grad_sync(cfg, gpus, vocab, gpu_mem_gb * GB))
     _, accumulation, _ = cfg.batch_split(gpus)
     bytes_act = activation_bytes(cfg)
     mem = memory_plan(cfg, vocab, gpus, bytes_act=bytes_act)
@@ -220,6 +245,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
         "seq_len": cfg.seq_len,
         "micro_batch": cfg.micro_batch,
         "grad_accumulation": accumulation,
+        "fsdp_grad_sync": cfg.fsdp_grad_sync,
         "warmup_steps": cfg.optim.warmup_steps,
         "decay_start": cfg.decay_start,
         "flops_per_step": flops.exact_baseline * cfg.tokens_per_step + flops.exact_nitp_extra * cfg.tokens_per_step,
@@ -252,13 +278,14 @@ def format_plan(p: dict) -> str:
         f"preset {p['preset']} on {p['gpus']} x {p['gpu_mem_gb']:g} GB ({p['parallel']}, precision {p['precision']}, "
         f"activation checkpointing {'on' if p['activation_checkpointing'] else 'off'})",
         f"  steps {p['steps']:,}  tokens {p['tokens']:.4g}  global batch {p['global_batch']} x {p['seq_len']}  "
-        f"micro-batch {p['micro_batch']}  accumulation {p['grad_accumulation']}",
+        f"micro-batch {p['micro_batch']}  accumulation {p['grad_accumulation']}"
+        + (f"  gradient sync {p['fsdp_grad_sync']}" if p["parallel"] == "fsdp" and p["grad_accumulation"] > 1 else ""),
         f"  schedule: warm-up {p['warmup_steps']:,}, decay from step {p['decay_start']:,}",
         f"  FLOPs per step {p['flops_per_step']:.4g} (Appendix G model; NITP overhead {100 * p['nitp_overhead']:.2f} %)",
         "  memory per GPU (GB):",
     ]
-    for key in ("parameters", "gradients", "optimizer", "gathered", "activations", "activations_checkpointed",
-                "logits", "projector_activations"):  # fmt: skip
+    for key in ("parameters", "gradients", "unsharded_gradients", "optimizer", "gathered", "activations",
+                "activations_checkpointed", "logits", "projector_activations"):  # fmt: skip
         lines.append(f"    {key:26} {m[key]:10.2f}")
     lines.append(f"    {'largest logits tensor':26} {p['largest_logits_gb']:10.2f}")
     t = p["total_gb"]

@@ -51,7 +51,7 @@ RESUMABLE_CHANGES = {
     "save_every", "export_every", "keep_last", "async_checkpoint", "log_every", "eval_every", "probe_every",
     "device", "parallel", "micro_batch", "activation_checkpointing", "dist_timeout_s", "compile", "log",
     "peak_tflops", "keep_exports", "export_steps", "export_dtype", "max_consecutive_skips", "precision",
-    "release_host_memory",
+    "release_host_memory", "fsdp_grad_sync",
 }  # fmt: skip
 
 
@@ -126,7 +126,8 @@ def train_step(s: TrainState, step: int, batches: list[torch.Tensor], params: li
     when the loss or the gradient norm is not finite); returns the step's learning rate. No host read."""
     sums: dict[str, torch.Tensor] = {}
     for m, x in enumerate(batches):
-        with _no_sync(s.wrapped, last_micro=m == s.accum - 1), autocast(s.dist.device, s.amp):
+        sync = m == s.accum - 1 or s.cfg.fsdp_grad_sync == "every_micro"  # DDP: every_micro is FSDP's alone
+        with _no_sync(s.wrapped, sync), autocast(s.dist.device, s.amp):
             total, parts = s.wrapped(x, step)
         (total / s.accum).backward()
         for k, v in parts.items():  # device tensors: no host read here
@@ -262,13 +263,13 @@ def device_memory(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
 
-def _no_sync(wrapped, last_micro: bool):
-    """Gradients are reduced only on the last micro-batch of a step: DDP's no_sync, FSDP2's
-    set_requires_gradient_sync (its reduce-scatter would otherwise run once per micro-batch)."""
+def _no_sync(wrapped, sync: bool):
+    """Gradients are reduced only when `sync`: DDP's no_sync, FSDP2's set_requires_gradient_sync (under
+    fsdp_grad_sync=last_micro, the last micro-batch of a step; under every_micro, every micro-batch)."""
     if hasattr(wrapped, "set_requires_gradient_sync"):  # an FSDPModule
-        wrapped.set_requires_gradient_sync(last_micro)
+        wrapped.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
-    if last_micro or not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+    if sync or not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return wrapped.no_sync()
 

@@ -19,7 +19,7 @@ import yaml
 
 from nitp_train.config import load_config
 from nitp_train.errors import UserError
-from nitp_train.plan import memory_plan, resolve_micro_batch, resolve_run
+from nitp_train.plan import memory_plan, resolve_grad_sync, resolve_micro_batch, resolve_run
 from nitp_train.presets import get_preset, param_counts, preset_names
 from nitp_train.train import train
 
@@ -64,7 +64,9 @@ def test_planner_and_trainer_resolve_the_same_defaults(preset):
         with pytest.raises(UserError, match="per device"):
             resolve_run(cfg, 8, vocab, 80e9)
         trainer = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, 8, vocab, 80e9))
+        trainer = dataclasses.replace(trainer, fsdp_grad_sync=resolve_grad_sync(trainer, 8, vocab, 80e9))
     assert plan["micro_batch"] == trainer.micro_batch
+    assert plan["fsdp_grad_sync"] == trainer.fsdp_grad_sync != "auto"
     assert plan["activation_checkpointing"] == trainer.activation_checkpointing
     assert plan["parallel"] == trainer.parallel == "fsdp"  # the paper presets shard, in the plan and the run
     assert plan["precision"] == trainer.precision
@@ -94,6 +96,37 @@ def test_micro_batch_is_the_largest_that_fits_a_given_memory():
     assert resolve_micro_batch(cfg, 8, vocab, None) == 8
     assert resolve_micro_batch(load_config(sets=["global_batch=12"]), 1, 8192, None) == 6
     assert resolve_micro_batch(load_config(sets=["model.preset=dense-0.5b", "micro_batch=2"]), 8, vocab, 80e9) == 2
+
+
+def test_deferred_fsdp_gradients_are_counted_and_taken_only_where_they_fit():
+    """FSDP2 keeps the whole model's unsharded fp32 gradients between the micro-batches of a step when their
+    reduce-scatter waits for the last one: 4 bytes a parameter on every GPU, which the plan counts, and
+    which `auto` takes only where it fits (else it reduce-scatters every micro-batch)."""
+    cfg = load_config(sets=["model.preset=dense-0.5b", "micro_batch=4"])  # 64 sequences a GPU: 16 micro-batches
+    vocab = get_preset("dense-0.5b").hf["vocab_size"]
+    nitp = 3 * cfg.objective.projector_mult * 896**2  # the SwiGLU projector (d = 896)
+    n_params = param_counts(get_preset("dense-0.5b"), vocab_size=vocab)["total"] + nitp
+
+    def plan(**change):
+        return memory_plan(dataclasses.replace(cfg, **change), vocab, 8)
+
+    deferred, every = plan(fsdp_grad_sync="last_micro"), plan(fsdp_grad_sync="every_micro")
+    assert deferred.unsharded_gradients == 4 * n_params and every.unsharded_gradients == 0
+    assert deferred.total(False) - every.total(False) == pytest.approx(4 * n_params)
+    assert plan(fsdp_grad_sync="last_micro", micro_batch=64).unsharded_gradients == 0  # no accumulation
+    assert plan(fsdp_grad_sync="last_micro", parallel="ddp").unsharded_gradients == 0  # DDP: counted in gradients
+    assert resolve_grad_sync(cfg, 8, vocab, 80e9) == "last_micro"  # +2 GB fits
+    assert resolve_grad_sync(cfg, 8, vocab, None) == "every_micro"  # a CPU: ranks share the host's memory
+    assert resolve_grad_sync(dataclasses.replace(cfg, parallel="ddp"), 8, vocab, None) == "last_micro"
+    explicit = dataclasses.replace(cfg, fsdp_grad_sync="last_micro")
+    assert resolve_grad_sync(explicit, 8, vocab, None) == "last_micro"
+    # moe-9b-a1b on 8 x 80 GB: its 9B parameters' unsharded gradients (36 GB) do not fit beside the rest
+    moe = load_config(sets=["model.preset=moe-9b-a1b"])
+    moe_vocab = get_preset("moe-9b-a1b").hf["vocab_size"]
+    moe = resolve_run(moe, 8, moe_vocab, 80e9)
+    assert moe.fsdp_grad_sync == "every_micro" and moe.global_batch // 8 // moe.micro_batch > 1
+    held = memory_plan(dataclasses.replace(moe, fsdp_grad_sync="last_micro"), moe_vocab, 8)
+    assert held.total(moe.activation_checkpointing) > 0.9 * 80e9
 
 
 def test_a_run_that_cannot_fit_is_refused_in_one_line_naming_the_fix():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from nitp_train.config import load_config
@@ -197,9 +198,15 @@ def test_resume_refuses_a_changed_config_and_a_new_horizon(tmp_path, tiny_sets, 
     train(load_config(sets=sets + ["log_every=2"]), out, resume=True, progress=False)  # allowed: nothing left to do
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
+# FSDP's gradient sync under accumulation (2 micro-batches a rank here): once a step, or once per micro-batch,
+# which `auto` picks on a CPU (no rank then holds the whole model's gradients: nitp_train/plan.py)
+@pytest.mark.parametrize(
+    "parallel, grad_sync, resolved",
+    [("ddp", "auto", "last_micro"), ("fsdp", "last_micro", "last_micro"), ("fsdp", "auto", "every_micro")],
+)
+def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel, grad_sync, resolved):
     sets = tiny_sets + [
+        f"fsdp_grad_sync={grad_sync}",
         f"data.path={tiny_corpus}",
         "steps=3",
         "save_every=3",
@@ -221,7 +228,7 @@ def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
             "--nproc_per_node",
             "2",
             "--master_port",
-            str(29533 + (parallel == "fsdp")),
+            str(29533 + (parallel == "fsdp") + 2 * (grad_sync == "auto")),
             "-m",
             "nitp_train",
             "run",
@@ -235,6 +242,7 @@ def test_two_processes_match_one(tmp_path, tiny_sets, tiny_corpus, parallel):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((two / "provenance.json").read_text())["world_size"] == 2
+    assert yaml.safe_load((two / "config.yaml").read_text())["fsdp_grad_sync"] == resolved  # recorded resolved
     for key in ("loss_total", "loss_ntp", "loss_nitp"):
         a, b = _losses(one, key), _losses(two, key)
         assert b == pytest.approx(a, rel=1e-4)
