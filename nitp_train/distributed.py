@@ -64,9 +64,9 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 def release_host_memory(cfg: TrainConfig) -> bool:
     """Serve host allocations of HOST_MMAP_THRESHOLD bytes and more by mmap, so a freed buffer goes back to
     the OS; True when set. glibc raises its threshold to the size of each large block freed, after which
-    FSDP's per-layer all-gather and reduce-scatter buffers come from a heap that never shrinks: a 2-rank
-    FSDP step of dense-125m peaked at 1.00x one process's RSS, 0.75x with this (benchmarks/export_memory.py
-    --record, 2026-12-06).
+    FSDP's per-layer all-gather and reduce-scatter buffers come from a heap that never shrinks: each rank of
+    a 2-rank FSDP run of dense-125m peaked at 1.11x one process's RSS, 0.80x with this (2 micro-batches a
+    rank; benchmarks/export_memory.py --record, 2026-12-06).
     It costs ~10 % of a single-process micro-dense CPU step (fresh pages for its 16-32 MiB buffers), so
     `auto` sets it under FSDP only. Linux with glibc; a MALLOC_MMAP_THRESHOLD_ in the environment wins."""
     wanted = cfg.release_host_memory == "always" or (cfg.release_host_memory == "auto" and cfg.parallel == "fsdp")
@@ -110,19 +110,35 @@ def compile_layers(module: nn.Module, cfg: TrainConfig) -> None:
             layer.compile()
 
 
-def cpu_bf16_is_faster() -> bool:
-    """True on CPUs whose bf16 matmuls run on AMX tiles (oneDNN), where bf16 autocast is the faster step.
+def cpu_vendor() -> str:
+    """The CPU vendor as /proc/cpuinfo names it (GenuineIntel, AuthenticAMD), "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:  # not Linux
+        return ""
 
-    Measured (docs/training.md, "Precision on CPU"): with AMX (cpuinfo flag `amx_bf16`, usable by this
-    process: `torch.cpu._is_amx_tile_supported()` also asks the kernel for the tile state) a tiny-dense
-    training step ran ~1.7x faster in bf16 than in fp32; with AVX512-BF16 but no AMX it ran 1.43x slower.
+
+def cpu_bf16_is_faster() -> bool:
+    """True on CPUs where bf16 autocast is measured to be the faster training step (oneDNN's bf16 kernels):
+    with AMX tiles, or on an AMD CPU with AVX512-BF16 (Zen 4 and later).
+
+    Measured (docs/training.md, "Precision and threads on CPU"), the same tiny-dense step: 1.6x faster in
+    bf16 with AMX (cpuinfo flag `amx_bf16`, usable by this process: `torch.cpu._is_amx_tile_supported()`
+    also asks the kernel for the tile state); 1.5x faster on an AMD EPYC with AVX512-BF16; 1.43x *slower*
+    on a Xeon whose AMX tiles the VM withheld (AVX512-BF16 alone). Elsewhere fp32, which no CPU runs slower.
     """
-    return torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return torch.cpu._is_amx_tile_supported() or (
+        torch.cpu._is_avx512_bf16_supported() and cpu_vendor() == "AuthenticAMD"
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` made concrete for this device: bf16 on GPUs that support it and on CPUs where bf16 is the
-    faster step (`cpu_bf16_is_faster`), fp32 elsewhere; `bf16` and `fp32` as given."""
+    faster step (`cpu_bf16_is_faster`: a fixed rule, so a run's precision never hangs on a timing), fp32
+    elsewhere; `bf16` and `fp32` as given."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
