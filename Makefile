@@ -71,6 +71,7 @@ test-slow: setup
 # (~30 s), the geometry cost of the full metric set on SmolLM2-135M (~10 min).
 bench: setup
 	$(PY) benchmarks/step_overhead.py --steps 20 --bf16 --record
+	$(PY) benchmarks/roofline.py --compile --record
 	$(PY) benchmarks/sharded_init.py --record
 	$(PY) benchmarks/memory_plan.py --sweep
 	$(PY) benchmarks/ce_memory.py --record

@@ -41,14 +41,19 @@ def measure(sets: list[str], vocab: int) -> dict:
     tracker = MemTracker()
     tracker.track_external(module, opt)
     g = torch.Generator().manual_seed(0)
+    _, accumulation, micro = cfg.batch_split(dist.world)
     with tracker:
         for step in range(2):
-            x = torch.randint(0, vocab, (cfg.micro_batch, cfg.seq_len), generator=g)
-            total, _ = wrapped(x, step)
-            total.backward()
+            for m in range(accumulation):  # FSDP's reduce-scatter as the trainer schedules it (fsdp_grad_sync)
+                if hasattr(wrapped, "set_requires_gradient_sync"):
+                    last = m == accumulation - 1
+                    wrapped.set_requires_gradient_sync(last or cfg.fsdp_grad_sync == "every_micro")
+                x = torch.randint(0, vocab, (micro, cfg.seq_len), generator=g)
+                total, _ = wrapped(x, step)
+                total.backward()
+                tracker.reset_mod_stats()  # per-module stats are per forward; the global peak is kept
             opt.step()
             opt.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()  # per-module stats are per iteration; the global peak is kept
     peak = tracker.get_tracker_snapshot("peak")
     measured = max(v["Total"] for v in peak.values())
     plan = memory_plan(cfg, vocab, dist.world, bytes_act=4, bytes_compute=4)
@@ -63,13 +68,22 @@ TINY = ["model.hf_overrides.hidden_size=64", "model.hf_overrides.num_hidden_laye
 MID = ["model.hf_overrides.hidden_size=512", "model.hf_overrides.num_hidden_layers=8",
        "model.hf_overrides.num_attention_heads=8", "model.hf_overrides.num_key_value_heads=2",
        "model.hf_overrides.intermediate_size=1536", "seq_len=256"]  # fmt: skip
-SWEEP = {  # name: (config fields, processes); batch 4 x seq_len per process, FSDP when 2
+SWEEP = {  # name: (config fields, processes); batch 4 x seq_len per process (unless set), FSDP when 2
     "tiny dense (d 64, 4 layers), 1 process": (TINY, 1),
     "tiny dense, 2 FSDP ranks": (TINY, 2),
     "d 512, 8 layers, 1 process": (MID, 1),
     "d 512, 8 layers, 2 FSDP ranks": (MID, 2),
     "d 512, 8 layers, activation checkpointing": (MID + ["activation_checkpointing=true"], 1),
     "tiny-moe, 1 process": (["model.preset=tiny-moe", "seq_len=256"], 1),
+    # 2 micro-batches a rank: the reduce-scatter once a step holds the whole model's unsharded gradients
+    "d 512, 8 layers, 2 FSDP ranks, 2 micro-batches, fsdp_grad_sync=last_micro": (
+        MID + ["micro_batch=2", "fsdp_grad_sync=last_micro"],
+        2,
+    ),
+    "d 512, 8 layers, 2 FSDP ranks, 2 micro-batches, fsdp_grad_sync=every_micro": (
+        MID + ["micro_batch=2", "fsdp_grad_sync=every_micro"],
+        2,
+    ),
 }
 
 
@@ -82,7 +96,7 @@ def sweep() -> None:
 
     rows = []
     for name, (sets, n) in SWEEP.items():
-        flags = [a for s in [*sets, "micro_batch=4", "global_batch=8", "parallel=fsdp"] for a in ("--set", s)]
+        flags = [a for s in ["micro_batch=4", f"global_batch={4 * n}", "parallel=fsdp", *sets] for a in ("--set", s)]
         cmd = [sys.executable, __file__, *flags]
         if n > 1:
             cmd = [

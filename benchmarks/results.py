@@ -27,7 +27,12 @@ def machine() -> str:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     except ImportError:
         gpu = "no GPU"
-    return f"{os.cpu_count()} CPU cores, {gpu}"
+    cpu = ""
+    try:  # the model matters: this project's VMs changed between a Xeon with AMX and an AMD EPYC
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPU cores{f' ({cpu})' if cpu else ''}, {gpu}"
 
 
 def record(name: str, command: str, rows: list[tuple[str, str]], **extra) -> Path:

@@ -1,4 +1,4 @@
-"""NITP vs NTP training-step time, the trainer vs a bare loop, compile on vs off, and the roofline, in one run.
+"""NITP vs NTP training-step time, the trainer vs a bare loop, compile on vs off and bf16 vs fp32, in one run.
 
     python benchmarks/step_overhead.py [--preset tiny-dense] [--steps 20] [--batch 16] [--seq-len 256] [--bf16]
 
@@ -8,14 +8,10 @@
 2. The trainer (`nitp_train.train.train`, NTP arm, no eval/probes) against a bare nanoGPT-style loop
    over the same HF model, AdamW and batch size (timed before and after the trainer): median tokens/s.
 3. The NITP step with every decoder layer compiled (compile=true) against eager, alternated.
-4. The trainer's achieved FLOP/s (Appendix G FLOPs of the exact config x tokens/s) as a fraction of
-   this machine's measured matmul FLOP/s (the CPU roofline) at the dtype the trainer picks
-   (`precision=auto`), with the fp32 and bf16 peaks measured in the same run, and as a fraction of the
-   FLOP/s the model's own matmuls reach alone at their shapes (`gemm_roofline`: the ceiling small
-   matrices allow).
-5. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
+4. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
 
-Sections 2-4 run at the trainer's `precision=auto` dtype; 1 and 5 say theirs. The OpenMP wait policy is
+Sections 2-3 run at the trainer's `precision=auto` dtype; 1 and 4 say theirs. The trainer against this
+CPU's matmul roofline: benchmarks/roofline.py. The OpenMP wait policy is
 the trainer's (nitp_train/cli.py sets OMP_WAIT_POLICY=PASSIVE unless the environment sets it).
 """
 
@@ -44,7 +40,6 @@ from nitp_train.model import (  # noqa: E402
     materialise,
     resolved_preset,
 )  # fmt: skip
-from nitp_train.throughput import gemm_roofline, measure_cpu_peak  # noqa: E402
 from nitp_train.train import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -148,7 +143,7 @@ def main():
     rows.append((f"NITP step with compile=true (each decoder layer) vs eager, {setup}, {auto}",
                  f"{compiled_ms:.0f} vs {eager_ms:.0f} ms: {compiled_ms / eager_ms:.2f}x"))  # fmt: skip
 
-    if args.bf16:  # 5. bf16 autocast vs fp32, same model init and batch, alternated
+    if args.bf16:  # 4. bf16 autocast vs fp32, same model init and batch, alternated
         fns = {
             "fp32": nitp,
             "bf16": step_fn(load_config(sets=fp32_sets + ["objective.name=nitp", "precision=bf16"]), vocab),
@@ -193,6 +188,7 @@ def main():
                 "optim.warmup_steps=2",
                 "eval_every=0",
                 "probe_every=0",
+                "log_every=1",  # a rate every step, as the bare loop reads its loss every step
                 f"data.tokenizer=train:{args.vocab}",
             ]
         )
@@ -208,24 +204,6 @@ def main():
     )
     rows.append((f"trainer vs a bare nanoGPT-style loop (same HF model, fused AdamW, batch), {setup}, {auto}",
                  f"{ours:.0f} vs {statistics.median(bare):.0f} tokens/s: {ours / statistics.median(bare):.2f}x"))  # fmt: skip
-    # 4. the roofline: achieved FLOP/s against this machine's measured matmul FLOP/s, fp32 and bf16, in this run
-    achieved = statistics.median(r["flops_per_s"] for r in records[2:])
-    peaks = {name: max(measure_cpu_peak(n, 1.0, dtype) for n in (1024, 2048))
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}  # fmt: skip
-    # the ceiling this model's own matrix shapes allow (small matrices cannot reach the n x n peak)
-    shaped = gemm_roofline(hf_config(load_config(sets=sets), SizedVocab(args.vocab)), args.batch * args.seq_len,
-                           torch.bfloat16 if auto == "bf16" else torch.float32)  # fmt: skip
-    print(
-        f"  trainer ({auto}) achieved {achieved / 1e9:7.1f} GFLOP/s (Appendix G FLOPs, NTP)   its matmuls alone at "
-        f"their shapes {shaped / 1e9:7.1f} GFLOP/s ({achieved / shaped:.2f})   matmul peaks: "
-        + "   ".join(f"{k} {v / 1e9:7.1f} GFLOP/s ({achieved / v:.2f})" for k, v in peaks.items())
-        + f"   fraction of the {auto} roofline {achieved / peaks[auto]:.2f}"
-    )
-    rows.append((f"trainer's achieved FLOP/s (Appendix G, NTP, precision=auto: {auto}) vs this CPU's {auto} matmul peak, "
-                 f"{setup}", f"{achieved / 1e9:.1f} vs {peaks[auto] / 1e9:.1f} GFLOP/s: {achieved / peaks[auto]:.2f} of "
-                 f"the roofline, {achieved / shaped:.2f} of the {shaped / 1e9:.1f} GFLOP/s its own matmuls reach alone "
-                 f"at their shapes (fp32 peak {peaks['fp32'] / 1e9:.1f}, bf16 peak {peaks['bf16'] / 1e9:.1f} GFLOP/s; "
-                 f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"))  # fmt: skip
     if args.record:
         record(
             "step_overhead", f"python benchmarks/step_overhead.py --steps {args.steps}" + " --bf16" * args.bf16, rows

@@ -1,0 +1,113 @@
+"""The trainer on this CPU against its matmul roofline, per preset and dtype, in one run.
+
+    python benchmarks/roofline.py                        # tiny-dense and dense-125m, fp32 and bf16, 16 x 256
+    python benchmarks/roofline.py --compile --record     # also compile=true at the auto dtype (make bench)
+
+For each preset and dtype: the real trainer (`nitp_train.train.train`, NTP, no eval, probes or saves,
+`log_every=1`) for `--steps` steps; its achieved FLOP/s (Appendix G FLOPs of the exact config x
+tokens/s, median of the steps after the first two) as a fraction of
+- this CPU's n x n matmul peak at that dtype (`measure_cpu_peak`, the best of n = 1024 and 2048, measured
+  before and after the training runs: the peak is the best the CPU does, and one measurement on a shared
+  VM varies by up to 1.8x between processes), and of
+- the FLOP/s the model's own weight matmuls reach alone at their forward shapes (`gemm_roofline`), the
+  ceiling small matrices allow.
+The row of the dtype that `precision=auto` picks on this CPU says so: that is the issue's "roofline for
+the dtype used". With --compile, each preset also runs with `compile=true` at that dtype (the first two
+steps, which compile, are left out). The OpenMP wait policy is the trainer's (PASSIVE unless the environment sets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nitp-train runs (nitp_train/cli.py): before torch loads
+
+import torch  # noqa: E402
+
+from nitp_train.config import load_config  # noqa: E402
+from nitp_train.distributed import resolve_precision  # noqa: E402
+from nitp_train.model import SizedVocab, hf_config  # noqa: E402
+from nitp_train.throughput import gemm_roofline, measure_cpu_peak  # noqa: E402
+from nitp_train.train import train  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import record  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def peaks() -> dict[str, float]:
+    return {name: max(measure_cpu_peak(n, 1.0, dtype) for n in (1024, 2048)) for name, dtype in DTYPES.items()}
+
+
+def trainer_flops(sets: list[str], steps: int) -> float:
+    """Median achieved FLOP/s of the trainer's steps after the first two (compile, warm-up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(sets=sets + ["objective.name=ntp", f"steps={steps}", f"save_every={10**6}",
+                                       "optim.warmup_steps=1", "eval_every=0", "probe_every=0", "log_every=1"])  # fmt: skip
+        train(cfg, Path(tmp) / "ntp", progress=False)
+        records = [json.loads(line) for line in (Path(tmp) / "ntp" / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["flops_per_s"] for r in records[2:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny-dense", "dense-125m"])
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--compile", action="store_true", help="also compile=true at the dtype precision=auto picks")
+    ap.add_argument("--record", action="store_true", help="write benchmarks/results/roofline.json (make bench)")
+    args = ap.parse_args()
+    auto = resolve_precision("auto", torch.device("cpu"))
+    best = peaks()
+    achieved = {}
+    for preset in args.presets:
+        sets = [f"model.preset={preset}", f"seq_len={args.seq_len}", f"global_batch={args.batch}",
+                f"micro_batch={args.batch}", f"data.tokenizer=train:{args.vocab}"]  # fmt: skip
+        runs = [(dtype, False) for dtype in args.dtypes] + [(auto, True)] * args.compile
+        for dtype, compiled in runs:
+            got = trainer_flops(sets + [f"precision={dtype}", f"compile={str(compiled).lower()}"], args.steps)
+            achieved[preset, dtype, compiled] = got
+            print(f"{preset} {dtype}{' compile=true' * compiled}: {got / 1e9:.1f} GFLOP/s", flush=True)
+    best = {k: max(v, after) for (k, v), after in zip(best.items(), peaks().values())}
+    rows = []
+    for preset in args.presets:
+        config = hf_config(
+            load_config(sets=[f"model.preset={preset}", f"seq_len={args.seq_len}"]), SizedVocab(args.vocab)
+        )
+        shaped = {
+            dtype: gemm_roofline(config, args.batch * args.seq_len, DTYPES[dtype]) for dtype in {*args.dtypes, auto}
+        }
+        for (name, dtype, compiled), got in achieved.items():
+            if name != preset:
+                continue
+            picked = " (what precision=auto picks here)" if dtype == auto else ""
+            rows.append((
+                f"trainer's achieved FLOP/s (Appendix G, NTP) vs this CPU's {dtype} matmul peak, {preset}, "
+                f"batch {args.batch} x {args.seq_len}, {dtype}{', compile=true' * compiled}{picked}",
+                f"{got / 1e9:.1f} vs {best[dtype] / 1e9:.1f} GFLOP/s: {got / best[dtype]:.2f} of the roofline; "
+                f"{got / shaped[dtype]:.2f} of the {shaped[dtype] / 1e9:.1f} GFLOP/s its own matmuls reach alone at their shapes",
+            ))  # fmt: skip
+    print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+          f"precision=auto picks {auto}")  # fmt: skip
+    for what, number in rows:
+        print(f"  {what}: {number}")
+    if args.record:
+        command = f"python benchmarks/roofline.py --presets {' '.join(args.presets)} --steps {args.steps}" + (
+            " --compile" * args.compile
+        )
+        record("roofline", command, rows, peaks_gflops={k: round(v / 1e9, 1) for k, v in best.items()},
+               auto=auto, load_average=round(os.getloadavg()[0], 1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
