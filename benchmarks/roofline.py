@@ -46,14 +46,15 @@ def peaks() -> dict[str, float]:
     return {name: max(measure_cpu_peak(n, 1.0, dtype) for n in (1024, 2048)) for name, dtype in DTYPES.items()}
 
 
-def trainer_flops(sets: list[str], steps: int) -> float:
-    """Median achieved FLOP/s of the trainer's steps after the first two (compile, warm-up)."""
+def trainer_records(sets: list[str], steps: int) -> list[dict]:
+    """The trainer's metrics records (NTP, no eval, probes or saves, a record every step) after the first
+    two steps (compile, warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(sets=sets + ["objective.name=ntp", f"steps={steps}", f"save_every={10**6}",
                                        "optim.warmup_steps=1", "eval_every=0", "probe_every=0", "log_every=1"])  # fmt: skip
         train(cfg, Path(tmp) / "ntp", progress=False)
         records = [json.loads(line) for line in (Path(tmp) / "ntp" / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["flops_per_s"] for r in records[2:])
+    return records[2:]
 
 
 def main() -> None:
@@ -75,7 +76,8 @@ def main() -> None:
                 f"micro_batch={args.batch}", f"data.tokenizer=train:{args.vocab}"]  # fmt: skip
         runs = [(dtype, False) for dtype in args.dtypes] + [(auto, True)] * args.compile
         for dtype, compiled in runs:
-            got = trainer_flops(sets + [f"precision={dtype}", f"compile={str(compiled).lower()}"], args.steps)
+            records = trainer_records(sets + [f"precision={dtype}", f"compile={str(compiled).lower()}"], args.steps)
+            got = statistics.median(r["flops_per_s"] for r in records)
             achieved[preset, dtype, compiled] = got
             print(f"{preset} {dtype}{' compile=true' * compiled}: {got / 1e9:.1f} GFLOP/s", flush=True)
     best = {k: max(v, after) for (k, v), after in zip(best.items(), peaks().values())}

@@ -21,7 +21,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,10 +39,10 @@ from nitp_train.model import (  # noqa: E402
     materialise,
     resolved_preset,
 )  # fmt: skip
-from nitp_train.train import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
+from roofline import trainer_records  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -178,26 +177,10 @@ def main():
         return tokens_per_s
 
     bare = bare_loop()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            sets=sets
-            + [
-                "objective.name=ntp",
-                f"steps={args.steps + 2}",
-                f"save_every={10**6}",
-                "optim.warmup_steps=2",
-                "eval_every=0",
-                "probe_every=0",
-                "log_every=1",  # a rate every step, as the bare loop reads its loss every step
-                f"data.tokenizer=train:{args.vocab}",
-            ]
-        )
-        train(cfg, Path(tmp) / "ntp", progress=False)
-        import json
-
-        records = [json.loads(line) for line in (Path(tmp) / "ntp" / "metrics.jsonl").read_text().splitlines()]
+    # a rate every step, as the bare loop reads its loss every step
+    records = trainer_records(sets + [f"data.tokenizer=train:{args.vocab}"], args.steps + 2)
     bare += bare_loop()
-    ours = statistics.median(r["tokens_per_s"] for r in records[2:])
+    ours = statistics.median(r["tokens_per_s"] for r in records)
     print(
         f"  trainer {ours:8.0f} tokens/s   bare loop {statistics.median(bare):8.0f} tokens/s   "
         f"trainer/bare {ours / statistics.median(bare):.2f}"
