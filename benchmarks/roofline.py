@@ -86,9 +86,8 @@ def main() -> None:
         config = hf_config(
             load_config(sets=[f"model.preset={preset}", f"seq_len={args.seq_len}"]), SizedVocab(args.vocab)
         )
-        shaped = {
-            dtype: gemm_roofline(config, args.batch * args.seq_len, DTYPES[dtype]) for dtype in {*args.dtypes, auto}
-        }
+        ran = {dtype for name, dtype, _ in achieved if name == preset}
+        shaped = {dtype: gemm_roofline(config, args.batch * args.seq_len, DTYPES[dtype]) for dtype in ran}
         for (name, dtype, compiled), got in achieved.items():
             if name != preset:
                 continue

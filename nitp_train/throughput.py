@@ -52,7 +52,6 @@ def gpu_peak(name: str) -> float | None:
     return best[1] if best else None
 
 
-@functools.cache  # once per process and dtype: a pair's second arm reuses it
 def fastest_mm_s(rows: int, inner: int, cols: int, dtype: torch.dtype, seconds: float) -> float:
     """Seconds of the fastest of repeated [rows, inner] @ [inner, cols] products at `dtype` (all torch threads)
     run for `seconds`, after one warm-up product (thread pool, caches, oneDNN's kernel choice)."""
@@ -69,6 +68,11 @@ def fastest_mm_s(rows: int, inner: int, cols: int, dtype: torch.dtype, seconds: 
 def measure_cpu_peak(n: int = 1024, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
     """Matmul FLOP/s of this CPU (all torch threads) at `dtype`: the best of repeated n x n @ n x n products."""
     return 2 * n**3 / fastest_mm_s(n, n, n, dtype, seconds)
+
+
+@functools.cache  # the trainer's start-up peak, once per process and dtype: a pair's second arm reuses it
+def _start_up_cpu_peak(dtype: torch.dtype) -> float:
+    return measure_cpu_peak(dtype=dtype)
 
 
 def gemm_roofline(config, tokens: int, dtype: torch.dtype = torch.float32, seconds: float = 0.2) -> float:
@@ -106,5 +110,5 @@ def device_peak(
     if device.type == "cpu":
         dtype = dtype or torch.float32
         name = str(dtype).removeprefix("torch.")
-        return measure_cpu_peak(dtype=dtype), f"measured {name} matmul, {torch.get_num_threads()} threads"
+        return _start_up_cpu_peak(dtype), f"measured {name} matmul, {torch.get_num_threads()} threads"
     return None, f"{device.type}: unknown peak (set peak_tflops)"
