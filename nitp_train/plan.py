@@ -158,6 +158,13 @@ def resolve_grad_sync(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float
     return "last_micro" if _peak_bytes(deferred, world, vocab, cfg.micro_batch) <= mem_bytes * USABLE else "every_micro"
 
 
+def resolve_sizing(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> TrainConfig:
+    """The micro-batch, then the gradient sync at that micro-batch, as `plan` and the trainer both resolve them
+    (without the trainer's refusal of a run that cannot fit)."""
+    cfg = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, world, vocab, mem_bytes))
+    return dataclasses.replace(cfg, fsdp_grad_sync=resolve_grad_sync(cfg, world, vocab, mem_bytes))
+
+
 def resolve_run(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | None) -> TrainConfig:
     """The config a run trains with: its defaults resolved the same way by `nitp-train plan` and the trainer.
 
@@ -165,8 +172,7 @@ def resolve_run(cfg: TrainConfig, world: int, vocab: int, mem_bytes: float | Non
     resolved by `load_config` from the preset for both; the micro-batch also needs the device's memory.
     A run that cannot fit is refused here, before any weights exist, with the planner's advice.
     """
-    resolved = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, world, vocab, mem_bytes))
-    resolved = dataclasses.replace(resolved, fsdp_grad_sync=resolve_grad_sync(resolved, world, vocab, mem_bytes))
+    resolved = resolve_sizing(cfg, world, vocab, mem_bytes)
     if mem_bytes is not None:
         mem = memory_plan(resolved, vocab, world, bytes_act=activation_bytes(cfg))
         budget = mem_bytes * USABLE
@@ -219,8 +225,7 @@ def plan_run(cfg: TrainConfig, gpus: int, gpu_mem_gb: float) -> dict:
     preset = resolved_preset(cfg, 151936)
     vocab = preset.hf.get("vocab_size", 151936)
     # the trainer's own resolution, without its refusal: the plan shows what does not fit and why
-    cfg = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, gpus, vocab, gpu_mem_gb * GB))
-    cfg = dataclasses.replace(cfg, fsdp_grad_sync=resolve_grad_sync(cfg, gpus, vocab, gpu_mem_gb * GB))
+    cfg = resolve_sizing(cfg, gpus, vocab, gpu_mem_gb * GB)
     _, accumulation, _ = cfg.batch_split(gpus)
     bytes_act = activation_bytes(cfg)
     mem = memory_plan(cfg, vocab, gpus, bytes_act=bytes_act)

@@ -126,7 +126,7 @@ def train_step(s: TrainState, step: int, batches: list[torch.Tensor], params: li
     when the loss or the gradient norm is not finite); returns the step's learning rate. No host read."""
     sums: dict[str, torch.Tensor] = {}
     for m, x in enumerate(batches):
-        sync = m == s.accum - 1 or s.cfg.fsdp_grad_sync == "every_micro"  # DDP: every_micro is FSDP's alone
+        sync = m == s.accum - 1 or s.cfg.fsdp_grad_sync == "every_micro"  # every_micro: DDP's all-reduce too
         with _no_sync(s.wrapped, sync), autocast(s.dist.device, s.amp):
             total, parts = s.wrapped(x, step)
         (total / s.accum).backward()

@@ -19,7 +19,7 @@ import yaml
 
 from nitp_train.config import load_config
 from nitp_train.errors import UserError
-from nitp_train.plan import memory_plan, resolve_grad_sync, resolve_micro_batch, resolve_run
+from nitp_train.plan import memory_plan, resolve_grad_sync, resolve_micro_batch, resolve_run, resolve_sizing
 from nitp_train.presets import get_preset, param_counts, preset_names
 from nitp_train.train import train
 
@@ -60,11 +60,10 @@ def test_planner_and_trainer_resolve_the_same_defaults(preset):
     vocab = get_preset(preset).hf["vocab_size"]
     if plan["fits"]["with_ac" if cfg.activation_checkpointing else "without_ac"]:
         trainer = resolve_run(cfg, 8, vocab, 80e9)
-    else:  # the trainer refuses it (moe-45b-a5.5b needs more GPUs); its micro-batch is the same function's
+    else:  # the trainer refuses it (moe-45b-a5.5b needs more GPUs); its sizing is the same function's
         with pytest.raises(UserError, match="per device"):
             resolve_run(cfg, 8, vocab, 80e9)
-        trainer = dataclasses.replace(cfg, micro_batch=resolve_micro_batch(cfg, 8, vocab, 80e9))
-        trainer = dataclasses.replace(trainer, fsdp_grad_sync=resolve_grad_sync(trainer, 8, vocab, 80e9))
+        trainer = resolve_sizing(cfg, 8, vocab, 80e9)
     assert plan["micro_batch"] == trainer.micro_batch
     assert plan["fsdp_grad_sync"] == trainer.fsdp_grad_sync != "auto"
     assert plan["activation_checkpointing"] == trainer.activation_checkpointing
