@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+GLOBAL_BATCH = 4  # sequences a step, one a micro-batch: 2 micro-batches a rank on 2 ranks, 1 on 4
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -98,10 +101,12 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/nitp-export-memory")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--record", action="store_true", help="on and off, into benchmarks/results/export_memory.json")
+    ap.add_argument(
+        "--record", action="store_true", help="every setting above, into benchmarks/results/export_memory.json"
+    )
     args = ap.parse_args()
     sets = [f"model.preset={args.preset}", f"data.path={args.data}", f"data.tokenizer={args.tokenizer}",
-            f"data.cache_dir={args.out}/data", "precision=fp32", "seq_len=128", "global_batch=4", "micro_batch=1",
+            f"data.cache_dir={args.out}/data", "precision=fp32", "seq_len=128", f"global_batch={GLOBAL_BATCH}", "micro_batch=1",
             "steps=2", "save_every=2", "optim.warmup_steps=0", "eval_every=0", "probe_every=0", "parallel=fsdp",
             *args.sets]  # fmt: skip
     if args.worker:
@@ -124,7 +129,7 @@ def main() -> None:
         runs[key] = measure(args, [*args.sets, f"release_host_memory={setting}", f"fsdp_grad_sync={sync}"], nproc)
         single = next(r for r in runs[key] if r["world"] == 1)
         ranks = [r for r in runs[key] if r["world"] > 1]
-        accumulation = 4 // nproc  # global batch 4, micro-batch 1
+        accumulation = GLOBAL_BATCH // nproc  # micro-batch 1
         rows.append((
             f"peak host RSS of each rank of a {nproc}-rank FSDP run vs one process, {args.preset}, 2 steps, "
             f"a save and an HF export, release_host_memory={setting}, {accumulation} micro-batch(es) a rank"

@@ -29,8 +29,9 @@ def machine() -> str:
         gpu = "no GPU"
     cpu = ""
     try:  # the model matters: this project's VMs changed between a Xeon with AMX and an AMD EPYC
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    except OSError:
         pass
     return f"{os.cpu_count()} CPU cores{f' ({cpu})' if cpu else ''}, {gpu}"
 
