@@ -65,13 +65,14 @@ test-slow: setup
 
 # The README's "Measured by make bench" table: each benchmark records dated rows in
 # benchmarks/results/*.json, then the table is rendered from them (tests check they agree).
-# ~30 min on 2 cores: step times, sharded init, the planner vs measured peaks, the peak with and without
+# ~40 min on 2 cores: step times, the CPU roofline, the host allocator's settings (~10 min), sharded init, the planner vs measured peaks, the peak with and without
 # the chunked cross-entropy at Qwen2's vocabulary (~5 GB), streaming geometry
 # (its 10^6-token naive case needs ~12 GB), the effective-rank bias curve (~2 min), every metric's bias
 # (~30 s), the geometry cost of the full metric set on SmolLM2-135M (~10 min).
 bench: setup
 	$(PY) benchmarks/step_overhead.py --steps 20 --bf16 --record
 	$(PY) benchmarks/roofline.py --compile --record
+	$(PY) benchmarks/host_allocator.py --record
 	$(PY) benchmarks/sharded_init.py --record
 	$(PY) benchmarks/memory_plan.py --sweep
 	$(PY) benchmarks/ce_memory.py --record

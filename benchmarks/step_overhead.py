@@ -10,7 +10,8 @@
 3. The NITP step with every decoder layer compiled (compile=true) against eager, alternated.
 4. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
 
-Sections 2-3 run at the trainer's `precision=auto` dtype; 1 and 4 say theirs. The trainer against this
+Sections 2-3 run at the trainer's `precision=auto` dtype; 1 and 4 say theirs. All run under the trainer's
+host-allocator setting (`release_host_memory=auto`; benchmarks/host_allocator.py measures what it does). The trainer against this
 CPU's matmul roofline: benchmarks/roofline.py. The OpenMP wait policy is
 the trainer's (nitp_train/cli.py sets OMP_WAIT_POLICY=PASSIVE unless the environment sets it).
 """
@@ -29,7 +30,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nitp-train runs (nitp_
 import torch  # noqa: E402
 
 from nitp_train.config import load_config  # noqa: E402
-from nitp_train.distributed import autocast, autocast_dtype, compile_layers, resolve_precision  # noqa: E402
+from nitp_train.distributed import (  # noqa: E402
+    autocast,
+    autocast_dtype,
+    compile_layers,
+    release_host_memory,
+    resolve_precision,
+)
 from nitp_train.flops import flops_per_token  # noqa: E402
 from nitp_train.model import (  # noqa: E402
     SizedVocab,
@@ -42,7 +49,7 @@ from nitp_train.model import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record  # noqa: E402
-from roofline import trainer_records  # noqa: E402
+from roofline import emulated_bf16, trainer_records  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -96,6 +103,8 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="also time the NITP step under bf16 autocast vs fp32")
     ap.add_argument("--record", action="store_true", help="write benchmarks/results/step_overhead.json (make bench)")
     args = ap.parse_args()
+    # the trainer's host-allocator setting (it lasts for the process): every part runs under it
+    release_host_memory(load_config())
     torch.manual_seed(0)
     sets = [
         f"model.preset={args.preset}",
@@ -142,7 +151,11 @@ def main():
     rows.append((f"NITP step with compile=true (each decoder layer) vs eager, {setup}, {auto}",
                  f"{compiled_ms:.0f} vs {eager_ms:.0f} ms: {compiled_ms / eager_ms:.2f}x"))  # fmt: skip
 
-    if args.bf16:  # 4. bf16 autocast vs fp32, same model init and batch, alternated
+    skipped = emulated_bf16(auto) if args.bf16 else None
+    if skipped:
+        print(f"  {skipped}")
+        rows.append((f"NITP step, bf16 autocast vs fp32, {setup}", skipped.removeprefix("bf16 skipped: ")))
+    elif args.bf16:  # 4. bf16 autocast vs fp32, same model init and batch, alternated
         fns = {
             "fp32": nitp,
             "bf16": step_fn(load_config(sets=fp32_sets + ["objective.name=nitp", "precision=bf16"]), vocab),

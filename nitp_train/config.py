@@ -97,8 +97,10 @@ class TrainConfig:
     # gradients stay sharded); auto = last_micro where the planner finds it fits the GPU, else every_micro
     # (and on a CPU); under DDP auto = last_micro (no_sync), and every_micro all-reduces every micro-batch
     fsdp_grad_sync: str = "auto"  # auto | last_micro | every_micro
-    # host buffers of 16 MiB and more are mmapped and returned on free (glibc): auto = under FSDP, where the
-    # per-layer gather/reduce buffers otherwise stay in a heap that never shrinks (docs/training.md, "Host memory")
+    # glibc's host allocator: always = buffers of 16 MiB and more are returned on free (the per-layer FSDP
+    # buffers would otherwise stay in a heap that never shrinks); never = freed buffers stay for reuse (no
+    # fresh pages per step: CPU steps took 0.81-0.89x the time); auto = always under FSDP, never on a CPU
+    # otherwise, glibc's own on a GPU (nitp_train.distributed.host_memory_policy; docs/training.md)
     release_host_memory: str = "auto"  # auto | always | never
     # the LM head and cross-entropy over this many positions at a time, so the full [tokens, vocab] logits
     # never exist (nitp_train/loss.py); 0 = HF's loss over the full logits

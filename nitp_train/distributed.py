@@ -57,27 +57,51 @@ class Dist:
         return t
 
 
-HOST_MMAP_THRESHOLD = 16 << 20  # bytes; glibc's own threshold floats up to 32 MiB
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+HOST_RELEASE_THRESHOLD = 16 << 20  # bytes; `always`: blocks this large are mmapped, so a free returns them
+HOST_KEEP_THRESHOLD = 1 << 30  # bytes; `never`: blocks below it come from the heap, which keeps them for reuse
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
-def release_host_memory(cfg: TrainConfig) -> bool:
-    """Serve host allocations of HOST_MMAP_THRESHOLD bytes and more by mmap, so a freed buffer goes back to
-    the OS; True when set. glibc raises its threshold to the size of each large block freed, after which
-    FSDP's per-layer all-gather and reduce-scatter buffers come from a heap that never shrinks: each rank of
-    a 2-rank FSDP run of dense-125m peaked at 1.11x one process's RSS, 0.80x with this (2 micro-batches a
-    rank; benchmarks/export_memory.py --record, 2026-12-06).
-    It costs ~10 % of a single-process micro-dense CPU step (fresh pages for its 16-32 MiB buffers), so
-    `auto` sets it under FSDP only. Linux with glibc; a MALLOC_MMAP_THRESHOLD_ in the environment wins."""
-    wanted = cfg.release_host_memory == "always" or (cfg.release_host_memory == "auto" and cfg.parallel == "fsdp")
-    if not wanted or not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
+def host_memory_policy(cfg: TrainConfig) -> str | None:
+    """What `release_host_memory` means for this run: `always`, `never`, or None (glibc's own thresholds).
+
+    glibc serves a block by mmap (fresh zeroed pages, returned on free) above a threshold that it raises to
+    the size of each large block freed, up to 32 MiB; below it, from a heap that keeps freed memory.
+    - `always` (auto under FSDP): a fixed 16 MiB threshold. Otherwise FSDP's per-layer all-gather and
+      reduce-scatter buffers stay in the heap: each rank of a 2-rank FSDP run of dense-125m peaked at 1.11x
+      one process's RSS, 0.80x with it (benchmarks/export_memory.py --record, 2026-12-06).
+    - `never` (auto for one process or DDP on a CPU): thresholds at 1 GiB. A training step's activations
+      (33 MB each at dense-125m, 16 x 256 tokens) are then reused from the heap instead of being faulted in
+      page by page on every allocation: fp32 CPU steps took 0.81-0.89x the time of glibc's own at up to +6 %
+      peak RSS (tiny-dense and dense-125m; benchmarks/host_allocator.py, docs/training.md "Host memory and
+      speed on CPU").
+    - auto on a GPU without FSDP: glibc's own (the host holds the data and checkpoint staging, not the step)."""
+    if cfg.release_host_memory != "auto":
+        return cfg.release_host_memory
+    if cfg.parallel == "fsdp":
+        return "always"
+    cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    return None if cuda else "never"
+
+
+def release_host_memory(cfg: TrainConfig) -> str | None:
+    """Set glibc's thresholds for `host_memory_policy`; the policy set, or None when none was (a glibc
+    threshold in the environment wins; not Linux with glibc)."""
+    policy = host_memory_policy(cfg)
+    if policy is None or not sys.platform.startswith("linux") or any(k in os.environ for k in MALLOC_ENV):
+        return None
     import ctypes
 
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD))
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
-        return False
+        return None
+    if policy == "always":  # the trim threshold keeps glibc's 128 KiB: the heap's free top goes back too
+        return policy if mallopt(M_MMAP_THRESHOLD, HOST_RELEASE_THRESHOLD) else None
+    # never: the trim threshold too, else every free at the top of the heap would hand its pages back
+    ok = mallopt(M_MMAP_THRESHOLD, HOST_KEEP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HOST_KEEP_THRESHOLD)
+    return policy if ok else None
 
 
 def configure_kernels(cfg: TrainConfig) -> None:

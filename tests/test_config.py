@@ -78,19 +78,53 @@ def test_weight_decay_spares_norms_and_biases():
     assert opt.defaults["betas"] == (0.9, 0.95)
 
 
-def test_release_host_memory_is_set_under_fsdp_only_by_default():
-    """`auto` fixes glibc's mmap threshold under FSDP (benchmarks/export_memory.py measures why), in a fresh
-    process, since the setting lasts for the process; an unknown value is one line."""
+HEAP_PROBE = """
+import os, sys, torch
+from nitp_train.config import load_config
+from nitp_train.distributed import release_host_memory
+
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+print(release_host_memory(load_config(sets=sys.argv[1:])))
+for mb in (24, 24, 64):  # twice 24 MiB: glibc raises its own threshold to a freed block's size
+    x = torch.ones(mb << 18)  # fp32: mb MiB, every page touched
+    before = rss_mb()
+    del x
+    print(round(before - rss_mb()))  # MiB handed back to the OS by the free
+"""
+
+
+@pytest.mark.parametrize(
+    "sets, policy, returned",
+    [
+        (["parallel=fsdp"], "always", [24, 24, 64]),  # auto under FSDP: every large block goes back
+        (["device=cpu"], "never", [0, 0, 0]),  # auto for one process on a CPU: kept for reuse
+        (["device=cpu", "release_host_memory=always"], "always", [24, 24, 64]),
+        (["parallel=fsdp", "release_host_memory=never"], "never", [0, 0, 0]),
+    ],
+)
+def test_release_host_memory_sets_what_glibc_does_with_a_freed_block(sets, policy, returned):
+    """What each `release_host_memory` policy makes glibc do, measured in a fresh process (the setting lasts
+    for the process): the RSS a free of a 24 or 64 MiB tensor hands back. Without a setting glibc keeps
+    the second 24 MiB block and returns the 64 MiB one, so each row differs from doing nothing."""
     import subprocess
     import sys
 
-    code = (
-        "from nitp_train.config import load_config; from nitp_train.distributed import release_host_memory as r; "
-        "print(r(load_config(sets=['parallel=fsdp'])), r(load_config()), "
-        "r(load_config(sets=['parallel=fsdp', 'release_host_memory=never'])))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.split() == ["True", "False", "False"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *sets], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()  # fmt: skip
+    assert out[0] == policy
+    assert [int(x) for x in out[1:]] == pytest.approx(returned, abs=3)
+
+
+def test_release_host_memory_leaves_glibc_alone_where_the_environment_sets_it_and_rejects_unknown_values():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, "parallel=fsdp"], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()  # fmt: skip
+    assert out[0] == "None"
     with pytest.raises(UserError, match="release_host_memory='on' is unknown"):
         load_config(sets=["release_host_memory='on'"])
