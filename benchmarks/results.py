@@ -81,8 +81,9 @@ def main() -> None:
     if args.update_readme:
         head, rest = text.split(START, 1)
         README.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
-    elif args.check and readme_block(text) != table:
-        sys.exit("error: the README's measured table differs from benchmarks/results/*.json; run make bench")
+    elif args.check:
+        if readme_block(text) != table:
+            sys.exit("error: the README's measured table differs from benchmarks/results/*.json; run make bench")
     else:
         print(table)
 
