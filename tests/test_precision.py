@@ -47,11 +47,13 @@ def _losses(arm: Path) -> list[float]:
     return [json.loads(line)["loss_total"] for line in (arm / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_bf16_loss_curve_follows_fp32_and_auto_is_recorded_resolved(tmp_path, tiny_sets, tiny_corpus):
+def test_bf16_loss_curve_follows_fp32_and_auto_is_recorded_resolved(tmp_path, tiny_sets, tiny_corpus, capsys):
     """10 steps of a tiny NITP run: bf16 autocast within 0.2 % (relative) of fp32 at every step, not equal to it.
 
     The tolerance is one bf16 rounding (8 mantissa bits: 2^-9 = 0.2 %); the curves differed by at most 0.008 %
-    when this was written (tiny model, fp32 master weights, fp32 softmax and norms)."""
+    when this was written (tiny model, fp32 master weights, fp32 softmax and norms). An explicit bf16 run
+    warns, in one line, exactly on a CPU whose /proc/cpuinfo has neither AVX512-BF16 nor AMX-BF16."""
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
     sets = tiny_sets + [
         f"data.path={tiny_corpus}",
         "steps=10",
@@ -64,6 +66,8 @@ def test_bf16_loss_curve_follows_fp32_and_auto_is_recorded_resolved(tmp_path, ti
     for precision in ("fp32", "bf16", "auto"):
         arm = tmp_path / precision
         train(load_config(sets=sets + [f"precision={precision}"]), arm, progress=False)
+        warned = [line for line in capsys.readouterr().err.splitlines() if "torch emulates bf16" in line]
+        assert len(warned) == (precision == "bf16" and not native_bf16), warned
         curves[precision] = _losses(arm)
         recorded = yaml.safe_load((arm / "config.yaml").read_text())["precision"]
         assert recorded == resolve_precision(precision, CPU)  # config.yaml says what ran, never "auto"
