@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = ("glibc", "never")  # glibc: no mallopt call, glibc's own thresholds
+SETTINGS = ("glibc", "never")  # release_host_memory values; glibc: its own thresholds
 
 
 def worker(preset: str, setting: str, steps: int, batch: int, seq_len: int, vocab: int) -> dict:
@@ -39,7 +39,8 @@ def worker(preset: str, setting: str, steps: int, batch: int, seq_len: int, voca
     sys.path.insert(0, str(HERE))
     from step_overhead import step_fn
 
-    if setting != "glibc" and release_host_memory(load_config(sets=[f"release_host_memory={setting}"])) != setting:
+    got = release_host_memory(load_config(sets=[f"release_host_memory={setting}"]))
+    if got != (None if setting == "glibc" else setting):
         raise SystemExit(f"release_host_memory={setting} could not be set here (not glibc, or set in the environment)")
     precision = resolve_precision("auto", torch.device("cpu"))
     sets = [f"model.preset={preset}", f"seq_len={seq_len}", f"global_batch={batch}", f"micro_batch={batch}",

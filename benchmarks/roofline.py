@@ -13,7 +13,9 @@ tokens/s, median of the steps after the first two) as a fraction of
   ceiling small matrices allow.
 The row of the dtype that `precision=auto` picks on this CPU says so: that is the issue's "roofline for
 the dtype used". With --compile, each preset also runs with `compile=true` at that dtype (the first two
-steps, which compile, are left out). The OpenMP wait policy is the trainer's (PASSIVE unless the environment sets it).
+steps, which compile, are left out). The OpenMP wait policy and the host-allocator setting are the
+trainer's (PASSIVE unless the environment sets it; release_host_memory=auto). bf16 is skipped, with a line,
+on a CPU where torch has no bf16 matmul kernel.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nitp-train runs (nitp_
 import torch  # noqa: E402
 
 from nitp_train.config import load_config  # noqa: E402
-from nitp_train.distributed import release_host_memory, resolve_precision  # noqa: E402
+from nitp_train.distributed import cpu_bf16_is_emulated, release_host_memory, resolve_precision  # noqa: E402
 from nitp_train.model import SizedVocab, hf_config  # noqa: E402
 from nitp_train.throughput import gemm_roofline, measure_cpu_peak  # noqa: E402
 from nitp_train.train import train  # noqa: E402
@@ -47,14 +49,14 @@ def peaks(dtypes: list[str]) -> dict[str, float]:
 
 
 def emulated_bf16(auto: str) -> str | None:
-    """Why bf16 is not worth timing on this CPU, or None. Without AVX512-BF16 or AMX, torch's CPU bf16 matmul
-    has no native kernel: on a 2-core AVX2-only EPYC it ran at 0.9 GFLOP/s against 130 in fp32, so one
-    dense-125m step took 17 minutes. `auto` is what precision=auto picks here (nitp_train.distributed)."""
-    rates = {name: measure_cpu_peak(512, 0.2, DTYPES[name]) for name in ("fp32", "bf16")}
-    if rates["bf16"] >= rates["fp32"] / 4:
+    """Why bf16 is not worth timing on this CPU (`cpu_bf16_is_emulated`: torch has no bf16 matmul kernel
+    there, docs/training.md), with both matmul rates for the record; None where it is. `auto` is what
+    precision=auto picks here."""
+    if not cpu_bf16_is_emulated():
         return None
-    return (f"bf16 skipped: this CPU's bf16 matmul runs at {rates['bf16'] / 1e9:.1f} GFLOP/s against "
-            f"{rates['fp32'] / 1e9:.1f} in fp32 (no native bf16 kernel); precision=auto picks {auto} here")  # fmt: skip
+    rates = {name: measure_cpu_peak(512, 0.2, DTYPES[name]) / 1e9 for name in ("fp32", "bf16")}
+    return (f"bf16 skipped: this CPU's bf16 matmul runs at {rates['bf16']:.1f} GFLOP/s against "
+            f"{rates['fp32']:.1f} in fp32 (no native bf16 kernel); precision=auto picks {auto} here")  # fmt: skip
 
 
 def trainer_records(sets: list[str], steps: int) -> list[dict]:
@@ -80,7 +82,7 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="write benchmarks/results/roofline.json (make bench)")
     args = ap.parse_args()
     # the trainer's host-allocator setting (it lasts for the process): every part runs under it
-    release_host_memory(load_config())
+    release_host_memory(load_config(sets=["device=cpu"]))
     auto = resolve_precision("auto", torch.device("cpu"))
     skipped = emulated_bf16(auto) if "bf16" in args.dtypes else None
     if skipped:

@@ -10,10 +10,10 @@
 3. The NITP step with every decoder layer compiled (compile=true) against eager, alternated.
 4. With --bf16: the NITP step under bf16 autocast against fp32, alternated (docs/training.md).
 
-Sections 2-3 run at the trainer's `precision=auto` dtype; 1 and 4 say theirs. All run under the trainer's
-host-allocator setting (`release_host_memory=auto`; benchmarks/host_allocator.py measures what it does). The trainer against this
-CPU's matmul roofline: benchmarks/roofline.py. The OpenMP wait policy is
-the trainer's (nitp_train/cli.py sets OMP_WAIT_POLICY=PASSIVE unless the environment sets it).
+Sections 2-3 run at the trainer's `precision=auto` dtype; 1 and 4 say theirs. The OpenMP wait policy and
+the host allocator are the trainer's (OMP_WAIT_POLICY=PASSIVE unless the environment sets it;
+release_host_memory=auto, which benchmarks/host_allocator.py measures). The trainer against this CPU's
+matmul roofline: benchmarks/roofline.py.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main():
     ap.add_argument("--record", action="store_true", help="write benchmarks/results/step_overhead.json (make bench)")
     args = ap.parse_args()
     # the trainer's host-allocator setting (it lasts for the process): every part runs under it
-    release_host_memory(load_config())
+    release_host_memory(load_config(sets=["device=cpu"]))
     torch.manual_seed(0)
     sets = [
         f"model.preset={args.preset}",

@@ -97,11 +97,11 @@ class TrainConfig:
     # gradients stay sharded); auto = last_micro where the planner finds it fits the GPU, else every_micro
     # (and on a CPU); under DDP auto = last_micro (no_sync), and every_micro all-reduces every micro-batch
     fsdp_grad_sync: str = "auto"  # auto | last_micro | every_micro
-    # glibc's host allocator: always = buffers of 16 MiB and more are returned on free (the per-layer FSDP
-    # buffers would otherwise stay in a heap that never shrinks); never = freed buffers stay for reuse (no
-    # fresh pages per step: CPU steps took 0.81-0.89x the time); auto = always under FSDP, never on a CPU
-    # otherwise, glibc's own on a GPU (nitp_train.distributed.host_memory_policy; docs/training.md)
-    release_host_memory: str = "auto"  # auto | always | never
+    # glibc's host allocator: always = freed buffers of 16 MiB and more go back to the OS (FSDP's per-layer
+    # buffers would otherwise stay in the heap); never = freed buffers stay for reuse (a CPU step's
+    # activations are not faulted in afresh each time); glibc = its own thresholds; auto = always under FSDP,
+    # never on a CPU otherwise, glibc on a GPU; recorded resolved (docs/training.md, "Host memory and speed")
+    release_host_memory: str = "auto"  # auto | always | never | glibc
     # the LM head and cross-entropy over this many positions at a time, so the full [tokens, vocab] logits
     # never exist (nitp_train/loss.py); 0 = HF's loss over the full logits
     ce_chunk_tokens: int = 1024
@@ -186,9 +186,9 @@ class TrainConfig:
             raise UserError(
                 f"fsdp_grad_sync={self.fsdp_grad_sync!r} is unknown; choose auto, last_micro or every_micro"
             )
-        if self.release_host_memory not in ("auto", "always", "never"):
+        if self.release_host_memory not in ("auto", "always", "never", "glibc"):
             raise UserError(
-                f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always or never"
+                f"release_host_memory={self.release_host_memory!r} is unknown; choose auto, always, never or glibc"
             )
         for name in ("fsdp_param_dtype", "fsdp_reduce_dtype"):
             if getattr(self, name) not in ("auto", "bf16", "fp32"):

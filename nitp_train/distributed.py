@@ -18,6 +18,7 @@ from torch import nn
 
 from nitp_train.config import TrainConfig
 from nitp_train.errors import UserError
+from nitp_train.launch import is_main_process
 
 
 class Dist:
@@ -58,38 +59,35 @@ class Dist:
 
 
 HOST_RELEASE_THRESHOLD = 16 << 20  # bytes; `always`: blocks this large are mmapped, so a free returns them
+GLIBC_TRIM_THRESHOLD = 128 << 10  # bytes; glibc's default: this much free at the heap's top goes back to the OS
 HOST_KEEP_THRESHOLD = 1 << 30  # bytes; `never`: blocks below it come from the heap, which keeps them for reuse
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameter numbers (malloc.h)
 
 
-def host_memory_policy(cfg: TrainConfig) -> str | None:
-    """What `release_host_memory` means for this run: `always`, `never`, or None (glibc's own thresholds).
-
-    glibc serves a block by mmap (fresh zeroed pages, returned on free) above a threshold that it raises to
-    the size of each large block freed, up to 32 MiB; below it, from a heap that keeps freed memory.
-    - `always` (auto under FSDP): a fixed 16 MiB threshold. Otherwise FSDP's per-layer all-gather and
-      reduce-scatter buffers stay in the heap: each rank of a 2-rank FSDP run of dense-125m peaked at 1.11x
-      one process's RSS, 0.80x with it (benchmarks/export_memory.py --record, 2026-12-06).
-    - `never` (auto for one process or DDP on a CPU): thresholds at 1 GiB. A training step's activations
-      (33 MB each at dense-125m, 16 x 256 tokens) are then reused from the heap instead of being faulted in
-      page by page on every allocation: fp32 CPU steps took 0.81-0.89x the time of glibc's own at up to +6 %
-      peak RSS (tiny-dense and dense-125m; benchmarks/host_allocator.py, docs/training.md "Host memory and
-      speed on CPU").
-    - auto on a GPU without FSDP: glibc's own (the host holds the data and checkpoint staging, not the step)."""
+def host_memory_policy(cfg: TrainConfig) -> str:
+    """`release_host_memory` made concrete: `always`, `never` or `glibc` (docs/training.md, "Host memory and
+    speed on CPU", has the measurements)."""
     if cfg.release_host_memory != "auto":
         return cfg.release_host_memory
-    if cfg.parallel == "fsdp":
+    if cfg.parallel == "fsdp":  # else the per-layer all-gather / reduce-scatter buffers stay in the heap
         return "always"
     cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
-    return None if cuda else "never"
+    # on a CPU the step's activations are reused, not faulted in afresh; a GPU host holds no step buffers
+    return "glibc" if cuda else "never"
+
+
+def _malloc_tuned_by_environment() -> bool:
+    return any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_")) or (
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    )
 
 
 def release_host_memory(cfg: TrainConfig) -> str | None:
-    """Set glibc's thresholds for `host_memory_policy`; the policy set, or None when none was (a glibc
-    threshold in the environment wins; not Linux with glibc)."""
+    """Set glibc's allocator for `host_memory_policy`, for the rest of the process (nothing resets it). The
+    policy set, or None when glibc is left as it is: `glibc`, a malloc setting in the environment (it
+    wins), or not Linux with glibc."""
     policy = host_memory_policy(cfg)
-    if policy is None or not sys.platform.startswith("linux") or any(k in os.environ for k in MALLOC_ENV):
+    if policy == "glibc" or not sys.platform.startswith("linux") or _malloc_tuned_by_environment():
         return None
     import ctypes
 
@@ -97,11 +95,14 @@ def release_host_memory(cfg: TrainConfig) -> str | None:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
         return None
-    if policy == "always":  # the trim threshold keeps glibc's 128 KiB: the heap's free top goes back too
-        return policy if mallopt(M_MMAP_THRESHOLD, HOST_RELEASE_THRESHOLD) else None
-    # never: the trim threshold too, else every free at the top of the heap would hand its pages back
-    ok = mallopt(M_MMAP_THRESHOLD, HOST_KEEP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HOST_KEEP_THRESHOLD)
-    return policy if ok else None
+    if policy == "always":
+        ok = mallopt(M_MMAP_THRESHOLD, HOST_RELEASE_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+        return policy if ok else None
+    # never: the trim threshold too, else a free at the heap's top hands its pages back. An older glibc may
+    # refuse an mmap threshold above 32 MiB (the cap mallopt(3) documents); then nothing is mmapped at all
+    # (M_MMAP_MAX 0), since a step's activations can be just over 32 MiB
+    ok = mallopt(M_MMAP_THRESHOLD, HOST_KEEP_THRESHOLD) or mallopt(M_MMAP_MAX, 0)
+    return policy if ok and mallopt(M_TRIM_THRESHOLD, HOST_KEEP_THRESHOLD) else None
 
 
 def configure_kernels(cfg: TrainConfig) -> None:
@@ -110,7 +111,9 @@ def configure_kernels(cfg: TrainConfig) -> None:
 
     Called before the first CUDA/cuBLAS work: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates a handle.
     """
-    release_host_memory(cfg)
+    if release_host_memory(cfg) is None and cfg.release_host_memory in ("always", "never") and is_main_process():
+        print(f"note: release_host_memory={cfg.release_host_memory} not applied: glibc's malloc is not tunable "
+              "here (not glibc, or a malloc setting in the environment, which wins)", file=sys.stderr)  # fmt: skip
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     if cfg.deterministic:
@@ -160,9 +163,9 @@ def cpu_bf16_is_faster() -> bool:
 
 
 def cpu_bf16_is_emulated() -> bool:
-    """True on CPUs with neither AVX512-BF16 nor AMX, where torch's bf16 matmuls have no native kernel: on an
-    AVX2-only AMD EPYC they ran at 1.3 GFLOP/s against 133 in fp32, and one dense-125m step took 1028 s."""
-    return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """True on CPUs where torch has no oneDNN bf16 matmul (x86 without AVX-512 BW/VL/DQ; ARM without bf16):
+    its fallback is ~100x slower than fp32 (docs/training.md, "Precision and threads on CPU")."""
+    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

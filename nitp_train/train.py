@@ -33,6 +33,7 @@ from nitp_train.distributed import (
     compile_layers,
     configure_kernels,
     cpu_bf16_is_emulated,
+    host_memory_policy,
     replicate,
     resolve_precision,
     shard,
@@ -216,10 +217,12 @@ def setup(
     configure_kernels(cfg)  # TF32, deterministic kernels: before the first CUDA work
     dist = Dist(cfg.device, cfg.dist_timeout_s)  # after tokenising: no rank waits in a collective meanwhile
     config = hf_config(cfg, data.tokenizer)
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist.device))  # config.yaml: resolved
+    # config.yaml records what ran, resolved
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dist.device),
+                              release_host_memory=host_memory_policy(cfg))  # fmt: skip
     if cfg.precision == "bf16" and dist.device.type == "cpu" and cpu_bf16_is_emulated() and is_main_process():
-        print("warning: precision=bf16 on a CPU without AVX512-BF16 or AMX, where torch emulates bf16 matmuls "
-              "(~50x slower than fp32 on an AVX2 EPYC); precision=auto picks fp32 here", file=sys.stderr)  # fmt: skip
+        print("warning: precision=bf16 on a CPU where torch has no bf16 matmul kernel (no AVX-512 BW/VL/DQ): "
+              "it emulates them, ~50x slower than fp32; precision=auto picks fp32 here", file=sys.stderr)  # fmt: skip
     amp = autocast_dtype(cfg.precision, dist.device)
     # the micro-batch sized to this device as `nitp-train plan` sizes it; refused here if it cannot fit
     cfg = resolve_run(cfg, dist.world, config.vocab_size, device_memory(dist.device))

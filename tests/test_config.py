@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import sys
 
 import pytest
 import torch
@@ -102,14 +104,16 @@ for mb in (24, 24, 64):  # twice 24 MiB: glibc raises its own threshold to a fre
         (["device=cpu"], "never", [0, 0, 0]),  # auto for one process on a CPU: kept for reuse
         (["device=cpu", "release_host_memory=always"], "always", [24, 24, 64]),
         (["parallel=fsdp", "release_host_memory=never"], "never", [0, 0, 0]),
+        (["device=cpu", "release_host_memory=glibc"], "None", [24, 0, 64]),  # nothing set: glibc's own
     ],
 )
 def test_release_host_memory_sets_what_glibc_does_with_a_freed_block(sets, policy, returned):
     """What each `release_host_memory` policy makes glibc do, measured in a fresh process (the setting lasts
-    for the process): the RSS a free of a 24 or 64 MiB tensor hands back. Without a setting glibc keeps
-    the second 24 MiB block and returns the 64 MiB one, so each row differs from doing nothing."""
+    for the process): the RSS a free of a 24 or 64 MiB tensor hands back. glibc's own keeps the second
+    24 MiB block and returns the 64 MiB one, so `always` and `never` each differ from doing nothing."""
+    if not sys.platform.startswith("linux") or "glibc" not in platform.libc_ver()[0]:
+        pytest.skip("glibc's malloc on Linux only")
     import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *sets], capture_output=True, text=True, env=env,
@@ -118,13 +122,27 @@ def test_release_host_memory_sets_what_glibc_does_with_a_freed_block(sets, polic
     assert [int(x) for x in out[1:]] == pytest.approx(returned, abs=3)
 
 
-def test_release_host_memory_leaves_glibc_alone_where_the_environment_sets_it_and_rejects_unknown_values():
+@pytest.mark.parametrize(
+    "env", [{"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}]
+)
+def test_release_host_memory_leaves_glibc_alone_where_the_environment_sets_it(env):
     import subprocess
-    import sys
 
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    env = {**os.environ, **env}
     out = subprocess.run([sys.executable, "-c", HEAP_PROBE, "parallel=fsdp"], capture_output=True, text=True,
                          env=env, check=True).stdout.split()  # fmt: skip
     assert out[0] == "None"
+
+
+def test_release_host_memory_auto_and_unknown_values():
+    """auto: `always` under FSDP (any device), `never` for one process or DDP on a CPU, glibc's own on a GPU."""
+    from nitp_train.distributed import host_memory_policy
+
+    def policy(*sets):
+        return host_memory_policy(load_config(sets=list(sets)))
+
+    assert policy("parallel=fsdp", "device=cpu") == policy("parallel=fsdp", "device=cuda") == "always"
+    assert policy("device=cpu") == policy("device=cpu", "parallel=ddp") == "never"
+    assert policy("device=cuda") == "glibc" and policy("device=cuda", "release_host_memory=never") == "never"
     with pytest.raises(UserError, match="release_host_memory='on' is unknown"):
         load_config(sets=["release_host_memory='on'"])
