@@ -21,7 +21,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +36,7 @@ def worker(preset: str, setting: str, steps: int, batch: int, seq_len: int, voca
     from nitp_train.model import SizedVocab
 
     sys.path.insert(0, str(HERE))
-    from step_overhead import step_fn
+    from step_overhead import alternate, step_fn
 
     got = release_host_memory(load_config(sets=[f"release_host_memory={setting}"]))
     if got != (None if setting == "glibc" else setting):
@@ -46,14 +45,9 @@ def worker(preset: str, setting: str, steps: int, batch: int, seq_len: int, voca
     sets = [f"model.preset={preset}", f"seq_len={seq_len}", f"global_batch={batch}", f"micro_batch={batch}",
             "steps=1000", f"precision={precision}", "objective.name=nitp"]  # fmt: skip
     step = step_fn(load_config(sets=sets), SizedVocab(vocab))
-    x = torch.randint(0, vocab, (batch, seq_len))
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step(x)
-        times.append(time.perf_counter() - t)
+    times = alternate({"step": step}, torch.randint(0, vocab, (batch, seq_len)), steps - 2, warmup=2)["step"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"step_s": statistics.median(times[2:]), "peak_rss_mb": peak_mb, "precision": precision}
+    return {"step_s": statistics.median(times), "peak_rss_mb": peak_mb, "precision": precision}
 
 
 def main() -> None:
